@@ -1,0 +1,1 @@
+"""Measuring the MNIST workflow: Covalent server, runner, records, analysis, report."""

@@ -1,0 +1,180 @@
+"""pytest plumbing of the suite: options, the Covalent server and data fixtures, and the
+summary written when the session ends. Loaded with `-p bench.plugin` (see pyproject)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.profiles import Profile, ProfileError, load_profile
+from bench.records import RunsWriter, environment, utc_now
+from bench.server import CovalentServer, server_for
+from mnist_core.config import WorkflowConfig
+from mnist_core.data import ensure_mnist, resolve_data_dir
+
+PROFILE_ENV = "BENCH_PROFILE"
+OUT_ENV = "BENCH_OUT"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("covalent-bench", "Covalent MNIST benchmark")
+    group.addoption(
+        "--bench-profile",
+        default=os.environ.get(PROFILE_ENV, "tutorial"),
+        help="profile in bench/configs/: smoke, quick, tutorial (default; env BENCH_PROFILE)",
+    )
+    group.addoption(
+        "--bench-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one profile value, e.g. epochs=1 or rounds=5 (repeatable)",
+    )
+    group.addoption(
+        "--bench-out",
+        default=os.environ.get(OUT_ENV, "reports"),
+        help="directory for runs.csv and summary.csv (default reports/; env BENCH_OUT)",
+    )
+    group.addoption(
+        "--data-dir",
+        default=None,
+        help="MNIST root (default $MNIST_DATA_DIR or ~/data/mnist); fetched if missing",
+    )
+    group.addoption(
+        "--covalent-address",
+        default=None,
+        help="attach to this running server (env COVALENT_BENCH_SERVER) instead of starting one",
+    )
+    group.addoption("--covalent-workers", type=int, default=None, help="Dask workers")
+    group.addoption(
+        "--covalent-threads-per-worker", type=int, default=None, help="threads per Dask worker"
+    )
+
+
+@pytest.fixture(scope="session")
+def covalent_server(request: pytest.FixtureRequest) -> Iterator[CovalentServer]:
+    """A real Covalent server for the session: started isolated and stopped after, or attached."""
+    opt = request.config.getoption
+    with server_for(
+        opt("--covalent-address"),
+        workers=opt("--covalent-workers"),
+        threads_per_worker=opt("--covalent-threads-per-worker"),
+    ) as server:
+        yield server
+
+
+@dataclass
+class BenchSession:
+    """What one pytest session of benchmarks shares: its profile, id and records writer."""
+
+    profile: Profile
+    out_dir: Path
+    writer: RunsWriter
+    session_id: str = field(
+        default_factory=lambda: utc_now().replace(":", "") + "-" + uuid.uuid4().hex[:6]
+    )
+    rows: int = 0
+
+    def record(self, config: WorkflowConfig, run_row: dict[str, Any], **extra: Any) -> dict:
+        row = {
+            "timestamp": utc_now(),
+            "session_id": self.session_id,
+            "profile": self.profile.name,
+            "config_id": config.id,
+            **config.as_dict(),
+            **run_row,
+            **extra,
+            **environment(),
+        }
+        self.writer.append(row)
+        self.rows += 1
+        return row
+
+
+_SESSION = pytest.StashKey[BenchSession]()
+
+
+def profile_from(config: pytest.Config) -> Profile:
+    try:
+        return load_profile(
+            config.getoption("--bench-profile"),
+            config.getoption("--bench-set"),
+            data_dir=str(resolve_data_dir(config.getoption("--data-dir"))),
+        )
+    except ProfileError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
+@pytest.fixture(scope="session")
+def bench_session(request: pytest.FixtureRequest) -> BenchSession:
+    config = request.config
+    out_dir = Path(config.getoption("--bench-out")).resolve()
+    session = BenchSession(profile_from(config), out_dir, RunsWriter(out_dir))
+    config.stash[_SESSION] = session
+    return session
+
+
+@pytest.fixture(scope="session")
+def mnist_root(request: pytest.FixtureRequest) -> Path:
+    """Real MNIST, found or fetched (see mnist_core.data.ensure_mnist)."""
+    root = resolve_data_dir(request.config.getoption("--data-dir"))
+    ensure_mnist(root)
+    return root
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    bench = session.config.stash.get(_SESSION, None)
+    if bench is None or bench.rows == 0:
+        return
+    from bench.analysis import write_summary
+
+    summary = write_summary(bench.out_dir)
+    session.config.stash[_SUMMARY] = summary
+
+
+_SUMMARY = pytest.StashKey[Any]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    bench = config.stash.get(_SESSION, None)
+    summary = config.stash.get(_SUMMARY, None)
+    if bench is None or summary is None:
+        return
+    cols = ["config_id", "executor", "plain_median_s", "covalent_median_s", "overhead_s",
+            "overhead_pct", "plain_accuracy", "covalent_accuracy", "same_weights"]
+    terminalreporter.section("Covalent overhead (median of measured rounds)")
+    terminalreporter.write_line(summary[cols].to_markdown(index=False, floatfmt=".2f"))
+    terminalreporter.write_line(
+        f"{bench.rows} runs appended to {bench.writer.path}; summary in "
+        f"{bench.out_dir / 'summary.csv'}. Plots: python -m bench.report --in {bench.out_dir}"
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: a configuration in one mode (plain, or Covalent on an executor)."""
+
+    config: WorkflowConfig
+    mode: str
+    executor: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.config.id}-{self.executor or self.mode}"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" not in metafunc.fixturenames:
+        return
+    profile = profile_from(metafunc.config)
+    cases = []
+    for config in profile.configs:
+        cases.append(Case(config, "plain"))
+        cases.extend(Case(config, "covalent", executor) for executor in profile.executors)
+    metafunc.parametrize("case", cases, ids=[c.id for c in cases])

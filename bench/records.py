@@ -1,0 +1,153 @@
+"""The run record: one schema, one append-only CSV writer, the environment of a run.
+
+Every measured run becomes one row of runs.csv the moment it ends, so an interrupted
+session keeps everything measured so far. Analysis and plots read these rows only.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mnist_core.config import WorkflowConfig
+
+RUNS_CSV = "runs.csv"
+SUMMARY_CSV = "summary.csv"
+
+ENV_COLUMNS = (
+    "git_commit",
+    "git_dirty",
+    "python",
+    "covalent",
+    "torch",
+    "torchvision",
+    "dask",
+    "cpu_count",
+    "cpu_model",
+)
+RUN_COLUMNS = (
+    "timestamp",
+    "session_id",
+    "profile",
+    "config_id",
+    *WorkflowConfig.fields(),
+    "mode",  # plain | covalent
+    "executor",  # empty for plain, else local | dask
+    "round",  # 0-based over the warm-up and measured rounds of one benchmark
+    "warmup",
+    "wall_s",
+    "accuracy",
+    "test_loss",
+    "weights_sha256",
+    "torch_threads",  # as seen inside train_model
+    "resolved_device",
+    "train_losses",  # JSON list
+    "train_counter",  # JSON list
+    "dispatch_id",
+    "status",
+    "submit_s",  # the dispatch call: graph build, serialization, upload
+    "server_s",  # result.end_time - result.start_time, as Covalent reports it
+    "retrieve_s",  # downloading the finished result
+    "server_startup_s",
+    "error",
+    *ENV_COLUMNS,
+)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def environment() -> dict[str, Any]:
+    """Where and with what a run happened; constant over a session."""
+    commit = _git("rev-parse", "HEAD")
+    return {
+        "git_commit": commit[:12],
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else "",
+        "python": platform.python_version(),
+        "covalent": _version("covalent"),
+        "torch": _version("torch"),
+        "torchvision": _version("torchvision"),
+        "dask": _version("dask"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+    }
+
+
+class SchemaMismatchError(RuntimeError):
+    pass
+
+
+class RunsWriter:
+    """Appends rows to <out_dir>/runs.csv, header first, flushed to disk per row."""
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.path = Path(out_dir) / RUNS_CSV
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open(newline="") as f:
+                header = tuple(next(csv.reader(f), ()))
+            if header != RUN_COLUMNS:
+                raise SchemaMismatchError(
+                    f"{self.path} has other columns than this version writes; move it away "
+                    f"or choose another output directory (--bench-out)"
+                )
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        unknown = set(row) - set(RUN_COLUMNS)
+        if unknown:
+            raise KeyError(f"not in the run schema: {sorted(unknown)}")
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _cell(row.get(k)) for k in RUN_COLUMNS})
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value)
+    return value

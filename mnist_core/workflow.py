@@ -1,0 +1,155 @@
+"""The MNIST workflow, defined once, and the two ways to run it.
+
+`workflow()` composes the tasks. A plain run passes it the task functions themselves;
+the lattice passes it electrons wrapping those same functions. Both modes live side by
+side in one process: nothing is reassigned at module level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import covalent as ct
+import torch.nn.functional as F
+
+from mnist_core import tasks
+from mnist_core.config import WorkflowConfig
+from mnist_core.model import NeuralNetwork, new_model, state_dict_sha256
+
+EXECUTORS = ("local", "dask")
+# The tutorial's tasks, by node name in the lattice's graph.
+TASK_NAMES = ("data_loader", "train_model", "test")
+
+
+@dataclass(frozen=True)
+class Tasks:
+    data_loader: Callable[..., Any]
+    train_model: Callable[..., Any]
+    test: Callable[..., Any]
+
+
+PLAIN_TASKS = Tasks(tasks.data_loader, tasks.train_model, tasks.test)
+ELECTRON_TASKS = Tasks(
+    ct.electron(tasks.data_loader), ct.electron(tasks.train_model), ct.electron(tasks.test)
+)
+
+
+def workflow(t: Tasks, model: NeuralNetwork, config: WorkflowConfig) -> dict[str, Any]:
+    """MNIST classifier training workflow: the tutorial's graph."""
+    if not config.data_dir:
+        raise ValueError("config.data_dir is empty: pass an absolute MNIST data directory")
+    common = {"data_dir": config.data_dir, "seed": config.seed, "threads": config.threads}
+    train_loader = t.data_loader(
+        batch_size=config.batch_size_train, train=True, subset=config.train_subset, **common
+    )
+    test_loader = t.data_loader(
+        batch_size=config.batch_size_test, train=False, subset=config.test_subset, **common
+    )
+    model, _optimizer, history = t.train_model(
+        train_dataloader=train_loader,
+        model=model,
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+        epochs=config.epochs,
+        log_interval=config.log_interval,
+        loss_fn=F.nll_loss,
+        seed=config.seed,
+        threads=config.threads,
+        device=config.device,
+    )
+    metrics = t.test(
+        dataloader=test_loader,
+        model=model,
+        loss_fn=F.nll_loss,
+        threads=config.threads,
+        device=config.device,
+    )
+    return {"metrics": metrics, "model": model, "history": history}
+
+
+def mnist_workflow(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, Any]:
+    """The lattice's body: the same workflow, over electrons."""
+    return workflow(ELECTRON_TASKS, model, config)
+
+
+def build_lattice(executor: str) -> ct.Lattice:
+    """The workflow as a Covalent lattice whose tasks run on `executor` ('local' or 'dask')."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    return ct.lattice(mnist_workflow, executor=executor)
+
+
+@dataclass(frozen=True)
+class WorkflowOutput:
+    """What one run of the workflow produced, whichever way it ran."""
+
+    accuracy: float
+    test_loss: float
+    train_losses: list[float]
+    train_counter: list[int]
+    weights_sha256: str
+    threads: int  # torch's thread count as seen inside train_model
+    device: str
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> WorkflowOutput:
+        accuracy, test_loss = raw["metrics"]
+        history = raw["history"]
+        return cls(
+            accuracy=float(accuracy),
+            test_loss=float(test_loss),
+            train_losses=[float(x) for x in history["train_losses"]],
+            train_counter=[int(x) for x in history["train_counter"]],
+            weights_sha256=state_dict_sha256(raw["model"]),
+            threads=int(history["threads"]),
+            device=str(history["device"]),
+        )
+
+
+def run_plain(config: WorkflowConfig, model: NeuralNetwork | None = None) -> WorkflowOutput:
+    """Run the workflow as plain Python functions in this process."""
+    model = model if model is not None else new_model(config.seed)
+    return WorkflowOutput.from_raw(workflow(PLAIN_TASKS, model, config))
+
+
+class WorkflowFailedError(RuntimeError):
+    """A dispatch ended in a state other than COMPLETED."""
+
+
+def dispatch(
+    config: WorkflowConfig,
+    executor: str,
+    dispatcher_addr: str,
+    model: NeuralNetwork | None = None,
+) -> str:
+    """Build, upload and start the lattice on the server at `dispatcher_addr`; its dispatch id."""
+    model = model if model is not None else new_model(config.seed)
+    lattice = build_lattice(executor)
+    return ct.dispatch(lattice, dispatcher_addr=dispatcher_addr)(model, config)
+
+
+def output_of(result: Any) -> WorkflowOutput:
+    """The WorkflowOutput of a finished dispatch's Result, or a clear error naming failed tasks."""
+    status = str(result.status)
+    if status != "COMPLETED":
+        failed = [
+            f"{node['node_name']}: {node.get('error') or node.get('status')}"
+            for node in result.get_all_node_results()
+            if str(node.get("status")) not in ("COMPLETED", "None")
+        ]
+        detail = "; ".join(failed) or str(result.error or "no node error recorded")
+        raise WorkflowFailedError(f"dispatch {result.dispatch_id} ended {status}: {detail}")
+    return WorkflowOutput.from_raw(result.result)
+
+
+def run_covalent(
+    config: WorkflowConfig, executor: str, dispatcher_addr: str, results_dir: str | None = None
+) -> tuple[WorkflowOutput, str]:
+    """Dispatch and wait the stock way (`ct.get_result(wait=True)`): output and dispatch id."""
+    dispatch_id = dispatch(config, executor, dispatcher_addr)
+    result = ct.get_result(
+        dispatch_id, wait=True, dispatcher_addr=dispatcher_addr, results_dir=results_dir
+    )
+    return output_of(result), dispatch_id

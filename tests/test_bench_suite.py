@@ -1,0 +1,88 @@
+"""The suite end to end: the smoke profile into a temporary reports dir, then the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.analysis import SUMMARY_COLUMNS
+from bench.records import RUN_COLUMNS
+from bench.report import PLOTS
+from bench.report import main as report_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) -> None:
+    out = tmp_path / "reports"
+    bench_json = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p",
+        "no:cacheprovider", "--bench-profile", "smoke", "--bench-out", str(out),
+        "--data-dir", str(synthetic_root), "--covalent-address", covalent_server.address,
+        "--bench-set", "train_subset=256", "--bench-set", "test_subset=128",
+        "--bench-set", "rounds=2", "--bench-set", "threads=1",
+        f"--benchmark-json={bench_json}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "Covalent overhead" in proc.stdout
+
+    runs = pd.read_csv(out / "runs.csv")
+    assert tuple(runs.columns) == RUN_COLUMNS
+    runs["executor"] = runs["executor"].fillna("")
+    # 1 warm-up + 2 measured rounds per mode, all completed, all the same work.
+    for mode, executor in [("plain", ""), ("covalent", "local"), ("covalent", "dask")]:
+        rows = runs[(runs["mode"] == mode) & (runs["executor"] == executor)]
+        assert list(rows["warmup"]) == [True, False, False], (mode, executor)
+        assert (rows["status"] == "COMPLETED").all()
+        assert rows[["wall_s", "accuracy", "test_loss", "torch_threads"]].notna().all().all()
+    assert runs["weights_sha256"].nunique() == 1
+    cov = runs[runs["mode"] == "covalent"]
+    assert cov["dispatch_id"].notna().all() and (cov["submit_s"] > 0).all()
+    assert (runs["covalent"] == "0.240.0").all() and runs["git_commit"].notna().all()
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert tuple(summary.columns) == SUMMARY_COLUMNS
+    assert sorted(summary["executor"]) == ["dask", "local"]
+    assert summary["same_weights"].all() and summary["comparable"].all()
+    assert (summary["plain_accuracy"] == summary["covalent_accuracy"]).all()
+    expected_overhead = summary["covalent_median_s"] - summary["plain_median_s"]
+    assert (summary["overhead_s"] - expected_overhead).abs().max() < 1e-3
+
+    benchmarks = json.loads(bench_json.read_text())["benchmarks"]
+    assert len(benchmarks) == 3
+    for bench in benchmarks:
+        assert bench["stats"]["rounds"] == 2
+        assert len(bench["extra_info"]["runs"]) == 3
+        assert bench["extra_info"]["environment"]["covalent"] == "0.240.0"
+
+    assert report_main(["--in", str(out)]) == 0
+    for file in PLOTS.values():
+        assert (out / file).stat().st_size > 10_000, file
+    page = (out / "README.md").read_text()
+    assert "## Summary" in page and "overhead_s" in page and "0.240.0" in page
+    for file in PLOTS.values():
+        assert f"]({file})" in page
+
+
+def test_report_without_records_says_what_to_run(tmp_path, capsys) -> None:
+    assert report_main(["--in", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no run records" in err and "pytest bench --benchmark-only" in err
+
+
+def test_bad_profile_fails_at_collection(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "--collect-only", "-q",
+         "--bench-profile", "smoke", "--bench-set", "epoch=1", "--bench-out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "unknown key 'epoch'" in proc.stdout + proc.stderr
