@@ -15,7 +15,7 @@ from typing import Any
 import covalent as ct
 
 from mnist_core.config import WorkflowConfig
-from mnist_core.workflow import WorkflowOutput, dispatch, output_of, run_plain
+from mnist_core.workflow import WorkflowOutput, dispatch, output_of, run_plain, status_name
 
 POLL_S = 0.05
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "POSTPROCESSING_FAILED"}
@@ -79,7 +79,7 @@ def measure_covalent(
             )
         time.sleep(POLL_S)
         reply = ct.get_result(dispatch_id, status_only=True, dispatcher_addr=address)
-        status = str(reply["status"])
+        status = status_name(reply["status"])
     done = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="covalent-bench-result-") as results_dir:
         result = ct.get_result(
@@ -89,7 +89,7 @@ def measure_covalent(
             intermediate_outputs=False,
         )
         try:
-            output = output_of(result)
+            output = output_of(result, address, results_dir)
             error = ""
         except Exception as exc:  # recorded, then re-raised by the caller's check
             output, error = None, str(exc)

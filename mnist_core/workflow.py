@@ -130,17 +130,45 @@ def dispatch(
     return ct.dispatch(lattice, dispatcher_addr=dispatcher_addr)(model, config)
 
 
-def output_of(result: Any) -> WorkflowOutput:
+def status_name(status: Any) -> str:
+    """'COMPLETED', 'FAILED', ...: Covalent reports a Status or a StatusEnum depending on path."""
+    return str(status).removeprefix("StatusEnum.")
+
+
+def _task_errors(result: Any, dispatcher_addr: str | None, results_dir: str | None) -> list[str]:
+    """'name: error' for each failed task; errors are assets, fetched only when needed."""
+    failed = [n for n in result.get_all_node_results() if status_name(n["status"]) == "FAILED"]
+    manager = None
+    if dispatcher_addr and failed:
+        manager = ct.get_result_manager(
+            result.dispatch_id, results_dir, dispatcher_addr=dispatcher_addr
+        )
+    lines = []
+    for node in failed:
+        # The local and dask executors leave the traceback in stderr, not in error.
+        error = node.get("error") or node.get("stderr")
+        if not error and manager is not None:
+            graph = manager.result_object.lattice.transport_graph
+            for key in ("error", "stderr"):
+                manager.download_node_asset(node["node_id"], key)
+                manager.load_node_asset(node["node_id"], key)
+                error = error or graph.get_node_value(node["node_id"], key)
+        last = (str(error or "").strip().splitlines() or ["no error text"])[-1]
+        lines.append(f"{node['node_name']}: {last}")
+    return lines
+
+
+def output_of(
+    result: Any, dispatcher_addr: str | None = None, results_dir: str | None = None
+) -> WorkflowOutput:
     """The WorkflowOutput of a finished dispatch's Result, or a clear error naming failed tasks."""
-    status = str(result.status)
+    status = status_name(result.status)
     if status != "COMPLETED":
-        failed = [
-            f"{node['node_name']}: {node.get('error') or node.get('status')}"
-            for node in result.get_all_node_results()
-            if str(node.get("status")) not in ("COMPLETED", "None")
-        ]
-        detail = "; ".join(failed) or str(result.error or "no node error recorded")
-        raise WorkflowFailedError(f"dispatch {result.dispatch_id} ended {status}: {detail}")
+        detail = "; ".join(_task_errors(result, dispatcher_addr, results_dir))
+        raise WorkflowFailedError(
+            f"dispatch {result.dispatch_id} ended {status}: "
+            f"{detail or result.error or 'no task error recorded'}"
+        )
     return WorkflowOutput.from_raw(result.result)
 
 
@@ -152,4 +180,4 @@ def run_covalent(
     result = ct.get_result(
         dispatch_id, wait=True, dispatcher_addr=dispatcher_addr, results_dir=results_dir
     )
-    return output_of(result), dispatch_id
+    return output_of(result, dispatcher_addr, results_dir), dispatch_id

@@ -104,8 +104,9 @@ def test_failed_task_is_named(small_config: WorkflowConfig, covalent_server, tmp
         dispatch_id, wait=True, dispatcher_addr=covalent_server.address,
         results_dir=str(tmp_path / "results"),
     )
-    with pytest.raises(WorkflowFailedError, match=r"ended FAILED: .*data_loader"):
-        output_of(result)
+    expected = r"ended FAILED: data_loader: RuntimeError: Dataset not found"
+    with pytest.raises(WorkflowFailedError, match=expected):
+        output_of(result, covalent_server.address, str(tmp_path / "results"))
 
 
 def test_bad_config_is_refused() -> None:
