@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -30,6 +31,19 @@ def _label(row: pd.Series | dict) -> str:
     return row["executor"] if row["executor"] else "plain"
 
 
+def _wrap_id(config_id: str, width: int = 22) -> str:
+    """Config ids are long: break them at their dashes to fit under a bar."""
+    return "\n".join(textwrap.wrap(config_id.replace("-", " "), width)).replace(" ", "-")
+
+
+def _bar_labels(summary: pd.DataFrame) -> list[str]:
+    return [f"{r.executor}\n{_wrap_id(r.config_id)}" for r in summary.itertuples()]
+
+
+def _bar_figure(n_bars: int) -> tuple[plt.Figure, plt.Axes]:
+    return plt.subplots(figsize=(max(5.0, 2.2 * n_bars + 1.5), 4.6))
+
+
 def plot_wall_time(runs: pd.DataFrame, path: Path) -> None:
     """Every measured round as a dot, the median as a bar, per configuration and mode."""
     configs = list(dict.fromkeys(runs["config_id"]))
@@ -43,13 +57,14 @@ def plot_wall_time(runs: pd.DataFrame, path: Path) -> None:
             walls = group[group.apply(_label, axis=1) == label]["wall_s"]
             ax.bar(x, walls.median(), color=MODE_COLORS.get(label, "grey"), alpha=0.5)
             ax.scatter([x] * len(walls), walls, color="black", s=14, zorder=3)
-            ax.annotate(f"{walls.median():.1f} s", (x, walls.median()), ha="center",
+            ax.annotate(f"{walls.median():.1f} s", (x, walls.max()), ha="center",
                         va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
         ax.set_xticks(range(len(labels)), [("Covalent " + lb if lb != "plain" else lb)
                                            for lb in labels])
-        ax.set_title(config_id, fontsize=9)
+        ax.set_title(_wrap_id(config_id, 40), fontsize=8)
         ax.set_ylabel("wall time (s)")
-    fig.suptitle("Wall time per run: plain vs Covalent (bars: median; dots: rounds)")
+        ax.margins(y=0.12)
+    fig.suptitle("Wall time per run\n(bars: median; dots: measured rounds)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -57,7 +72,7 @@ def plot_wall_time(runs: pd.DataFrame, path: Path) -> None:
 
 def plot_overhead(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     """Median overhead per configuration and executor; whiskers span the rounds' range."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(summary) + 2), 4))
+    fig, ax = _bar_figure(len(summary))
     for i, row in summary.reset_index(drop=True).iterrows():
         cov = runs[(runs["config_id"] == row["config_id"]) & (runs["executor"] == row["executor"])]
         spread = cov["wall_s"] - row["plain_median_s"]
@@ -65,13 +80,13 @@ def plot_overhead(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None
         ax.bar(i, row["overhead_s"], color=MODE_COLORS.get(row["executor"], "grey"),
                yerr=[[low], [high]], capsize=4)
         ax.annotate(f"{row['overhead_s']:+.1f} s\n({row['overhead_pct']:+.0f} %)",
-                    (i, max(row["overhead_s"], 0)), ha="center", va="bottom", fontsize=8,
+                    (i, max(spread.max(), 0)), ha="center", va="bottom", fontsize=8,
                     xytext=(0, 4), textcoords="offset points")
-    ax.set_xticks(range(len(summary)),
-                  [f"{r.config_id}\n{r.executor}" for r in summary.itertuples()], fontsize=7)
+    ax.set_xticks(range(len(summary)), _bar_labels(summary), fontsize=7)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("Covalent − plain, median wall (s)")
-    ax.set_title("Covalent overhead per configuration (whiskers: range over rounds)")
+    ax.set_title("Covalent overhead per configuration\n(whiskers: range over rounds)",
+                 fontsize=11)
     ax.margins(y=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -79,7 +94,7 @@ def plot_overhead(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None
 
 
 def plot_accuracy(summary: pd.DataFrame, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(summary) + 2), 4))
+    fig, ax = _bar_figure(len(summary))
     width = 0.38
     for i, row in summary.reset_index(drop=True).iterrows():
         for offset, label, value in ((-width / 2, "plain", row["plain_accuracy"]),
@@ -90,11 +105,10 @@ def plot_accuracy(summary: pd.DataFrame, path: Path) -> None:
                         fontsize=8, xytext=(0, 2), textcoords="offset points")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), loc="lower right")
-    ax.set_xticks(range(len(summary)),
-                  [f"{r.config_id}\n{r.executor}" for r in summary.itertuples()], fontsize=7)
-    low = min(summary["plain_accuracy"].min(), summary["covalent_accuracy"].min())
-    ax.set_ylim(max(0, low - 10), 100)
+    ax.legend(unique.values(), unique.keys(), loc="upper center", ncol=3, fontsize=8,
+              bbox_to_anchor=(0.5, -0.28))
+    ax.set_xticks(range(len(summary)), _bar_labels(summary), fontsize=7)
+    ax.set_ylim(0, 110)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy: both modes did the same work")
     fig.tight_layout()
@@ -116,11 +130,11 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> None:
                     linestyle=line, marker=marker, markersize=5,
                     color=MODE_COLORS.get(label, "grey"),
                     label="Covalent " + label if label != "plain" else label)
-        ax.set_title(config_id, fontsize=9)
+        ax.set_title(_wrap_id(config_id, 40), fontsize=8)
         ax.set_xlabel("training samples seen")
         ax.set_ylabel("nll loss")
         ax.legend()
-    fig.suptitle("Training loss (logged every log_interval batches)")
+    fig.suptitle("Training loss (every log_interval batches; identical runs overlap)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from bench.analysis import SUMMARY_COLUMNS
@@ -86,3 +90,52 @@ def test_bad_profile_fails_at_collection(tmp_path) -> None:
     )
     assert proc.returncode != 0
     assert "unknown key 'epoch'" in proc.stdout + proc.stderr
+
+
+def _server_processes(state_root: Path) -> list[psutil.Process]:
+    """Live processes of Covalent servers whose isolated state lives under state_root."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            config_dir = proc.environ().get("COVALENT_CONFIG_DIR", "")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if config_dir.startswith(str(state_root)):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+def test_interrupted_benchmark_keeps_records_and_stops_its_server(
+    synthetic_root, tmp_path
+) -> None:
+    out, state = tmp_path / "reports", tmp_path / "state"
+    state.mkdir()
+    cmd = [
+        sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p",
+        "no:cacheprovider", "--bench-profile", "smoke", "--bench-out", str(out),
+        "--data-dir", str(synthetic_root), "--bench-set", "train_subset=256",
+        "--bench-set", "test_subset=128", "--bench-set", "rounds=50",
+    ]
+    # The harness puts its server's state under TMPDIR: that is how we find its processes.
+    env = {**os.environ, "TMPDIR": str(state)}
+    env.pop("COVALENT_BENCH_SERVER", None)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    runs = out / "runs.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if runs.exists() and len(runs.read_text().splitlines()) >= 3:  # header + 2 runs
+            break
+        time.sleep(0.5)
+    server = _server_processes(state)
+    assert proc.poll() is None and server, "the benchmark did not get going"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+
+    assert proc.returncode != 0
+    psutil.wait_procs(server, timeout=10)
+    assert not [p for p in server if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not _server_processes(state), output[-3000:]
+    kept = pd.read_csv(runs)
+    assert len(kept) >= 2 and (kept["status"] == "COMPLETED").all()
