@@ -37,14 +37,15 @@ def test_mnist_workflow(
 
     def one_run() -> None:
         i = next(rounds)
+        probes = bench_session.probe_dir
         if case.mode == "plain":
-            record = measure_plain(case.config)
+            record = measure_plain(case.config, probes)
         else:
-            record = measure_covalent(case.config, case.executor, covalent_server.address)
+            record = measure_covalent(case.config, case.executor, covalent_server.address, probes)
         rows.append(
             bench_session.record(
                 case.config,
-                record.row(),
+                record,
                 round=i,
                 warmup=i < profile.warmup_rounds,
                 server_startup_s=covalent_server.startup_s,

@@ -4,6 +4,7 @@ summary written when the session ends. Loaded with `-p bench.plugin` (see pyproj
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from bench.profiles import Profile, ProfileError, load_profile
-from bench.records import RunsWriter, environment, utc_now
+from bench.records import CsvAppender, environment, phases_writer, runs_writer, utc_now
+from bench.runner import RunRecord
 from bench.server import CovalentServer, server_for
 from mnist_core.config import WorkflowConfig
 from mnist_core.data import ensure_mnist, resolve_data_dir
@@ -71,28 +73,36 @@ def covalent_server(request: pytest.FixtureRequest) -> Iterator[CovalentServer]:
 
 @dataclass
 class BenchSession:
-    """What one pytest session of benchmarks shares: its profile, id and records writer."""
+    """What one pytest session of benchmarks shares: its profile, id and records writers."""
 
     profile: Profile
     out_dir: Path
-    writer: RunsWriter
+    writer: CsvAppender
+    phases: CsvAppender
+    probe_dir: Path  # where task probes leave their per-run records
     session_id: str = field(
         default_factory=lambda: utc_now().replace(":", "") + "-" + uuid.uuid4().hex[:6]
     )
     rows: int = 0
 
-    def record(self, config: WorkflowConfig, run_row: dict[str, Any], **extra: Any) -> dict:
+    def record(
+        self, config: WorkflowConfig, record: RunRecord, **extra: Any
+    ) -> dict[str, Any]:
+        """Append the run's row to runs.csv and its phases to phases.csv, now."""
         row = {
             "timestamp": utc_now(),
             "session_id": self.session_id,
             "profile": self.profile.name,
             "config_id": config.id,
             **config.as_dict(),
-            **run_row,
+            **record.row(),
             **extra,
             **environment(),
         }
         self.writer.append(row)
+        keys = ("session_id", "run_id", "profile", "config_id", "mode", "executor", "round",
+                "warmup")
+        self.phases.append(*({**{k: row[k] for k in keys}, **p} for p in record.phases))
         self.rows += 1
         return row
 
@@ -112,12 +122,16 @@ def profile_from(config: pytest.Config) -> Profile:
 
 
 @pytest.fixture(scope="session")
-def bench_session(request: pytest.FixtureRequest) -> BenchSession:
+def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
     config = request.config
     out_dir = Path(config.getoption("--bench-out")).resolve()
-    session = BenchSession(profile_from(config), out_dir, RunsWriter(out_dir))
-    config.stash[_SESSION] = session
-    return session
+    with tempfile.TemporaryDirectory(prefix="covalent-bench-probes-") as probe_dir:
+        session = BenchSession(
+            profile_from(config), out_dir, runs_writer(out_dir), phases_writer(out_dir),
+            Path(probe_dir),
+        )
+        config.stash[_SESSION] = session
+        yield session
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from typing import Any
 from mnist_core.config import WorkflowConfig
 
 RUNS_CSV = "runs.csv"
+PHASES_CSV = "phases.csv"
 SUMMARY_CSV = "summary.csv"
 
 ENV_COLUMNS = (
@@ -37,6 +38,7 @@ ENV_COLUMNS = (
 RUN_COLUMNS = (
     "timestamp",
     "session_id",
+    "run_id",
     "profile",
     "config_id",
     *WorkflowConfig.fields(),
@@ -60,6 +62,27 @@ RUN_COLUMNS = (
     "server_startup_s",
     "error",
     *ENV_COLUMNS,
+)
+# One row per run x phase. Times are seconds from the run's start (the client's first
+# instruction); `task` names the task for per-task phases.
+PHASE_COLUMNS = (
+    "session_id",
+    "run_id",
+    "profile",
+    "config_id",
+    "mode",
+    "executor",
+    "round",
+    "warmup",
+    "phase",  # submit | until_running | server | node | in_task | completion_detect | retrieve
+    "task",
+    "start_s",
+    "duration_s",
+    "cpu_s",
+    "bytes",  # serialized size of the node's output (Covalent's manifest)
+    "pid",
+    "threads",
+    "maxrss_mb",
 )
 
 
@@ -116,33 +139,43 @@ class SchemaMismatchError(RuntimeError):
     pass
 
 
-class RunsWriter:
-    """Appends rows to <out_dir>/runs.csv, header first, flushed to disk per row."""
+class CsvAppender:
+    """Appends rows to one CSV file of a fixed schema, header first, flushed per row."""
 
-    def __init__(self, out_dir: str | os.PathLike) -> None:
-        self.path = Path(out_dir) / RUNS_CSV
+    def __init__(self, path: str | os.PathLike, columns: tuple[str, ...]) -> None:
+        self.path, self.columns = Path(path), columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size:
             with self.path.open(newline="") as f:
                 header = tuple(next(csv.reader(f), ()))
-            if header != RUN_COLUMNS:
+            if header != columns:
                 raise SchemaMismatchError(
                     f"{self.path} has other columns than this version writes; move it away "
                     f"or choose another output directory (--bench-out)"
                 )
 
-    def append(self, row: Mapping[str, Any]) -> None:
-        unknown = set(row) - set(RUN_COLUMNS)
-        if unknown:
-            raise KeyError(f"not in the run schema: {sorted(unknown)}")
+    def append(self, *rows: Mapping[str, Any]) -> None:
+        for row in rows:
+            unknown = set(row) - set(self.columns)
+            if unknown:
+                raise KeyError(f"not in the {self.path.name} schema: {sorted(unknown)}")
         new = not self.path.exists() or self.path.stat().st_size == 0
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self.columns)
             if new:
                 writer.writeheader()
-            writer.writerow({k: _cell(row.get(k)) for k in RUN_COLUMNS})
+            for row in rows:
+                writer.writerow({k: _cell(row.get(k)) for k in self.columns})
             f.flush()
             os.fsync(f.fileno())
+
+
+def runs_writer(out_dir: str | os.PathLike) -> CsvAppender:
+    return CsvAppender(Path(out_dir) / RUNS_CSV, RUN_COLUMNS)
+
+
+def phases_writer(out_dir: str | os.PathLike) -> CsvAppender:
+    return CsvAppender(Path(out_dir) / PHASES_CSV, PHASE_COLUMNS)
 
 
 def _cell(value: Any) -> Any:

@@ -15,7 +15,15 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.analysis import NoRecordsError, load_runs, measured, summarize  # noqa: E402
+from bench.analysis import (  # noqa: E402
+    SEGMENTS,
+    NoRecordsError,
+    load_phases,
+    load_runs,
+    measured,
+    summarize,
+    with_breakdown,
+)
 from bench.records import ENV_COLUMNS, SUMMARY_CSV  # noqa: E402
 
 MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868"}
@@ -24,6 +32,16 @@ PLOTS = {
     "overhead": "overhead.png",
     "accuracy": "accuracy.png",
     "loss_curves": "loss_curves.png",
+    "breakdown": "breakdown.png",
+}
+SEGMENT_STYLE = {  # label, colour: compute in blue, orchestration in warm colours
+    "in_task_s": ("in-task compute", "#4c72b0"),
+    "submit_s": ("submit (build, serialize, upload)", "#dd8452"),
+    "until_running_s": ("until server runs it", "#c44e52"),
+    "server_orchestration_s": ("server: scheduling, staging, transfer", "#ffb347"),
+    "completion_detect_s": ("completion detection", "#8172b3"),
+    "retrieve_s": ("result download", "#937860"),
+    "rest_s": ("rest (client glue, unexplained)", "#bbbbbb"),
 }
 
 
@@ -140,6 +158,34 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_breakdown(runs: pd.DataFrame, path: Path) -> None:
+    """Median of each wall-time segment, stacked, per configuration and mode."""
+    keys = runs.drop_duplicates(["config_id", "mode", "executor"])
+    fig, ax = plt.subplots(figsize=(11, 1.4 + 0.7 * len(keys)))
+    labels = []
+    for i, (_, key) in enumerate(keys.iterrows()):
+        group = runs[(runs["config_id"] == key["config_id"]) & (runs["executor"] ==
+                                                                 key["executor"])]
+        left = 0.0
+        for seg in SEGMENTS:
+            value = group[seg].fillna(0).median()
+            name, colour = SEGMENT_STYLE[seg]
+            ax.barh(i, value, left=left, color=colour, label=name if i == 0 else None)
+            left += value
+        ax.annotate(f"{group['wall_s'].median():.1f} s", (left, i), va="center",
+                    xytext=(4, 0), textcoords="offset points", fontsize=8)
+        labels.append(f"{_label(key)}\n{_wrap_id(key['config_id'], 30)}")
+    ax.set_yticks(range(len(keys)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (medians of measured rounds)")
+    ax.set_title("Where the wall time goes")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.margins(x=0.12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _environment_table(runs: pd.DataFrame) -> str:
     latest = runs.sort_values("timestamp").iloc[-1]
     env = {col: latest[col] for col in ENV_COLUMNS}
@@ -178,6 +224,24 @@ def write_page(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> Path
         "",
     ]
     lines += [f"![{name}]({file})" for name, file in PLOTS.items()]
+    if "orchestration_s" in summary and summary["orchestration_s"].notna().any():
+        where = summary[["config_id", "executor", "overhead_s", "plain_in_task_s",
+                         "covalent_in_task_s", "compute_inflation_s", "orchestration_s",
+                         "submit_median_s", "until_running_median_s",
+                         "server_orchestration_s", "completion_detect_median_s",
+                         "retrieve_median_s"]]
+        lines += [
+            "", "## Where the time goes", "",
+            "Each task is timed from inside (wall and CPU, any executor). "
+            "*compute inflation* = the tasks' own time under Covalent − their time plain "
+            "(same code running slower or faster); *orchestration* = Covalent wall − "
+            "in-task time, split into submit, waiting until the server runs the "
+            "dispatch, server time outside the tasks (scheduling, staging, transfers), "
+            "completion detection (50 ms polling) and result download. Parallel tasks "
+            "count once. Per-phase rows are in `phases.csv`.",
+            "",
+            where.to_markdown(index=False, floatfmt=".2f"),
+        ]
     lines += ["", "## Environment", "", _environment_table(runs), ""]
     page = out_dir / "README.md"
     page.write_text("\n".join(lines))
@@ -191,10 +255,13 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     runs = measured(load_runs(in_dir))
     if runs.empty:
         raise NoRecordsError(f"{in_dir}: runs.csv has no completed, measured (non-warm-up) runs")
-    summary = summarize(runs)
+    phases = load_phases(in_dir)
+    summary = summarize(runs, phases)
     summary.to_csv(out_dir / SUMMARY_CSV, index=False, float_format="%.4f")
     plot_wall_time(runs, out_dir / PLOTS["wall_time"])
     plot_loss_curves(runs, out_dir / PLOTS["loss_curves"])
+    if phases is not None:
+        plot_breakdown(with_breakdown(runs, phases), out_dir / PLOTS["breakdown"])
     if not summary.empty:
         plot_overhead(summary, runs, out_dir / PLOTS["overhead"])
         plot_accuracy(summary, out_dir / PLOTS["accuracy"])

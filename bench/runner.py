@@ -1,19 +1,26 @@
-"""One configuration in one mode -> one record (timings, metrics, ids).
+"""One configuration in one mode -> one record: timings, metrics, ids, and phases.
 
 The Covalent path times the client's own view of a run: the dispatch call, waiting for a
 terminal status (polled every POLL_S, not the stock 1 s sleep, which would quantise wall
-times to about a second), and downloading the result.
+times to about a second), and downloading the result. Tasks in both modes are wrapped by
+a probe that records their own time (bench.probes), so a run's wall time can be split
+into phases: client submit, wait until the server runs it, each task's node span and
+in-task time, completion detection, result retrieval.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import covalent as ct
 
+from bench.probes import read_probes, task_probe
 from mnist_core.config import WorkflowConfig
 from mnist_core.workflow import WorkflowOutput, dispatch, output_of, run_plain, status_name
 
@@ -27,20 +34,23 @@ class DispatchTimeoutError(TimeoutError):
 
 @dataclass
 class RunRecord:
-    """A measured run: what the records writer turns into a CSV row."""
+    """A measured run: what the records writers turn into CSV rows."""
 
     mode: str
     executor: str
     wall_s: float
     output: WorkflowOutput | None
+    run_id: str = ""
     dispatch_id: str = ""
     status: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    phases: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
 
     def row(self) -> dict[str, Any]:
         out = self.output
         return {
+            "run_id": self.run_id,
             "mode": self.mode,
             "executor": self.executor,
             "wall_s": round(self.wall_s, 4),
@@ -58,18 +68,56 @@ class RunRecord:
         }
 
 
-def measure_plain(config: WorkflowConfig) -> RunRecord:
+def _phase(phase: str, start: float, end: float, task: str = "", **extra: Any) -> dict:
+    return {"phase": phase, "task": task, "start_s": start, "duration_s": end - start, **extra}
+
+
+def _in_task_phases(probes: list[dict], t0: float) -> list[dict]:
+    return [
+        _phase(
+            "in_task", p["start"] - t0, p["end"] - t0, p["task"], cpu_s=p["cpu_s"],
+            pid=p["pid"], threads=p["threads"], maxrss_mb=round(p["maxrss_mb"], 1),
+        )
+        for p in probes
+    ]
+
+
+def measure_plain(config: WorkflowConfig, probe_dir: str | Path) -> RunRecord:
+    run_id = uuid.uuid4().hex[:12]
+    t0 = time.time()
     start = time.perf_counter()
-    output = run_plain(config)
-    return RunRecord("plain", "", time.perf_counter() - start, output, status="COMPLETED")
+    output = run_plain(config, wrap=task_probe(probe_dir, run_id))
+    wall = time.perf_counter() - start
+    phases = _in_task_phases(read_probes(probe_dir, run_id), t0)
+    return RunRecord("plain", "", wall, output, run_id, status="COMPLETED", phases=phases)
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    # Covalent stores UTC; some paths hand it back without tzinfo.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _output_sizes(dispatch_id: str, address: str, results_dir: str) -> dict[int, int]:
+    """Serialized bytes of each node's output, from the dispatch manifest."""
+    manager = ct.get_result_manager(dispatch_id, results_dir, dispatcher_addr=address)
+    nodes = manager._manifest["lattice"]["transport_graph"]["nodes"]
+    return {node["id"]: node["assets"]["output"].get("size") or 0 for node in nodes}
 
 
 def measure_covalent(
-    config: WorkflowConfig, executor: str, address: str, timeout_s: float = 3600.0
+    config: WorkflowConfig,
+    executor: str,
+    address: str,
+    probe_dir: str | Path,
+    timeout_s: float = 3600.0,
 ) -> RunRecord:
     """Dispatch, poll to a terminal status, download; a failed dispatch is recorded too."""
+    run_id = uuid.uuid4().hex[:12]
+    t0 = time.time()
     start = time.perf_counter()
-    dispatch_id = dispatch(config, executor, address)
+    dispatch_id = dispatch(config, executor, address, wrap=task_probe(probe_dir, run_id))
     submitted = time.perf_counter()
     status = ""
     while status not in TERMINAL:
@@ -91,15 +139,34 @@ def measure_covalent(
         try:
             output = output_of(result, address, results_dir)
             error = ""
-        except Exception as exc:  # recorded, then re-raised by the caller's check
+        except Exception as exc:  # recorded, then re-raised by the caller
             output, error = None, str(exc)
-    end = time.perf_counter()
-    server_s = None
-    if result.start_time and result.end_time:
-        server_s = (result.end_time - result.start_time).total_seconds()
-    timings = {"submit_s": submitted - start, "retrieve_s": end - done}
-    if server_s is not None:
-        timings["server_s"] = server_s
+        end = time.perf_counter()
+        sizes = _output_sizes(dispatch_id, address, results_dir)  # after the clock stops
+
+    rel = {"submitted": submitted - start, "done": done - start, "end": end - start}
+    server_start, server_end = _epoch(result.start_time), _epoch(result.end_time)
+    phases = [_phase("submit", 0.0, rel["submitted"])]
+    timings = {"submit_s": rel["submitted"], "retrieve_s": rel["end"] - rel["done"]}
+    if server_start is not None and server_end is not None:
+        s0, s1 = server_start - t0, server_end - t0
+        timings["server_s"] = s1 - s0
+        phases += [
+            _phase("until_running", rel["submitted"], s0),
+            _phase("server", s0, s1),
+            _phase("completion_detect", s1, rel["done"]),
+        ]
+    for node in result.get_all_node_results():
+        node_start, node_end = _epoch(node["start_time"]), _epoch(node["end_time"])
+        if node["node_name"].startswith(":parameter:") or node_start is None:
+            continue
+        phases.append(
+            _phase("node", node_start - t0, (node_end or node_start) - t0, node["node_name"],
+                   bytes=sizes.get(node["node_id"]))
+        )
+    phases += _in_task_phases(read_probes(probe_dir, run_id), t0)
+    phases.append(_phase("retrieve", rel["done"], rel["end"]))
     return RunRecord(
-        "covalent", executor, end - start, output, dispatch_id, status, timings, error
+        "covalent", executor, end - start, output, run_id, dispatch_id, status, timings,
+        phases, error,
     )

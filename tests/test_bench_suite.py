@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from bench.analysis import SUMMARY_COLUMNS
-from bench.records import RUN_COLUMNS
+from bench.records import PHASE_COLUMNS, RUN_COLUMNS
 from bench.report import PLOTS
 from bench.report import main as report_main
 
@@ -52,6 +52,14 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
     assert cov["dispatch_id"].notna().all() and (cov["submit_s"] > 0).all()
     assert (runs["covalent"] == "0.240.0").all() and runs["git_commit"].notna().all()
 
+    phases = pd.read_csv(out / "phases.csv")
+    assert tuple(phases.columns) == PHASE_COLUMNS
+    in_task = phases[phases["phase"] == "in_task"].groupby("run_id")["task"].apply(sorted)
+    assert set(in_task.index) == set(runs["run_id"])
+    assert all(t == ["data_loader", "data_loader", "test", "train_model"] for t in in_task)
+    cov_ids = set(cov["run_id"])
+    assert cov_ids <= set(phases[phases["phase"] == "submit"]["run_id"])
+
     summary = pd.read_csv(out / "summary.csv")
     assert tuple(summary.columns) == SUMMARY_COLUMNS
     assert sorted(summary["executor"]) == ["dask", "local"]
@@ -59,6 +67,7 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
     assert (summary["plain_accuracy"] == summary["covalent_accuracy"]).all()
     expected_overhead = summary["covalent_median_s"] - summary["plain_median_s"]
     assert (summary["overhead_s"] - expected_overhead).abs().max() < 1e-3
+    assert summary[["orchestration_s", "compute_inflation_s"]].notna().all().all()
 
     benchmarks = json.loads(bench_json.read_text())["benchmarks"]
     assert len(benchmarks) == 3
@@ -72,6 +81,7 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
         assert (out / file).stat().st_size > 10_000, file
     page = (out / "README.md").read_text()
     assert "## Summary" in page and "overhead_s" in page and "0.240.0" in page
+    assert "## Where the time goes" in page
     for file in PLOTS.values():
         assert f"]({file})" in page
 

@@ -6,13 +6,13 @@ import csv
 
 import pytest
 
-from bench.records import RUN_COLUMNS, RunsWriter, SchemaMismatchError, environment
+from bench.records import RUN_COLUMNS, SchemaMismatchError, environment, runs_writer
 
 
 def test_rows_are_appended_with_one_header(tmp_path) -> None:
-    writer = RunsWriter(tmp_path)
+    writer = runs_writer(tmp_path)
     writer.append({"mode": "plain", "wall_s": 1.5, "train_losses": [2.3, 1.1]})
-    RunsWriter(tmp_path).append({"mode": "covalent", "executor": "dask", "wall_s": 2.5})
+    runs_writer(tmp_path).append({"mode": "covalent", "executor": "dask", "wall_s": 2.5})
     with (tmp_path / "runs.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["mode"] for r in rows] == ["plain", "covalent"]
@@ -21,11 +21,11 @@ def test_rows_are_appended_with_one_header(tmp_path) -> None:
 
 
 def test_unknown_columns_and_foreign_files_are_refused(tmp_path) -> None:
-    with pytest.raises(KeyError, match="not in the run schema"):
-        RunsWriter(tmp_path).append({"walltime": 1})
+    with pytest.raises(KeyError, match="not in the runs.csv schema"):
+        runs_writer(tmp_path).append({"walltime": 1})
     (tmp_path / "runs.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SchemaMismatchError, match="--bench-out"):
-        RunsWriter(tmp_path)
+        runs_writer(tmp_path)
 
 
 def test_environment_is_complete() -> None:
