@@ -1,13 +1,52 @@
-"""From run records to the per-configuration summary (plain vs Covalent)."""
+"""From run records to the per-configuration summary: plain vs Covalent, where the time
+goes, and how sure we are (bootstrap confidence intervals over paired rounds).
+
+Per Covalent run (seconds):
+    wall     = submit + until_running + server + completion_detect + retrieve + rest
+    server   = in_task + executor_cost + scheduling_gaps
+where in_task is the union of the tasks' own intervals (parallel tasks count once),
+executor_cost the rest of the nodes' spans (staging, (de)serialization, hand-off) and
+scheduling_gaps the server time when no node ran. A plain run is in_task + rest.
+Overhead = Covalent wall - plain wall of the same round splits into two families:
+    orchestration     = Covalent wall - Covalent in_task (its named parts + Covalent rest)
+    compute inflation = Covalent in_task - plain in_task (the same tasks, slower or faster)
+and what no part names (rest of both runs) is reported as `unexplained_s`.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bench.records import PHASES_CSV, RUNS_CSV, SUMMARY_CSV
+
+CONFIDENCE = 0.95
+ORCHESTRATION_PARTS = (
+    "submit_s",
+    "until_running_s",
+    "scheduling_gaps_s",
+    "executor_cost_s",
+    "completion_detect_s",
+    "retrieve_s",
+)
+# Segments of a run's wall time, in the order they happen (plots stack them so).
+SEGMENTS = (
+    "submit_s",
+    "until_running_s",
+    "in_task_s",
+    "executor_cost_s",
+    "scheduling_gaps_s",
+    "completion_detect_s",
+    "retrieve_s",
+    "rest_s",
+)
+# Per-round estimators that get a median and a bootstrap CI.
+ESTIMATORS = ("total_overhead_s", "total_overhead_pct", "orchestration_s",
+              "orchestration_pct", "compute_inflation_s")
 
 SUMMARY_COLUMNS = (
     "profile",
@@ -15,7 +54,7 @@ SUMMARY_COLUMNS = (
     "executor",
     "plain_median_s",
     "covalent_median_s",
-    "overhead_s",
+    "overhead_s",  # median Covalent wall - median plain wall
     "overhead_pct",
     "plain_rounds",
     "covalent_rounds",
@@ -27,28 +66,19 @@ SUMMARY_COLUMNS = (
     "plain_threads",
     "covalent_threads",
     "comparable",
-    "submit_median_s",
-    "server_median_s",
-    "retrieve_median_s",
-    # Where the time goes (medians over runs; see breakdown()):
+    *(f"{e}{suffix}" for e in ESTIMATORS for suffix in ("", "_ci_low", "_ci_high")),
     "plain_in_task_s",
     "covalent_in_task_s",
-    "compute_inflation_s",  # in-task time under Covalent - in-task time plain
-    "orchestration_s",  # Covalent wall - Covalent in-task time
-    "until_running_median_s",
-    "server_orchestration_s",  # server span - in-task time
-    "completion_detect_median_s",
+    *(f"{p.removesuffix('_s')}_median_s" for p in ORCHESTRATION_PARTS),
+    "server_median_s",
+    "stock_wall_median_s",
+    "unexplained_s",
+    "explained_pct",
+    "plain_server_cpu_s",  # the idle server's CPU during a plain run: its tax
+    "covalent_server_cpu_s",
+    "cold_plain_s",  # first (warm-up) round after the server started
+    "cold_covalent_s",
     "session_id",
-)
-# Segments of a run's wall time, in the order they happen (plots stack them so).
-SEGMENTS = (
-    "submit_s",
-    "until_running_s",
-    "in_task_s",
-    "server_orchestration_s",
-    "completion_detect_s",
-    "retrieve_s",
-    "rest_s",
 )
 
 
@@ -85,22 +115,24 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _intervals(rows: pd.DataFrame) -> list[tuple[float, float]]:
+    return list(zip(rows["start_s"], rows["start_s"] + rows["duration_s"], strict=True))
+
+
 def breakdown(phases: pd.DataFrame) -> pd.DataFrame:
-    """Per run, the segments phases.csv holds (submit and retrieve are in runs.csv).
-    In-task time is the union of the tasks' own intervals: parallel tasks count once."""
+    """Per run, the segments phases.csv holds (submit and retrieve are in runs.csv)."""
     rows = []
     for run_id, group in phases.groupby("run_id", sort=False):
-        tasks = group[group["phase"] == "in_task"]
-        in_task = _union_length(
-            list(zip(tasks["start_s"], tasks["start_s"] + tasks["duration_s"], strict=True))
-        )
+        in_task = _union_length(_intervals(group[group["phase"] == "in_task"]))
+        nodes = _union_length(_intervals(group[group["phase"] == "node"]))
         named = group.groupby("phase")["duration_s"].sum()
         server = named.get("server", 0.0)
         rows.append({
             "run_id": run_id,
             "in_task_s": in_task,
             "until_running_s": named.get("until_running", 0.0),
-            "server_orchestration_s": max(server - in_task, 0.0) if server else 0.0,
+            "executor_cost_s": max(nodes - in_task, 0.0) if server else 0.0,
+            "scheduling_gaps_s": max(server - max(nodes, in_task), 0.0) if server else 0.0,
             "completion_detect_s": named.get("completion_detect", 0.0),
         })
     return pd.DataFrame(rows)
@@ -118,34 +150,87 @@ def with_breakdown(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFr
 
 def measured(runs: pd.DataFrame) -> pd.DataFrame:
     """Completed, non-warm-up rows of the latest session that measured each (config, mode)."""
-    ok = runs[(runs["status"] == "COMPLETED") & (~runs["warmup"].astype(bool))]
+    return _latest(runs[(runs["status"] == "COMPLETED") & (~runs["warmup"].astype(bool))])
+
+
+def cold(runs: pd.DataFrame) -> pd.DataFrame:
+    """The warm-up rounds (the first runs after the server started), latest session."""
+    return _latest(runs[(runs["status"] == "COMPLETED") & runs["warmup"].astype(bool)])
+
+
+def _latest(rows: pd.DataFrame) -> pd.DataFrame:
     keys = ["profile", "config_id", "mode", "executor"]
-    latest = ok.groupby(keys)["session_id"].transform("max")
-    return ok[ok["session_id"] == latest]
+    latest = rows.groupby(keys)["session_id"].transform("max")
+    return rows[rows["session_id"] == latest]
+
+
+def median_ci(values: np.ndarray | pd.Series) -> tuple[float, float, float]:
+    """Median and its bootstrap confidence interval (scipy, percentile method)."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return (float("nan"),) * 3
+    if len(x) == 1 or np.all(x == x[0]):
+        return float(x[0]), float(x[0]), float(x[0])
+    res = stats.bootstrap(
+        (x,), np.median, confidence_level=CONFIDENCE, method="percentile",
+        n_resamples=9999, random_state=np.random.default_rng(0),
+    )
+    return float(np.median(x)), float(res.confidence_interval.low), float(
+        res.confidence_interval.high)
+
+
+def paired_rounds(plain: pd.DataFrame, cov: pd.DataFrame) -> pd.DataFrame:
+    """Per round, the estimators on the plain and Covalent run of that round."""
+    p = plain.set_index("round")
+    c = cov.set_index("round")
+    both = p.index.intersection(c.index)
+    p, c = p.loc[both], c.loc[both]
+    out = pd.DataFrame(index=both)
+    out["total_overhead_s"] = c["wall_s"] - p["wall_s"]
+    out["total_overhead_pct"] = 100 * (c["wall_s"] / p["wall_s"] - 1)
+    if "in_task_s" in c:
+        out["orchestration_s"] = c["wall_s"] - c["in_task_s"]
+        out["orchestration_pct"] = 100 * out["orchestration_s"] / p["wall_s"]
+        out["compute_inflation_s"] = c["in_task_s"] - p["in_task_s"]
+        out["unexplained_s"] = c["rest_s"] - p["rest_s"]
+    return out
 
 
 def summarize(runs: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per configuration and executor: medians, overhead, accuracy of each mode."""
+    """One row per configuration and executor."""
     rows = []
     done = with_breakdown(measured(runs), phases)
+    first = cold(runs)
     for (profile, config_id), group in done.groupby(["profile", "config_id"], sort=False):
         plain = group[group["mode"] == "plain"]
         for executor, cov in group[group["mode"] == "covalent"].groupby("executor", sort=False):
-            rows.append(_compare(profile, config_id, executor, plain, cov))
+            row = _compare(profile, config_id, executor, plain, cov)
+            cold_rows = first[first["config_id"] == config_id]
+            row["cold_plain_s"] = _first(cold_rows[cold_rows["mode"] == "plain"]["wall_s"])
+            row["cold_covalent_s"] = _first(cold_rows[cold_rows["executor"] == executor]["wall_s"])
+            rows.append(row)
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def _first(values: pd.Series) -> float:
+    return float(values.iloc[0]) if len(values) else float("nan")
+
+
+def _median(frame: pd.DataFrame, column: str) -> float:
+    return frame[column].median() if column in frame and len(frame) else float("nan")
 
 
 def _compare(
     profile: str, config_id: str, executor: str, plain: pd.DataFrame, cov: pd.DataFrame
 ) -> dict:
-    plain_s = plain["wall_s"].median() if len(plain) else float("nan")
-    cov_s = cov["wall_s"].median()
+    plain_s, cov_s = _median(plain, "wall_s"), _median(cov, "wall_s")
     overhead = cov_s - plain_s
     hashes = set(plain["weights_sha256"]) | set(cov["weights_sha256"])
     plain_threads = sorted(set(plain["torch_threads"].astype(int)))
     cov_threads = sorted(set(cov["torch_threads"].astype(int)))
     devices = set(plain["resolved_device"]) | set(cov["resolved_device"])
-    return {
+    row = {
         "profile": profile,
         "config_id": config_id,
         "executor": executor,
@@ -155,37 +240,36 @@ def _compare(
         "overhead_pct": 100 * overhead / plain_s if plain_s else float("nan"),
         "plain_rounds": len(plain),
         "covalent_rounds": len(cov),
-        "plain_accuracy": plain["accuracy"].median() if len(plain) else float("nan"),
-        "covalent_accuracy": cov["accuracy"].median(),
-        "plain_test_loss": plain["test_loss"].median() if len(plain) else float("nan"),
-        "covalent_test_loss": cov["test_loss"].median(),
+        "plain_accuracy": _median(plain, "accuracy"),
+        "covalent_accuracy": _median(cov, "accuracy"),
+        "plain_test_loss": _median(plain, "test_loss"),
+        "covalent_test_loss": _median(cov, "test_loss"),
         "same_weights": len(plain) > 0 and len(hashes) == 1,
         "plain_threads": "/".join(map(str, plain_threads)),
         "covalent_threads": "/".join(map(str, cov_threads)),
         # A pair that ran with other thread counts or devices measures those, not Covalent.
         "comparable": plain_threads == cov_threads and len(devices) == 1,
-        "submit_median_s": cov["submit_s"].median(),
-        "server_median_s": cov["server_s"].median(),
-        "retrieve_median_s": cov["retrieve_s"].median(),
-        **_where_time_goes(plain, cov),
+        "plain_in_task_s": _median(plain, "in_task_s"),
+        "covalent_in_task_s": _median(cov, "in_task_s"),
+        "server_median_s": _median(cov, "server_s"),
+        "stock_wall_median_s": _median(cov, "stock_wall_s"),
+        "plain_server_cpu_s": _median(plain, "server_cpu_s"),
+        "covalent_server_cpu_s": _median(cov, "server_cpu_s"),
         "session_id": cov["session_id"].max(),
     }
-
-
-def _where_time_goes(plain: pd.DataFrame, cov: pd.DataFrame) -> dict[str, float]:
-    if "in_task_s" not in cov:
-        return {}
-    plain_in_task = plain["in_task_s"].median() if len(plain) else float("nan")
-    cov_in_task = cov["in_task_s"].median()
-    return {
-        "plain_in_task_s": plain_in_task,
-        "covalent_in_task_s": cov_in_task,
-        "compute_inflation_s": cov_in_task - plain_in_task,
-        "orchestration_s": (cov["wall_s"] - cov["in_task_s"]).median(),
-        "until_running_median_s": cov["until_running_s"].median(),
-        "server_orchestration_s": cov["server_orchestration_s"].median(),
-        "completion_detect_median_s": cov["completion_detect_s"].median(),
-    }
+    for part in ORCHESTRATION_PARTS:
+        row[f"{part.removesuffix('_s')}_median_s"] = _median(cov, part)
+    pairs = paired_rounds(plain, cov)
+    for estimator in ESTIMATORS:
+        if estimator in pairs:
+            row[estimator], row[f"{estimator}_ci_low"], row[f"{estimator}_ci_high"] = median_ci(
+                pairs[estimator])
+    if "unexplained_s" in pairs:
+        row["unexplained_s"] = pairs["unexplained_s"].median()
+        total = pairs["total_overhead_s"].median()
+        if total:
+            row["explained_pct"] = 100 * (1 - abs(row["unexplained_s"]) / abs(total))
+    return row
 
 
 def write_summary(out_dir: str | os.PathLike) -> pd.DataFrame:

@@ -1,8 +1,10 @@
 """The benchmark suite: `pytest bench --benchmark-only [--bench-profile smoke|quick|tutorial]`.
 
-Each configuration of the profile runs plain and on every Covalent executor, in pedantic
-mode: explicit rounds after warm-up rounds, one call per round (a run takes seconds to
-minutes; pytest-benchmark's calibration would multiply that). Every run, warm-up included,
+Each configuration of the profile runs plain and on every Covalent executor through
+pytest-benchmark's pedantic mode, one call per round (a run takes seconds to minutes;
+pytest-benchmark's calibration would multiply that). By default rounds are interleaved
+(plain, local, dask, plain, ...: one benchmark per round); `--bench-order grouped` runs
+the warm-up and measured rounds of a mode in one benchmark. Every run, warm-up included,
 is appended to runs.csv as soon as it ends.
 """
 
@@ -20,7 +22,8 @@ from mnist_core.workflow import WorkflowFailedError
 # Columns that go into pytest-benchmark's JSON next to its own statistics.
 EXTRA_COLUMNS = (
     "round", "warmup", "wall_s", "accuracy", "test_loss", "weights_sha256", "torch_threads",
-    "dispatch_id", "status", "submit_s", "server_s", "retrieve_s",
+    "dispatch_id", "status", "submit_s", "server_s", "retrieve_s", "stock_wall_s",
+    "server_cpu_s",
 )
 
 
@@ -32,16 +35,18 @@ def test_mnist_workflow(
     mnist_root: Any,
 ) -> None:
     profile = bench_session.profile
-    rounds = itertools.count()
+    rounds = itertools.count(case.round or 0)
     rows: list[dict] = []
 
     def one_run() -> None:
         i = next(rounds)
         probes = bench_session.probe_dir
         if case.mode == "plain":
-            record = measure_plain(case.config, probes)
+            record = measure_plain(case.config, probes, covalent_server)
         else:
-            record = measure_covalent(case.config, case.executor, covalent_server.address, probes)
+            record = measure_covalent(
+                case.config, case.executor, covalent_server.address, probes, covalent_server
+            )
         rows.append(
             bench_session.record(
                 case.config,
@@ -54,7 +59,7 @@ def test_mnist_workflow(
         if record.error:
             raise WorkflowFailedError(record.error)
 
-    benchmark.group = case.config.id
+    benchmark.group = f"{case.config.id}-{case.label}"
     benchmark.extra_info.update(
         profile=profile.name,
         config_id=case.config.id,
@@ -66,9 +71,13 @@ def test_mnist_workflow(
         environment=environment(),
     )
     try:
-        benchmark.pedantic(
-            one_run, rounds=profile.rounds, warmup_rounds=profile.warmup_rounds, iterations=1
-        )
+        if case.round is None:
+            benchmark.pedantic(
+                one_run, rounds=profile.rounds, warmup_rounds=profile.warmup_rounds,
+                iterations=1,
+            )
+        else:
+            benchmark.pedantic(one_run, rounds=1, warmup_rounds=0, iterations=1)
     finally:
         benchmark.extra_info["runs"] = [{k: row.get(k) for k in EXTRA_COLUMNS} for row in rows]
     accuracies = {row["accuracy"] for row in rows}

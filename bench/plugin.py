@@ -21,6 +21,7 @@ from mnist_core.config import WorkflowConfig
 from mnist_core.data import ensure_mnist, resolve_data_dir
 
 PROFILE_ENV = "BENCH_PROFILE"
+ORDERS = ("interleaved", "grouped")
 OUT_ENV = "BENCH_OUT"
 
 
@@ -52,6 +53,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--covalent-address",
         default=None,
         help="attach to this running server (env COVALENT_BENCH_SERVER) instead of starting one",
+    )
+    group.addoption(
+        "--bench-order",
+        choices=ORDERS,
+        default="interleaved",
+        help="interleaved (default): round by round, plain then each executor, so machine "
+        "drift hits all modes alike; grouped: all rounds of a mode in one pytest-benchmark "
+        "test (its statistics and --benchmark-compare per mode)",
     )
     group.addoption("--covalent-workers", type=int, default=None, help="Dask workers")
     group.addoption(
@@ -177,18 +186,26 @@ class Case:
     config: WorkflowConfig
     mode: str
     executor: str = ""
+    round: int | None = None  # None: all rounds in this one benchmark (grouped order)
+
+    @property
+    def label(self) -> str:
+        return self.executor or self.mode
 
     @property
     def id(self) -> str:
-        return f"{self.config.id}-{self.executor or self.mode}"
+        at = "" if self.round is None else f"-r{self.round}"
+        return f"{self.config.id}{at}-{self.label}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" not in metafunc.fixturenames:
         return
     profile = profile_from(metafunc.config)
-    cases = []
-    for config in profile.configs:
-        cases.append(Case(config, "plain"))
-        cases.extend(Case(config, "covalent", executor) for executor in profile.executors)
+    modes = [("plain", "")] + [("covalent", executor) for executor in profile.executors]
+    if metafunc.config.getoption("--bench-order") == "grouped":
+        cases = [Case(c, m, e) for c in profile.configs for m, e in modes]
+    else:  # ABAB...: every round runs each mode once before the next round starts
+        rounds = range(profile.warmup_rounds + profile.rounds)
+        cases = [Case(c, m, e, r) for c in profile.configs for r in rounds for m, e in modes]
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

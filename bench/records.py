@@ -59,6 +59,9 @@ RUN_COLUMNS = (
     "submit_s",  # the dispatch call: graph build, serialization, upload
     "server_s",  # result.end_time - result.start_time, as Covalent reports it
     "retrieve_s",  # downloading the finished result
+    "stock_wall_s",  # what ct.get_result(wait=True)'s 1 s polling would have shown
+    "server_cpu_s",  # CPU of the server's process tree during the run (idle tax on plain)
+    "client_rss_mb",  # this process's RSS after the run
     "server_startup_s",
     "error",
     *ENV_COLUMNS,

@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.analysis import (  # noqa: E402
+    CONFIDENCE,
+    ORCHESTRATION_PARTS,
     SEGMENTS,
     NoRecordsError,
     load_phases,
@@ -33,12 +35,21 @@ PLOTS = {
     "accuracy": "accuracy.png",
     "loss_curves": "loss_curves.png",
     "breakdown": "breakdown.png",
+    "overhead_parts": "overhead_parts.png",
+    "overhead_ci": "overhead_ci.png",
+    "timeline": "timeline.png",
+}
+FAMILY_STYLE = {  # estimator: label, colour
+    "total_overhead_s": ("total (Covalent − plain)", "#555555"),
+    "orchestration_s": ("orchestration", "#dd8452"),
+    "compute_inflation_s": ("compute inflation", "#4c72b0"),
 }
 SEGMENT_STYLE = {  # label, colour: compute in blue, orchestration in warm colours
     "in_task_s": ("in-task compute", "#4c72b0"),
     "submit_s": ("submit (build, serialize, upload)", "#dd8452"),
     "until_running_s": ("until server runs it", "#c44e52"),
-    "server_orchestration_s": ("server: scheduling, staging, transfer", "#ffb347"),
+    "executor_cost_s": ("executor: staging, (de)serialization, hand-off", "#ffb347"),
+    "scheduling_gaps_s": ("server: gaps between tasks", "#e377c2"),
     "completion_detect_s": ("completion detection", "#8172b3"),
     "retrieve_s": ("result download", "#937860"),
     "rest_s": ("rest (client glue, unexplained)", "#bbbbbb"),
@@ -186,6 +197,107 @@ def plot_breakdown(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_overhead_parts(summary: pd.DataFrame, path: Path) -> None:
+    """The overhead's named parts stacked (negative parts below zero), per configuration."""
+    parts = [*ORCHESTRATION_PARTS, "compute_inflation_s", "unexplained_s"]
+    fig, ax = _bar_figure(len(summary))
+    for i, row in enumerate(summary.itertuples()):
+        up = down = 0.0
+        for part in parts:
+            column = "compute_inflation_s" if part == "compute_inflation_s" else (
+                "unexplained_s" if part == "unexplained_s" else
+                f"{part.removesuffix('_s')}_median_s")
+            value = getattr(row, column)
+            if pd.isna(value):
+                continue
+            seg = {"compute_inflation_s": "in_task_s", "unexplained_s": "rest_s"}.get(part, part)
+            name, colour = SEGMENT_STYLE[seg]
+            if part == "compute_inflation_s":
+                name = "compute inflation"
+            base = up if value >= 0 else down
+            ax.bar(i, value, bottom=base, color=colour, label=name if i == 0 else None,
+                   edgecolor="white", linewidth=0.5)
+            up, down = (up + value, down) if value >= 0 else (up, down + value)
+        ax.scatter([i], [row.total_overhead_s], color="black", marker="D", s=25, zorder=3,
+                   label="total overhead (median of rounds)" if i == 0 else None)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(summary)), _bar_labels(summary), fontsize=7)
+    ax.set_ylabel("seconds (medians)")
+    ax.set_title("What the overhead is made of")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.set_size_inches(fig.get_size_inches()[0] + 3.5, fig.get_size_inches()[1])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_overhead_ci(summary: pd.DataFrame, path: Path) -> None:
+    """Each overhead family's median with its bootstrap 95 % CI, per configuration."""
+    fig, ax = _bar_figure(len(summary))
+    width = 0.8 / len(FAMILY_STYLE)
+    for i, row in enumerate(summary.itertuples()):
+        for k, (family, (name, colour)) in enumerate(FAMILY_STYLE.items()):
+            mid = getattr(row, family)
+            low, high = getattr(row, f"{family}_ci_low"), getattr(row, f"{family}_ci_high")
+            x = i + (k - 1) * width
+            ax.bar(x, mid, width, color=colour, label=name if i == 0 else None)
+            ax.errorbar(x, mid, yerr=[[mid - low], [high - mid]], color="black", capsize=3)
+            ax.annotate(f"{mid:+.2f}\n±{(high - low) / 2:.2f}", (x, max(high, 0)),
+                        ha="center", va="bottom", fontsize=6, xytext=(0, 2),
+                        textcoords="offset points")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(summary)), _bar_labels(summary), fontsize=7)
+    ax.set_ylabel("seconds")
+    ax.set_title(f"Overhead families: median of paired rounds, {CONFIDENCE:.0%} bootstrap CI")
+    ax.legend(fontsize=7)
+    ax.margins(y=0.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_timeline(runs: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
+    """Gantt chart of one measured round: the plain run and each Covalent run, one time
+    axis: client phases, each node's span on the server and the task's own time in it."""
+    last = runs.sort_values("round").groupby(["config_id"])["round"].max()
+    config_id, rnd = last.index[0], last.iloc[0]
+    chosen = runs[(runs["config_id"] == config_id) & (runs["round"] == rnd)]
+    lanes, y = [], 0
+    n_lanes = sum(1 + phases[(phases["run_id"] == r) & phases["phase"].isin(["node", "in_task"])]
+                  ["task"].nunique() for r in chosen["run_id"])
+    fig, ax = plt.subplots(figsize=(11, 1.5 + 0.22 * n_lanes))
+    client_colours = {"submit": "#dd8452", "until_running": "#c44e52",
+                      "completion_detect": "#8172b3", "retrieve": "#937860"}
+    for _, run in chosen.iterrows():
+        ph = phases[phases["run_id"] == run["run_id"]]
+        label = "plain" if run["mode"] == "plain" else f"Covalent {run['executor']}"
+        ax.barh(y, run["wall_s"], color="#eeeeee", edgecolor="grey")
+        lanes.append(f"{label}: wall {run['wall_s']:.1f} s")
+        for _, p in ph[ph["phase"].isin(list(client_colours))].iterrows():
+            ax.barh(y, p["duration_s"], left=p["start_s"], color=client_colours[p["phase"]])
+        y += 1
+        nodes = ph[ph["phase"] == "node"].sort_values("start_s")
+        tasks = ph[ph["phase"] == "in_task"].sort_values("start_s")
+        names = list(dict.fromkeys([*tasks["task"], *nodes["task"]]))
+        for name in names:
+            for _, p in nodes[nodes["task"] == name].iterrows():
+                ax.barh(y, p["duration_s"], left=p["start_s"], color="#ffb347", height=0.6)
+            for _, p in tasks[tasks["task"] == name].iterrows():
+                ax.barh(y, p["duration_s"], left=p["start_s"], color="#4c72b0", height=0.6)
+            lanes.append(f"  {name}")
+            y += 1
+    ax.set_yticks(range(len(lanes)), lanes, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from the run's start")
+    ax.set_title(f"One round ({config_id}, round {rnd}): blue = inside the task, "
+                 "orange = node span on the server", fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in client_colours.values()]
+    ax.legend(handles, list(client_colours), fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _environment_table(runs: pd.DataFrame) -> str:
     latest = runs.sort_values("timestamp").iloc[-1]
     env = {col: latest[col] for col in ENV_COLUMNS}
@@ -197,6 +309,46 @@ def _environment_table(runs: pd.DataFrame) -> str:
     if len(startup):
         env["Covalent server start-up (s, not counted as overhead)"] = f"{startup.iloc[-1]:.1f}"
     return pd.DataFrame({"": list(env), "value": list(env.values())}).to_markdown(index=False)
+
+
+WHERE_TEXT = (
+    "Every task is timed from inside (wall and CPU time, any executor). Each round runs "
+    "plain and Covalent back to back (interleaved), and each estimator is taken per round: "
+    "**total** = Covalent wall − plain wall; **orchestration** = Covalent wall − the tasks' "
+    "own time under Covalent (submit, waiting until the server runs the dispatch, executor "
+    "staging and (de)serialization, gaps between tasks, completion detection, download); "
+    "**compute inflation** = the tasks' own time under Covalent − plain (the same code "
+    "running slower or faster: CPU shared with the server and workers, threads). Parallel "
+    "tasks count once. `unexplained` is what no part names; `explained` its complement. "
+    "`idle tax` is the CPU the server's process tree used during a plain run. "
+    "`stock wall` is what `ct.get_result(wait=True)` (1 s polling) would have shown. "
+    "Per-phase rows are in `phases.csv`."
+)
+PART_COLUMNS = ["submit_median_s", "until_running_median_s", "executor_cost_median_s",
+                "scheduling_gaps_median_s", "completion_detect_median_s",
+                "retrieve_median_s", "unexplained_s", "explained_pct", "stock_wall_median_s",
+                "plain_server_cpu_s", "covalent_server_cpu_s"]
+
+
+def _families_table(summary: pd.DataFrame) -> str:
+    def fmt(row: pd.Series, family: str, unit: str) -> str:
+        mid, low, high = (row[family], row[f"{family}_ci_low"], row[f"{family}_ci_high"])
+        return f"{mid:+.2f} {unit} [{low:+.2f}, {high:+.2f}] (±{(high - low) / 2:.2f})"
+
+    table = pd.DataFrame({
+        "config_id": summary["config_id"],
+        "executor": summary["executor"],
+        "rounds": summary["covalent_rounds"],
+        "total": [fmt(r, "total_overhead_s", "s") for _, r in summary.iterrows()],
+        "total %": [fmt(r, "total_overhead_pct", "%") for _, r in summary.iterrows()],
+        "orchestration": [fmt(r, "orchestration_s", "s") for _, r in summary.iterrows()],
+        "orchestration %": [fmt(r, "orchestration_pct", "%") for _, r in summary.iterrows()],
+        "compute inflation": [fmt(r, "compute_inflation_s", "s")
+                              for _, r in summary.iterrows()],
+        "comparable": summary["comparable"],
+    })
+    return (f"Overhead families, median of paired rounds [{CONFIDENCE:.0%} bootstrap CI] "
+            f"(± CI half-width):\n\n" + table.to_markdown(index=False))
 
 
 def write_page(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> Path:
@@ -224,24 +376,16 @@ def write_page(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> Path
         "",
     ]
     lines += [f"![{name}]({file})" for name, file in PLOTS.items()]
-    if "orchestration_s" in summary and summary["orchestration_s"].notna().any():
-        where = summary[["config_id", "executor", "overhead_s", "plain_in_task_s",
-                         "covalent_in_task_s", "compute_inflation_s", "orchestration_s",
-                         "submit_median_s", "until_running_median_s",
-                         "server_orchestration_s", "completion_detect_median_s",
-                         "retrieve_median_s"]]
-        lines += [
-            "", "## Where the time goes", "",
-            "Each task is timed from inside (wall and CPU, any executor). "
-            "*compute inflation* = the tasks' own time under Covalent − their time plain "
-            "(same code running slower or faster); *orchestration* = Covalent wall − "
-            "in-task time, split into submit, waiting until the server runs the "
-            "dispatch, server time outside the tasks (scheduling, staging, transfers), "
-            "completion detection (50 ms polling) and result download. Parallel tasks "
-            "count once. Per-phase rows are in `phases.csv`.",
-            "",
-            where.to_markdown(index=False, floatfmt=".2f"),
-        ]
+    if summary["orchestration_s"].notna().any():
+        lines += ["", "## Where the time goes", "", WHERE_TEXT, "", _families_table(summary),
+                  "", "Parts (medians over measured rounds, seconds):", "",
+                  summary[["config_id", "executor", *PART_COLUMNS]].to_markdown(
+                      index=False, floatfmt=".2f")]
+        cold_rows = summary[["config_id", "executor", "cold_plain_s", "cold_covalent_s",
+                             "plain_median_s", "covalent_median_s"]]
+        lines += ["", "Cold runs (the warm-up round right after the server started; "
+                  "excluded from everything above):", "",
+                  cold_rows.to_markdown(index=False, floatfmt=".2f")]
     lines += ["", "## Environment", "", _environment_table(runs), ""]
     page = out_dir / "README.md"
     page.write_text("\n".join(lines))
@@ -252,16 +396,21 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     in_dir = Path(in_dir)
     out_dir = Path(out_dir) if out_dir else in_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = measured(load_runs(in_dir))
+    all_runs = load_runs(in_dir)
+    runs = measured(all_runs)
     if runs.empty:
         raise NoRecordsError(f"{in_dir}: runs.csv has no completed, measured (non-warm-up) runs")
     phases = load_phases(in_dir)
-    summary = summarize(runs, phases)
+    summary = summarize(all_runs, phases)
     summary.to_csv(out_dir / SUMMARY_CSV, index=False, float_format="%.4f")
     plot_wall_time(runs, out_dir / PLOTS["wall_time"])
     plot_loss_curves(runs, out_dir / PLOTS["loss_curves"])
     if phases is not None:
         plot_breakdown(with_breakdown(runs, phases), out_dir / PLOTS["breakdown"])
+        plot_timeline(runs, phases, out_dir / PLOTS["timeline"])
+        if not summary.empty:
+            plot_overhead_parts(summary, out_dir / PLOTS["overhead_parts"])
+            plot_overhead_ci(summary, out_dir / PLOTS["overhead_ci"])
     if not summary.empty:
         plot_overhead(summary, runs, out_dir / PLOTS["overhead"])
         plot_accuracy(summary, out_dir / PLOTS["accuracy"])

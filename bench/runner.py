@@ -11,6 +11,7 @@ in-task time, completion detection, result retrieval.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import covalent as ct
+import psutil
+from covalent._results_manager.results_manager import ResultManager
 
 from bench.probes import read_probes, task_probe
 from mnist_core.config import WorkflowConfig
@@ -82,14 +85,59 @@ def _in_task_phases(probes: list[dict], t0: float) -> list[dict]:
     ]
 
 
-def measure_plain(config: WorkflowConfig, probe_dir: str | Path) -> RunRecord:
+class CpuMeter:
+    """CPU seconds used by a set of processes (the Covalent server's tree) over a span.
+
+    On a plain run this is the idle server's tax on the machine; on a Covalent run it
+    also holds the tasks that ran in the server's pool or Dask workers."""
+
+    def __init__(self, processes: list[psutil.Process]) -> None:
+        self._procs = processes
+        self._start = {p.pid: self._cpu(p) for p in processes}
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        try:
+            t = proc.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            return 0.0
+
+    def seconds(self, processes: list[psutil.Process]) -> float:
+        """CPU since start, over the processes alive then and those started since."""
+        return sum(self._cpu(p) - self._start.get(p.pid, 0.0) for p in processes)
+
+
+def _client_rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def measure_plain(
+    config: WorkflowConfig, probe_dir: str | Path, server: Any = None
+) -> RunRecord:
     run_id = uuid.uuid4().hex[:12]
+    meter = CpuMeter(server.processes()) if server is not None else None
     t0 = time.time()
     start = time.perf_counter()
     output = run_plain(config, wrap=task_probe(probe_dir, run_id))
     wall = time.perf_counter() - start
+    timings = {"client_rss_mb": _client_rss_mb()}
+    if meter is not None:
+        timings["server_cpu_s"] = meter.seconds(server.processes())
     phases = _in_task_phases(read_probes(probe_dir, run_id), t0)
-    return RunRecord("plain", "", wall, output, run_id, status="COMPLETED", phases=phases)
+    return RunRecord(
+        "plain", "", wall, output, run_id, status="COMPLETED", timings=timings, phases=phases
+    )
+
+
+def _stock_wait(dispatch_id: str, address: str, results_dir: str, seen: list[float]) -> None:
+    """What `ct.get_result(wait=True)` does before downloading: poll, sleep 1 s, repeat."""
+    try:
+        ResultManager.from_dispatch_id(dispatch_id, results_dir, wait=True,
+                                       dispatcher_addr=address)
+        seen.append(time.perf_counter())
+    except Exception:  # the measured path reports failures; this column just stays empty
+        pass
 
 
 def _epoch(moment: datetime | None) -> float | None:
@@ -111,14 +159,22 @@ def measure_covalent(
     executor: str,
     address: str,
     probe_dir: str | Path,
+    server: Any = None,
     timeout_s: float = 3600.0,
 ) -> RunRecord:
     """Dispatch, poll to a terminal status, download; a failed dispatch is recorded too."""
     run_id = uuid.uuid4().hex[:12]
+    meter = CpuMeter(server.processes()) if server is not None else None
     t0 = time.time()
     start = time.perf_counter()
     dispatch_id = dispatch(config, executor, address, wrap=task_probe(probe_dir, run_id))
     submitted = time.perf_counter()
+    stock_seen: list[float] = []
+    stock_dir = tempfile.TemporaryDirectory(prefix="covalent-bench-stock-")
+    stock = threading.Thread(
+        target=_stock_wait, args=(dispatch_id, address, stock_dir.name, stock_seen), daemon=True
+    )
+    stock.start()
     status = ""
     while status not in TERMINAL:
         if time.perf_counter() - submitted > timeout_s:
@@ -143,11 +199,22 @@ def measure_covalent(
             output, error = None, str(exc)
         end = time.perf_counter()
         sizes = _output_sizes(dispatch_id, address, results_dir)  # after the clock stops
+    server_cpu = meter.seconds(server.processes()) if meter is not None else None
+    stock.join(timeout=5)
+    stock_dir.cleanup()
 
     rel = {"submitted": submitted - start, "done": done - start, "end": end - start}
     server_start, server_end = _epoch(result.start_time), _epoch(result.end_time)
     phases = [_phase("submit", 0.0, rel["submitted"])]
-    timings = {"submit_s": rel["submitted"], "retrieve_s": rel["end"] - rel["done"]}
+    timings = {
+        "submit_s": rel["submitted"],
+        "retrieve_s": rel["end"] - rel["done"],
+        "client_rss_mb": _client_rss_mb(),
+    }
+    if server_cpu is not None:
+        timings["server_cpu_s"] = server_cpu
+    if stock_seen:  # stock detection, then the same download as ours
+        timings["stock_wall_s"] = stock_seen[0] - start + timings["retrieve_s"]
     if server_start is not None and server_end is not None:
         s0, s1 = server_start - t0, server_end - t0
         timings["server_s"] = s1 - s0

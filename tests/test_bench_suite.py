@@ -69,12 +69,19 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
     assert (summary["overhead_s"] - expected_overhead).abs().max() < 1e-3
     assert summary[["orchestration_s", "compute_inflation_s"]].notna().all().all()
 
+    # Interleaved (the default): round by round, each mode once per round.
+    order = list(zip(runs["round"], runs["mode"] + runs["executor"], strict=True))
+    assert order == [(r, m) for r in range(3) for m in ("plain", "covalentlocal",
+                                                           "covalentdask")]
     benchmarks = json.loads(bench_json.read_text())["benchmarks"]
-    assert len(benchmarks) == 3
+    assert len(benchmarks) == 9
     for bench in benchmarks:
-        assert bench["stats"]["rounds"] == 2
-        assert len(bench["extra_info"]["runs"]) == 3
+        assert bench["stats"]["rounds"] == 1
+        assert len(bench["extra_info"]["runs"]) == 1
         assert bench["extra_info"]["environment"]["covalent"] == "0.240.0"
+    assert summary["total_overhead_s_ci_low"].le(summary["total_overhead_s"]).all()
+    assert (summary["explained_pct"] > 0).all() and summary["cold_covalent_s"].notna().all()
+    assert (summary["plain_server_cpu_s"] >= 0).all()
 
     assert report_main(["--in", str(out)]) == 0
     for file in PLOTS.values():
@@ -126,6 +133,7 @@ def test_interrupted_benchmark_keeps_records_and_stops_its_server(
         "no:cacheprovider", "--bench-profile", "smoke", "--bench-out", str(out),
         "--data-dir", str(synthetic_root), "--bench-set", "train_subset=256",
         "--bench-set", "test_subset=128", "--bench-set", "rounds=50",
+        "--bench-order", "grouped",
     ]
     # The harness puts its server's state under TMPDIR: that is how we find its processes.
     env = {**os.environ, "TMPDIR": str(state)}
