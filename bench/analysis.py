@@ -187,6 +187,7 @@ def paired_rounds(plain: pd.DataFrame, cov: pd.DataFrame) -> pd.DataFrame:
     both = p.index.intersection(c.index)
     p, c = p.loc[both], c.loc[both]
     out = pd.DataFrame(index=both)
+    out["plain_wall_s"], out["covalent_wall_s"] = p["wall_s"], c["wall_s"]
     out["total_overhead_s"] = c["wall_s"] - p["wall_s"]
     out["total_overhead_pct"] = 100 * (c["wall_s"] / p["wall_s"] - 1)
     if "in_task_s" in c:
@@ -195,6 +196,18 @@ def paired_rounds(plain: pd.DataFrame, cov: pd.DataFrame) -> pd.DataFrame:
         out["compute_inflation_s"] = c["in_task_s"] - p["in_task_s"]
         out["unexplained_s"] = c["rest_s"] - p["rest_s"]
     return out
+
+
+def round_estimates(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per configuration, executor and measured round: the paired estimators."""
+    done = with_breakdown(measured(runs), phases)
+    frames = []
+    for config_id, group in done.groupby("config_id", sort=False):
+        plain = group[group["mode"] == "plain"]
+        for executor, cov in group[group["mode"] == "covalent"].groupby("executor", sort=False):
+            pairs = paired_rounds(plain, cov).rename_axis("round").reset_index()
+            frames.append(pairs.assign(config_id=config_id, executor=executor))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def summarize(runs: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.DataFrame:

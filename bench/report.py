@@ -26,6 +26,7 @@ from bench.analysis import (  # noqa: E402
     summarize,
     with_breakdown,
 )
+from bench.gate import HISTORY_CSV  # noqa: E402
 from bench.records import ENV_COLUMNS, SUMMARY_CSV  # noqa: E402
 
 MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868"}
@@ -298,6 +299,34 @@ def plot_timeline(runs: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_history(history: pd.DataFrame, path: Path) -> None:
+    """Each gate run's overhead (median, CI) across commits; regressions in red."""
+    metrics = list(dict.fromkeys(history["metric"]))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(9, 2.8 * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        rows = history[history["metric"] == metric].reset_index(drop=True)
+        order = list(dict.fromkeys(rows["session_id"]))
+        for (config_id, executor), line in rows.groupby(["config_id", "executor"], sort=False):
+            x = [order.index(s) for s in line["session_id"]]
+            ax.errorbar(x, line["new_median"],
+                        yerr=[line["new_median"] - line["new_ci_low"],
+                              line["new_ci_high"] - line["new_median"]],
+                        marker="o", capsize=3, label=f"{executor} {_wrap_id(config_id, 60)}")
+            bad = line["verdict"] == "regression"
+            ax.scatter([xi for xi, b in zip(x, bad, strict=True) if b], line["new_median"][bad],
+                       color="red", s=120, marker="x", zorder=4,
+                       label="regression" if bad.any() else None)
+            ax.plot(x, line["baseline_median"], color="grey", linestyle="--", linewidth=0.8)
+        commits = rows.drop_duplicates("session_id")["git_commit"].astype(str).str[:8]
+        ax.set_xticks(range(len(order)), list(commits), rotation=30, fontsize=7)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_title("Overhead across commits (dashed: baseline; x: regression)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _environment_table(runs: pd.DataFrame) -> str:
     latest = runs.sort_values("timestamp").iloc[-1]
     env = {col: latest[col] for col in ENV_COLUMNS}
@@ -386,6 +415,8 @@ def write_page(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> Path
         lines += ["", "Cold runs (the warm-up round right after the server started; "
                   "excluded from everything above):", "",
                   cold_rows.to_markdown(index=False, floatfmt=".2f")]
+    if (out_dir / "history.png").exists():
+        lines += ["", "## Overhead across commits", "", "![history](history.png)"]
     lines += ["", "## Environment", "", _environment_table(runs), ""]
     page = out_dir / "README.md"
     page.write_text("\n".join(lines))
@@ -414,6 +445,9 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if not summary.empty:
         plot_overhead(summary, runs, out_dir / PLOTS["overhead"])
         plot_accuracy(summary, out_dir / PLOTS["accuracy"])
+    history = in_dir / HISTORY_CSV
+    if history.is_file() and history.stat().st_size:
+        plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / "history.png")
     return write_page(runs, summary, out_dir)
 
 

@@ -1,0 +1,22 @@
+"""A pytest plugin (loaded with `-p slow_dispatch_plugin`, tests/ on PYTHONPATH) that plants
+a slower Covalent dispatch path: every dispatch waits SLOW_DISPATCH_S first, on the client,
+as a regression in the submit path would. Used to check that the gate catches it."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import bench.runner
+
+DELAY_S = float(os.environ.get("SLOW_DISPATCH_S", "3"))
+_real_dispatch = bench.runner.dispatch
+
+
+def _slow_dispatch(*args: Any, **kwargs: Any) -> str:
+    time.sleep(DELAY_S)
+    return _real_dispatch(*args, **kwargs)
+
+
+bench.runner.dispatch = _slow_dispatch
