@@ -71,15 +71,21 @@ def test_covalent_run_breaks_down_into_phases(
     assert row["in_task_s"] > 0 and row["submit_s"] > 0
 
 
-def _sleep_in(task: str, inner: Callable) -> Callable:
-    """Wrap tasks so that `task` sleeps SLEEP_S inside its own (probed) time."""
+def _sleep_in(
+    task: str, inner: Callable, seconds: float = SLEEP_S, env_switch: str | None = None
+) -> Callable:
+    """Wrap tasks so that `task` sleeps inside its own (probed) time; with env_switch, only
+    in processes where that variable is "1". Closures: shipped to Covalent by value."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if fn.__name__ != task:
             return inner(fn)
 
         def slow(*args: Any, **kwargs: Any) -> Any:
-            time.sleep(SLEEP_S)
+            import os
+
+            if env_switch is None or os.environ.get(env_switch) == "1":
+                time.sleep(seconds)
             return fn(*args, **kwargs)
 
         slow.__name__ = fn.__name__
@@ -145,26 +151,6 @@ SLOW_ENV = "BENCH_TEST_SLOW_UNDER_COVALENT"
 SLOW_S = 3.0
 
 
-def _slow_if_env(inner: Callable) -> Callable:
-    """Make train_model sleep only where SLOW_ENV is set: in the server's processes."""
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if fn.__name__ != "train_model":
-            return inner(fn)
-
-        def maybe_slow(*args: Any, **kwargs: Any) -> Any:
-            import os
-
-            if os.environ.get(SLOW_ENV) == "1":
-                time.sleep(SLOW_S)
-            return fn(*args, **kwargs)
-
-        maybe_slow.__name__ = fn.__name__
-        return inner(maybe_slow)
-
-    return wrap
-
-
 @pytest.mark.slow
 def test_task_slower_only_under_covalent_is_compute_inflation(
     small_config: WorkflowConfig, tmp_path, monkeypatch
@@ -175,7 +161,10 @@ def test_task_slower_only_under_covalent_is_compute_inflation(
 
     real_probe = runner.task_probe
     with covalent_server(workers=1, env={SLOW_ENV: "1"}) as server:
-        monkeypatch.setattr(runner, "task_probe", lambda d, r: _slow_if_env(real_probe(d, r)))
+        monkeypatch.setattr(
+            runner, "task_probe",
+            lambda d, r: _sleep_in("train_model", real_probe(d, r), SLOW_S, SLOW_ENV),
+        )
         records = {
             "plain": measure_plain(small_config, tmp_path),
             "slow": measure_covalent(small_config, "local", server.address, tmp_path),
