@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench.analysis import write_summary
 from bench.profiles import Profile, ProfileError, load_profile
 from bench.records import CsvAppender, environment, phases_writer, runs_writer, utc_now
 from bench.runner import RunRecord
@@ -117,6 +118,7 @@ class BenchSession:
 
 
 _SESSION = pytest.StashKey[BenchSession]()
+_SUMMARY = pytest.StashKey[Any]()
 
 
 def profile_from(config: pytest.Config) -> Profile:
@@ -155,13 +157,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     bench = session.config.stash.get(_SESSION, None)
     if bench is None or bench.rows == 0:
         return
-    from bench.analysis import write_summary
-
-    summary = write_summary(bench.out_dir)
-    session.config.stash[_SUMMARY] = summary
-
-
-_SUMMARY = pytest.StashKey[Any]()
+    session.config.stash[_SUMMARY] = write_summary(bench.out_dir)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -170,7 +166,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if bench is None or summary is None:
         return
     cols = ["config_id", "executor", "plain_median_s", "covalent_median_s", "overhead_s",
-            "overhead_pct", "plain_accuracy", "covalent_accuracy", "same_weights"]
+            "overhead_pct", "orchestration_s", "compute_inflation_s", "plain_accuracy",
+            "covalent_accuracy", "same_weights"]
     terminalreporter.section("Covalent overhead (median of measured rounds)")
     terminalreporter.write_line(summary[cols].to_markdown(index=False, floatfmt=".2f"))
     terminalreporter.write_line(
