@@ -380,7 +380,22 @@ def _families_table(summary: pd.DataFrame) -> str:
             f"(± CI half-width):\n\n" + table.to_markdown(index=False))
 
 
-def write_page(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> Path:
+def _bytes_table(runs: pd.DataFrame, phases: pd.DataFrame) -> str:
+    """Serialized output size of each task node (Covalent's manifest): what its out-edges
+    carry. The tutorial's data_loader outputs carry the data set itself."""
+    nodes = phases[(phases["phase"] == "node") & phases["run_id"].isin(runs["run_id"])]
+    nodes = nodes[~nodes["task"].str.startswith(":")]
+    table = (nodes.groupby(["config_id", "executor", "task"], sort=False)["bytes"]
+             .agg(["min", "max"]).div(2**20).round(2).reset_index()
+             .rename(columns={"min": "output MiB (min)", "max": "output MiB (max)"}))
+    return ("Serialized output per task node (base64 cloudpickle, from the dispatch "
+            "manifest; the two data_loader nodes are the train and test loaders):\n\n"
+            + table.to_markdown(index=False))
+
+
+def write_page(
+    runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None
+) -> Path:
     sessions = ", ".join(sorted(set(runs["session_id"])))
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
                      "overhead_s", "overhead_pct", "plain_rounds", "covalent_rounds",
@@ -410,6 +425,7 @@ def write_page(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> Path
                   "", "Parts (medians over measured rounds, seconds):", "",
                   summary[["config_id", "executor", *PART_COLUMNS]].to_markdown(
                       index=False, floatfmt=".2f")]
+        lines += ["", _bytes_table(runs, phases)] if phases is not None else []
         cold_rows = summary[["config_id", "executor", "cold_plain_s", "cold_covalent_s",
                              "plain_median_s", "covalent_median_s"]]
         lines += ["", "Cold runs (the warm-up round right after the server started; "
@@ -448,7 +464,7 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     history = in_dir / HISTORY_CSV
     if history.is_file() and history.stat().st_size:
         plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / "history.png")
-    return write_page(runs, summary, out_dir)
+    return write_page(runs, summary, out_dir, phases)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,7 +88,7 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
         assert (out / file).stat().st_size > 10_000, file
     page = (out / "README.md").read_text()
     assert "## Summary" in page and "overhead_s" in page and "0.240.0" in page
-    assert "## Where the time goes" in page
+    assert "## Where the time goes" in page and "Serialized output per task node" in page
     for file in PLOTS.values():
         assert f"]({file})" in page
 
