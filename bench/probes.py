@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-TaskWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
+from mnist_core.tasks import TaskWrapper
 
 
 def task_probe(log_dir: str | os.PathLike, run_tag: str) -> TaskWrapper:

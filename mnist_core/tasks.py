@@ -8,6 +8,7 @@ in another process (a server pool worker or a Dask worker) whose settings we don
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,8 @@ from torchvision.transforms import ToTensor
 from mnist_core.model import NeuralNetwork
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Something that wraps a task function without editing it (e.g. to time it).
+TaskWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def resolve_device(device: str) -> str:

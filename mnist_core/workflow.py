@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mnist_core import tasks
 from mnist_core.config import WorkflowConfig
 from mnist_core.model import NeuralNetwork, new_model, state_dict_sha256
+from mnist_core.tasks import TaskWrapper
 
 EXECUTORS = ("local", "dask")
 # The tutorial's tasks, by node name in the lattice's graph.
@@ -28,10 +29,6 @@ class Tasks:
     data_loader: Callable[..., Any]
     train_model: Callable[..., Any]
     test: Callable[..., Any]
-
-
-# A hook for callers that observe tasks (e.g. timing them) without editing their bodies.
-TaskWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def task_set(wrap: TaskWrapper | None = None, electrons: bool = False) -> Tasks:
