@@ -7,6 +7,14 @@ import os
 from dataclasses import dataclass, field
 
 DEVICES = ("cpu", "cuda", "auto")
+# How the workflow is cut into tasks (see mnist_core.workflow):
+#   tutorial   - as in the tutorial: DataLoaders (carrying the data set) passed between tasks;
+#   lean       - each task builds its own loader from the data path; only weights travel;
+#   per-epoch  - one task per epoch, model and optimizer state passed along;
+#   monolithic - one task runs the whole workflow.
+SHAPES = ("tutorial", "lean", "per-epoch", "monolithic")
+# tutorial: PIL image + ToTensor per sample; preloaded: the same images as one tensor.
+DATA_PATHS = ("tutorial", "preloaded")
 
 
 def _default_threads() -> int:
@@ -33,9 +41,16 @@ class WorkflowConfig:
     device: str = "cpu"
     # Absolute, because Covalent runs the tasks in the server's working directory.
     data_dir: str = ""
+    shape: str = "tutorial"
+    data_path: str = "tutorial"
+    # A hyper-parameter sweep of this many models (learning rates, see sweep_rates), each an
+    # independent train+test branch; 1 = the tutorial's single model.
+    models: int = 1
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size_train", "batch_size_test", "log_interval", "threads")
+        positive = (
+            "epochs", "batch_size_train", "batch_size_test", "log_interval", "threads", "models",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -52,6 +67,11 @@ class WorkflowConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name, valid in (("shape", SHAPES), ("data_path", DATA_PATHS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}"
+                )
         if self.data_dir and not os.path.isabs(self.data_dir):
             raise ValueError(
                 f"data_dir must be absolute (tasks run in the server's working directory), "
@@ -71,11 +91,21 @@ class WorkflowConfig:
             f"th{self.threads}",
             self.device,
         ]
+        if self.shape != "tutorial":
+            parts.append(self.shape)
+        if self.data_path != "tutorial":
+            parts.append(self.data_path)
+        if self.models != 1:
+            parts.append(f"k{self.models}")
         defaults = WorkflowConfig(threads=1)
         for name in ("batch_size_test", "learning_rate", "momentum", "log_interval", "seed"):
             if getattr(self, name) != getattr(defaults, name):
                 parts.append(f"{name}{getattr(self, name)}")
         return "-".join(parts)
+
+    def sweep_rates(self) -> list[float]:
+        """The learning rate of each model in the sweep: learning_rate, x1.5, x2.25, ..."""
+        return [round(self.learning_rate * 1.5**i, 10) for i in range(self.models)]
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

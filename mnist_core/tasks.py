@@ -7,12 +7,14 @@ in another process (a server pool worker or a Dask worker) whose settings we don
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import ToTensor
 
@@ -32,6 +34,32 @@ def resolve_device(device: str) -> str:
     return device
 
 
+class PreloadedMNIST(Dataset):
+    """MNIST as one uint8 tensor, normalised a whole batch at a time.
+
+    Gives the values ToTensor gives (uint8 / 255, shape 1x28x28) in the same order, without
+    a PIL image per sample. It stays uint8 so it pickles no bigger than torchvision's.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index].float().div(255).unsqueeze(-3), self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # DataLoader's fetcher hands a whole batch of indices here (torch >= 2.0).
+        return self[torch.as_tensor(indices)]
+
+
+def _collated(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """PreloadedMNIST returns whole batches: nothing left to collate."""
+    return batch
+
+
 def data_loader(
     batch_size: int,
     train: bool,
@@ -40,18 +68,43 @@ def data_loader(
     shuffle: bool = True,
     seed: int = 0,
     threads: int = 1,
+    preloaded: bool = False,
 ) -> DataLoader:
-    """MNIST data loader (the tutorial's: PIL image + ToTensor per sample)."""
+    """MNIST data loader: the tutorial's (PIL image + ToTensor per sample), or preloaded."""
     torch.set_num_threads(threads)
     data = datasets.MNIST(data_dir, train=train, download=False, transform=ToTensor())
-    if subset is not None:
-        if subset > len(data):
-            raise ValueError(f"subset={subset} exceeds the {len(data)} samples in {data_dir}")
-        data = Subset(data, range(subset))
+    size = len(data)
+    if subset is not None and subset > size:
+        raise ValueError(f"subset={subset} exceeds the {size} samples in {data_dir}")
     # A seeded generator travels with the loader, so the shuffle order is the same in
-    # whichever process iterates it.
+    # whichever process iterates it (train_model re-seeds it every epoch).
     generator = torch.Generator().manual_seed(seed)
+    if preloaded:
+        n = subset or size
+        return DataLoader(
+            PreloadedMNIST(data.data[:n].clone(), data.targets[:n].clone()),
+            batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=_collated,
+        )
+    if subset is not None:
+        data = Subset(data, range(subset))
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What a task needs to build a loader itself (the lean shape): paths, not data."""
+
+    batch_size: int
+    train: bool
+    data_dir: str
+    subset: int | None = None
+    shuffle: bool = True
+    seed: int = 0
+    threads: int = 1
+    preloaded: bool = False
+
+    def build(self) -> DataLoader:
+        return data_loader(**asdict(self))
 
 
 def get_optimizer(
@@ -105,21 +158,33 @@ def train_model(
     seed: int = 0,
     threads: int = 1,
     device: str = "cpu",
+    first_epoch: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[NeuralNetwork, torch.optim.Optimizer, dict]:
-    """Train over several epochs; returns the model, optimizer and the loss history.
+    """Train `epochs` epochs from `first_epoch`; returns the model, optimizer and loss history.
 
     The tutorial appends to lists passed in; across Covalent tasks such mutations are lost,
-    so the history is returned instead.
+    so the history is returned instead. Passing the previous call's optimizer resumes its
+    state (momentum), so training epoch by epoch in separate tasks equals one long call.
     """
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)  # dropout draws from the global RNG
     device = resolve_device(device)
-    model = model.to(device)
-    optimizer = get_optimizer(model, learning_rate, momentum)
+    # Train a copy: a task must not change its input (under Covalent it can't), or the
+    # branches of a plain sweep would start from each other's weights.
+    model = copy.deepcopy(model).to(device)
+    previous, optimizer = optimizer, get_optimizer(model, learning_rate, momentum)
+    if previous is not None:
+        # A copy from another process points at other tensors; its state maps by position.
+        optimizer.load_state_dict(previous.state_dict())
     train_losses: list[float] = []
     train_counter: list[int] = []
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, first_epoch + epochs):
         print(f"Epoch {epoch}\n-------------------------------")
+        # Seeded per epoch, so the shuffle order and dropout of an epoch don't depend on
+        # which task (and which copy of the loader) runs it.
+        torch.manual_seed(seed + epoch)
+        if train_dataloader.generator is not None:
+            train_dataloader.generator.manual_seed(seed + epoch)
         model, optimizer = train_over_one_epoch(
             dataloader=train_dataloader,
             model=model,
@@ -166,3 +231,33 @@ def test(
     accuracy = 100 * correct
     print(f"Test Error: \n Accuracy: {(accuracy):>0.1f}%, Avg loss: {test_loss:>8f} \n")
     return accuracy, test_loss
+
+
+def lean_train(
+    spec: LoaderSpec,
+    model: NeuralNetwork,
+    learning_rate: float,
+    momentum: float,
+    epochs: int,
+    log_interval: int,
+    loss_fn: LossFn = F.nll_loss,
+    seed: int = 0,
+    threads: int = 1,
+    device: str = "cpu",
+) -> tuple[NeuralNetwork, torch.optim.Optimizer, dict]:
+    """train_model on a loader built here from `spec` (the lean shape: no data travels)."""
+    return train_model(
+        spec.build(), model, learning_rate, momentum, epochs, log_interval, loss_fn, seed,
+        threads, device,
+    )
+
+
+def lean_test(
+    spec: LoaderSpec,
+    model: NeuralNetwork,
+    loss_fn: LossFn = F.nll_loss,
+    threads: int = 1,
+    device: str = "cpu",
+) -> tuple[float, float]:
+    """test on a loader built here from `spec` (the lean shape)."""
+    return test(spec.build(), model, loss_fn, threads, device)

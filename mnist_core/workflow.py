@@ -7,6 +7,8 @@ side in one process: nothing is reassigned at module level.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,23 +19,29 @@ import torch.nn.functional as F
 from mnist_core import tasks
 from mnist_core.config import WorkflowConfig
 from mnist_core.model import NeuralNetwork, new_model, state_dict_sha256
-from mnist_core.tasks import TaskWrapper
+from mnist_core.tasks import LoaderSpec, TaskWrapper
 
+# The server's own executors; an external Dask cluster is named by its scheduler address.
 EXECUTORS = ("local", "dask")
-# The tutorial's tasks, by node name in the lattice's graph.
-TASK_NAMES = ("data_loader", "train_model", "test")
+DASK_SCHEME = "tcp://"
 
 
 @dataclass(frozen=True)
 class Tasks:
+    """The task functions a workflow is composed of: plain, wrapped, or electrons."""
+
     data_loader: Callable[..., Any]
     train_model: Callable[..., Any]
     test: Callable[..., Any]
+    lean_train: Callable[..., Any]
+    lean_test: Callable[..., Any]
+    whole_workflow: Callable[..., Any]
 
 
 def task_set(wrap: TaskWrapper | None = None, electrons: bool = False) -> Tasks:
-    """The tutorial's task functions, optionally wrapped, optionally as electrons."""
-    fns = [tasks.data_loader, tasks.train_model, tasks.test]
+    """The workflow's task functions, optionally wrapped, optionally as electrons."""
+    fns = [tasks.data_loader, tasks.train_model, tasks.test, tasks.lean_train, tasks.lean_test,
+           whole_workflow]
     if wrap is not None:
         fns = [wrap(fn) for fn in fns]
     if electrons:
@@ -41,41 +49,90 @@ def task_set(wrap: TaskWrapper | None = None, electrons: bool = False) -> Tasks:
     return Tasks(*fns)
 
 
-PLAIN_TASKS = task_set()
-ELECTRON_TASKS = task_set(electrons=True)
+def loader_specs(config: WorkflowConfig) -> tuple[LoaderSpec, LoaderSpec]:
+    """The train and test loaders of a configuration, as specs (built where they are used)."""
+    if not config.data_dir:
+        raise ValueError("config.data_dir is empty: pass an absolute MNIST data directory")
+    common = {"data_dir": config.data_dir, "seed": config.seed, "threads": config.threads,
+              "preloaded": config.data_path == "preloaded"}
+    return (
+        LoaderSpec(config.batch_size_train, True, subset=config.train_subset, **common),
+        # Unshuffled (the tutorial shuffles it too): the order changes only the float
+        # rounding of the summed loss, and a shared loader's generator would drift between
+        # the branches of a plain sweep, unlike Covalent's fresh copy per task.
+        LoaderSpec(config.batch_size_test, False, subset=config.test_subset, shuffle=False,
+                   **common),
+    )
 
 
 def workflow(t: Tasks, model: NeuralNetwork, config: WorkflowConfig) -> dict[str, Any]:
-    """MNIST classifier training workflow: the tutorial's graph."""
-    if not config.data_dir:
-        raise ValueError("config.data_dir is empty: pass an absolute MNIST data directory")
-    common = {"data_dir": config.data_dir, "seed": config.seed, "threads": config.threads}
-    train_loader = t.data_loader(
-        batch_size=config.batch_size_train, train=True, subset=config.train_subset, **common
+    """MNIST classifier training: one train+test branch per learning rate of the sweep, cut
+    into tasks as `config.shape` says. Returns {"branches": [branch, ...]}; each branch is
+    {"metrics": (accuracy, loss), "model": ..., "history": [history of each train task]}."""
+    train_spec, test_spec = loader_specs(config)
+    configs = [dataclasses.replace(config, learning_rate=lr, models=1)
+               for lr in config.sweep_rates()]
+    if config.shape == "monolithic":
+        return {"branches": [t.whole_workflow(model=model, config=c) for c in configs]}
+    if config.shape == "lean":
+        return {"branches": [_lean_branch(t, model, c, train_spec, test_spec) for c in configs]}
+    # tutorial and per-epoch: the loaders are built once and passed to every branch.
+    train_loader = t.data_loader(**dataclasses.asdict(train_spec))
+    test_loader = t.data_loader(**dataclasses.asdict(test_spec))
+    return {"branches": [_branch(t, model, c, train_loader, test_loader) for c in configs]}
+
+
+def _train_args(config: WorkflowConfig) -> dict[str, Any]:
+    return {"learning_rate": config.learning_rate, "momentum": config.momentum,
+            "log_interval": config.log_interval, "loss_fn": F.nll_loss, "seed": config.seed,
+            "threads": config.threads, "device": config.device}
+
+
+def _test_args(config: WorkflowConfig) -> dict[str, Any]:
+    return {"loss_fn": F.nll_loss, "threads": config.threads, "device": config.device}
+
+
+def _branch(
+    t: Tasks, model: Any, config: WorkflowConfig, train_loader: Any, test_loader: Any
+) -> dict[str, Any]:
+    """The tutorial's train_model -> test; per-epoch: one train_model task per epoch."""
+    histories = []
+    if config.shape == "per-epoch":
+        optimizer = None
+        for epoch in range(1, config.epochs + 1):
+            model, optimizer, history = t.train_model(
+                train_dataloader=train_loader, model=model, epochs=1, first_epoch=epoch,
+                optimizer=optimizer, **_train_args(config),
+            )
+            histories.append(history)
+    else:
+        model, _optimizer, history = t.train_model(
+            train_dataloader=train_loader, model=model, epochs=config.epochs,
+            **_train_args(config),
+        )
+        histories.append(history)
+    metrics = t.test(dataloader=test_loader, model=model, **_test_args(config))
+    return {"metrics": metrics, "model": model, "history": histories}
+
+
+def _lean_branch(
+    t: Tasks, model: Any, config: WorkflowConfig, train_spec: LoaderSpec, test_spec: LoaderSpec
+) -> dict[str, Any]:
+    model, _optimizer, history = t.lean_train(
+        spec=train_spec, model=model, epochs=config.epochs, **_train_args(config)
     )
-    test_loader = t.data_loader(
-        batch_size=config.batch_size_test, train=False, subset=config.test_subset, **common
-    )
-    model, _optimizer, history = t.train_model(
-        train_dataloader=train_loader,
-        model=model,
-        learning_rate=config.learning_rate,
-        momentum=config.momentum,
-        epochs=config.epochs,
-        log_interval=config.log_interval,
-        loss_fn=F.nll_loss,
-        seed=config.seed,
-        threads=config.threads,
-        device=config.device,
-    )
-    metrics = t.test(
-        dataloader=test_loader,
-        model=model,
-        loss_fn=F.nll_loss,
-        threads=config.threads,
-        device=config.device,
-    )
-    return {"metrics": metrics, "model": model, "history": history}
+    metrics = t.lean_test(spec=test_spec, model=model, **_test_args(config))
+    return {"metrics": metrics, "model": model, "history": [history]}
+
+
+def whole_workflow(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, Any]:
+    """The monolithic shape's one task: the tutorial-shaped workflow, as plain calls."""
+    tutorial = dataclasses.replace(config, shape="tutorial", models=1)
+    return workflow(PLAIN_TASKS, model, tutorial)["branches"][0]
+
+
+PLAIN_TASKS = task_set()
+ELECTRON_TASKS = task_set(electrons=True)
 
 
 def mnist_workflow(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, Any]:
@@ -83,10 +140,21 @@ def mnist_workflow(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, An
     return workflow(ELECTRON_TASKS, model, config)
 
 
+def executor_for(executor: str) -> Any:
+    """'local' or 'dask' (the server's own), or 'tcp://host:port': that Dask scheduler."""
+    if executor in EXECUTORS:
+        return executor
+    if executor.startswith(DASK_SCHEME) and executor.removeprefix(DASK_SCHEME):
+        return ct.executor.DaskExecutor(scheduler_address=executor)
+    raise ValueError(
+        f"executor must be one of {', '.join(EXECUTORS)} or a Dask scheduler address "
+        f"{DASK_SCHEME}host:port, got {executor!r}"
+    )
+
+
 def build_lattice(executor: str, wrap: TaskWrapper | None = None) -> ct.Lattice:
-    """The workflow as a Covalent lattice whose tasks run on `executor` ('local' or 'dask')."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    """The workflow as a Covalent lattice whose tasks run on `executor` (see executor_for)."""
+    target = executor_for(executor)
     body = mnist_workflow
     if wrap is not None:
         wrapped = task_set(wrap, electrons=True)
@@ -95,12 +163,15 @@ def build_lattice(executor: str, wrap: TaskWrapper | None = None) -> ct.Lattice:
             return workflow(wrapped, model, config)
 
         body.__name__ = mnist_workflow.__name__
-    return ct.lattice(body, executor=executor)
+    return ct.lattice(body, executor=target)
 
 
 @dataclass(frozen=True)
 class WorkflowOutput:
-    """What one run of the workflow produced, whichever way it ran."""
+    """What one run of the workflow produced, whichever way it ran.
+
+    For a sweep (models > 1): accuracy and loss of the best branch, the loss history of the
+    first, and one hash over every branch's weights."""
 
     accuracy: float
     test_loss: float
@@ -109,19 +180,25 @@ class WorkflowOutput:
     weights_sha256: str
     threads: int  # torch's thread count as seen inside train_model
     device: str
+    accuracies: list[float]  # one per branch of the sweep
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> WorkflowOutput:
-        accuracy, test_loss = raw["metrics"]
-        history = raw["history"]
+        branches = raw["branches"]
+        metrics = [(float(a), float(loss)) for a, loss in (b["metrics"] for b in branches)]
+        best = max(range(len(metrics)), key=lambda i: metrics[i][0])
+        histories = branches[0]["history"]
+        hashes = [state_dict_sha256(b["model"]) for b in branches]
         return cls(
-            accuracy=float(accuracy),
-            test_loss=float(test_loss),
-            train_losses=[float(x) for x in history["train_losses"]],
-            train_counter=[int(x) for x in history["train_counter"]],
-            weights_sha256=state_dict_sha256(raw["model"]),
-            threads=int(history["threads"]),
-            device=str(history["device"]),
+            accuracy=metrics[best][0],
+            test_loss=metrics[best][1],
+            train_losses=[float(x) for h in histories for x in h["train_losses"]],
+            train_counter=[int(x) for h in histories for x in h["train_counter"]],
+            weights_sha256=hashes[0] if len(hashes) == 1
+            else hashlib.sha256("".join(hashes).encode()).hexdigest(),
+            threads=int(histories[0]["threads"]),
+            device=str(histories[0]["device"]),
+            accuracies=[a for a, _ in metrics],
         )
 
 

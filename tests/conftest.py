@@ -25,7 +25,7 @@ def small_config(synthetic_root: Path) -> WorkflowConfig:
         epochs=2,
         batch_size_train=32,
         batch_size_test=128,
-        learning_rate=0.05,  # the tutorial's 0.01 needs more than 32 steps to learn
+        learning_rate=0.1,  # the tutorial's 0.01 needs more than 32 steps to learn
         log_interval=4,
         threads=1,
         seed=7,

@@ -7,9 +7,11 @@ import tempfile
 
 import networkx as nx
 import pytest
+import torch
 
-from mnist_core.config import WorkflowConfig
+from mnist_core.config import SHAPES, WorkflowConfig
 from mnist_core.model import new_model
+from mnist_core.tasks import data_loader
 from mnist_core.workflow import (
     WorkflowFailedError,
     build_lattice,
@@ -58,6 +60,71 @@ def test_lattice_graph_is_the_tutorials(small_config: WorkflowConfig) -> None:
     assert {"dataloader", "model"} <= edge_names
 
 
+def _task_nodes(graph: nx.MultiDiGraph) -> dict[str, list[int]]:
+    """Nodes of the workflow's own tasks (not Covalent's generated helpers), by name."""
+    names = ("data_loader", "train_model", "test", "lean_train", "lean_test", "whole_workflow")
+    return {name: _nodes(graph, name) for name in names if _nodes(graph, name)}
+
+
+def test_lean_graph_moves_no_data(small_config: WorkflowConfig) -> None:
+    graph = _graph(dataclasses.replace(small_config, shape="lean"))
+    nodes = _task_nodes(graph)
+    assert set(nodes) == {"lean_train", "lean_test"}
+    assert nx.has_path(graph, nodes["lean_train"][0], nodes["lean_test"][0])
+
+
+def test_per_epoch_graph_chains_one_task_per_epoch(small_config: WorkflowConfig) -> None:
+    config = dataclasses.replace(small_config, shape="per-epoch", epochs=3)
+    graph = _graph(config)
+    epochs = sorted(
+        _nodes(graph, "train_model"), key=lambda n: _param_value(graph, n, "first_epoch")
+    )
+    assert [_param_value(graph, n, "first_epoch") for n in epochs] == ["1", "2", "3"]
+    assert all(nx.has_path(graph, a, b) for a, b in zip(epochs, epochs[1:], strict=False))
+    assert len(_nodes(graph, "data_loader")) == 2
+
+
+def test_monolithic_graph_is_one_task(small_config: WorkflowConfig) -> None:
+    graph = _graph(dataclasses.replace(small_config, shape="monolithic"))
+    assert {k: len(v) for k, v in _task_nodes(graph).items()} == {"whole_workflow": 1}
+
+
+@pytest.mark.parametrize("shape", ["tutorial", "lean", "monolithic"])
+def test_sweep_has_k_independent_branches(small_config: WorkflowConfig, shape: str) -> None:
+    k = 4
+    graph = _graph(dataclasses.replace(small_config, shape=shape, models=k))
+    nodes = _task_nodes(graph)
+    trains = nodes.get("train_model") or nodes.get("lean_train") or nodes["whole_workflow"]
+    assert len(trains) == k
+    if shape != "monolithic":  # there the rate sits inside the config argument
+        rates = sorted(float(_param_value(graph, n, "learning_rate")) for n in trains)
+        assert rates == dataclasses.replace(small_config, models=k).sweep_rates()
+    for a in trains:
+        for b in trains:
+            assert a == b or not nx.has_path(graph, a, b), "sweep branches must be independent"
+
+
+def test_preloaded_path_yields_the_tutorials_tensors(small_config: WorkflowConfig) -> None:
+    for train in (True, False):
+        args = {"batch_size": 32, "train": train, "data_dir": small_config.data_dir,
+                "subset": 200, "seed": 3}
+        tutorial, preloaded = data_loader(**args), data_loader(**args, preloaded=True)
+        pairs = list(zip(tutorial, preloaded, strict=True))
+        assert len(pairs) == 7  # ceil(200 / 32): same batches, same order
+        for (x, y), (px, py) in pairs:
+            assert x.dtype == px.dtype and x.shape == px.shape
+            assert torch.equal(x, px) and torch.equal(y, py)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_shape_does_the_same_work(small_config: WorkflowConfig, shape: str) -> None:
+    """All shapes run the same task functions with per-epoch seeding: identical weights."""
+    reference = run_plain(small_config)
+    assert run_plain(dataclasses.replace(small_config, shape=shape)) == reference
+    preloaded = run_plain(dataclasses.replace(small_config, shape=shape, data_path="preloaded"))
+    assert preloaded == reference
+
+
 def test_plain_runs_are_reproducible(small_config: WorkflowConfig, capsys) -> None:
     first, second = run_plain(small_config), run_plain(small_config)
     assert first == second
@@ -92,6 +159,30 @@ def test_covalent_does_the_same_work_as_plain(
     assert covalent.weights_sha256 == plain.weights_sha256
     assert covalent.train_losses == plain.train_losses
     assert covalent.threads == plain.threads == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("shape", "data_path", "models", "executor"),
+    [
+        ("lean", "tutorial", 1, "local"),
+        ("per-epoch", "tutorial", 1, "local"),
+        ("monolithic", "preloaded", 1, "local"),
+        ("tutorial", "preloaded", 3, "local"),
+        ("lean", "preloaded", 2, "dask"),
+        ("per-epoch", "tutorial", 1, "dask"),
+    ],
+)
+def test_shapes_do_the_same_work_on_covalent(
+    small_config: WorkflowConfig, covalent_server, shape: str, data_path: str, models: int,
+    executor: str,
+) -> None:
+    config = dataclasses.replace(small_config, shape=shape, data_path=data_path, models=models)
+    plain = run_plain(config)
+    with tempfile.TemporaryDirectory() as results_dir:
+        covalent, _ = run_covalent(config, executor, covalent_server.address, results_dir)
+    assert covalent == plain
+    assert len(covalent.accuracies) == models
 
 
 @pytest.mark.slow
