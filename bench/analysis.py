@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.records import PHASES_CSV, RUNS_CSV, SUMMARY_CSV
+from bench.records import FITS_CSV, PHASES_CSV, RUNS_CSV, SUMMARY_CSV
 
 CONFIDENCE = 0.95
 ORCHESTRATION_PARTS = (
@@ -48,10 +48,18 @@ SEGMENTS = (
 ESTIMATORS = ("total_overhead_s", "total_overhead_pct", "orchestration_s",
               "orchestration_pct", "compute_inflation_s")
 
+# MNIST's training split; train_subset empty means all of it.
+MNIST_TRAIN = 60_000
+# What a scenario is, beside its id: the dimensions plots and fits group by.
+DIMENSIONS = ("shape", "data_path", "epochs", "batch_size_train", "models", "threads",
+              "concurrency")
+
 SUMMARY_COLUMNS = (
     "profile",
     "config_id",
     "executor",
+    *DIMENSIONS,
+    "train_samples",
     "plain_median_s",
     "covalent_median_s",
     "overhead_s",  # median Covalent wall - median plain wall
@@ -78,8 +86,24 @@ SUMMARY_COLUMNS = (
     "covalent_server_cpu_s",
     "cold_plain_s",  # first (warm-up) round after the server started
     "cold_covalent_s",
+    "bytes_moved_median",  # serialized node outputs of one Covalent run (manifest sizes)
+    # Batches (concurrency > 1) are judged by their makespan; these describe their runs.
+    "dispatches",
+    "dispatches_ok",
+    "plain_per_min",  # throughput: runs finished per minute of batch wall time
+    "covalent_per_min",
+    "plain_latency_p50_s",
+    "covalent_latency_p50_s",
+    "covalent_latency_p95_s",
+    "covalent_latency_max_s",
     "session_id",
 )
+# Least-squares lines of the overhead against the workload (fits.csv).
+# A fit against train_samples covers configurations alike in FIT_GROUP (empty for the
+# bytes fit, which spans them all).
+FIT_GROUP = ("shape", "data_path", "epochs", "batch_size_train", "models", "threads")
+FIT_COLUMNS = ("executor", "x", *FIT_GROUP, "points", "intercept_s", "intercept_stderr_s",
+               "slope_s_per_unit", "slope_stderr", "unit", "r2")
 
 
 class NoRecordsError(FileNotFoundError):
@@ -95,7 +119,39 @@ def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
         )
     runs = pd.read_csv(path, dtype={"executor": str, "dispatch_id": str, "error": str})
     runs["executor"] = runs["executor"].fillna("")
+    for column, default in (("concurrency", 1), ("shape", "tutorial"), ("data_path", "tutorial"),
+                            ("models", 1)):
+        if column not in runs:
+            runs[column] = default
+        runs[column] = runs[column].fillna(default)
     return runs
+
+
+def as_batches(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of concurrency > 1 collapsed to one row per batch, judged by its makespan.
+
+    A batch row keeps wall_s = batch_wall_s, status COMPLETED only if every run completed,
+    and counts its dispatches; it has no run_id, so no per-run breakdown attaches to it."""
+    single = runs[runs["concurrency"] <= 1].assign(dispatches=1)
+    single["dispatches_ok"] = (single["status"] == "COMPLETED").astype(int)
+    multi = runs[runs["concurrency"] > 1]
+    if multi.empty:
+        return single
+    keys = ["session_id", "config_id", "mode", "executor", "round"]
+    batches = []
+    for _, batch in multi.groupby(keys, sort=False):
+        row = batch.iloc[0].copy()
+        ok = int((batch["status"] == "COMPLETED").sum())
+        row["run_id"] = ""
+        row["wall_s"] = batch["batch_wall_s"].iloc[0]
+        row["status"] = "COMPLETED" if ok == len(batch) else "FAILED"
+        row["dispatches"], row["dispatches_ok"] = len(batch), ok
+        row["latency_p50_s"] = batch["latency_s"].median()
+        row["latency_p95_s"] = batch["latency_s"].quantile(0.95)
+        row["latency_max_s"] = batch["latency_s"].max()
+        row["weights_sha256"] = "/".join(sorted(set(batch["weights_sha256"].astype(str))))
+        batches.append(row)
+    return pd.concat([single, pd.DataFrame(batches)], ignore_index=True)
 
 
 def load_phases(in_dir: str | os.PathLike) -> pd.DataFrame | None:
@@ -134,6 +190,8 @@ def breakdown(phases: pd.DataFrame) -> pd.DataFrame:
             "executor_cost_s": max(nodes - in_task, 0.0) if server else 0.0,
             "scheduling_gaps_s": max(server - max(nodes, in_task), 0.0) if server else 0.0,
             "completion_detect_s": named.get("completion_detect", 0.0),
+            "bytes_moved": group.loc[group["phase"] == "node", "bytes"].sum()
+            if "bytes" in group else float("nan"),
         })
     return pd.DataFrame(rows)
 
@@ -200,7 +258,7 @@ def paired_rounds(plain: pd.DataFrame, cov: pd.DataFrame) -> pd.DataFrame:
 
 def round_estimates(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFrame:
     """One row per configuration, executor and measured round: the paired estimators."""
-    done = with_breakdown(measured(runs), phases)
+    done = with_breakdown(measured(as_batches(runs)), phases)
     frames = []
     for config_id, group in done.groupby("config_id", sort=False):
         plain = group[group["mode"] == "plain"]
@@ -213,6 +271,7 @@ def round_estimates(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataF
 def summarize(runs: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per configuration and executor."""
     rows = []
+    runs = as_batches(runs)
     done = with_breakdown(measured(runs), phases)
     first = cold(runs)
     for (profile, config_id), group in done.groupby(["profile", "config_id"], sort=False):
@@ -224,6 +283,54 @@ def summarize(runs: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.Data
             row["cold_covalent_s"] = _first(cold_rows[cold_rows["executor"] == executor]["wall_s"])
             rows.append(row)
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def train_samples(train_subset: object) -> int:
+    """Training images a configuration uses (an empty subset is MNIST's whole split)."""
+    try:
+        value = float(train_subset)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return MNIST_TRAIN
+    return MNIST_TRAIN if np.isnan(value) else int(value)
+
+
+def fit_line(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> dict[str, float]:
+    """Least-squares line y = intercept + slope * x (scipy), with standard errors."""
+    fit = stats.linregress(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    return {"intercept_s": fit.intercept, "intercept_stderr_s": fit.intercept_stderr,
+            "slope_s_per_unit": fit.slope, "slope_stderr": fit.stderr, "r2": fit.rvalue**2}
+
+
+def overhead_fits(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFrame:
+    """The overhead's constant part and its growth, per executor, from every measured round
+    of single dispatches: against training samples per shape and data path (configs that
+    differ only in train_subset), and against bytes moved over all shapes."""
+    rounds = round_estimates(runs, phases)
+    if rounds.empty:
+        return pd.DataFrame(columns=list(FIT_COLUMNS))
+    dims = runs.drop_duplicates("config_id").set_index("config_id")
+    rounds = rounds.join(dims[[*DIMENSIONS, "train_subset"]], on="config_id")
+    rounds["train_samples"] = rounds["train_subset"].map(train_samples)
+    moved = with_breakdown(measured(runs[runs["concurrency"] <= 1]), phases)
+    if "bytes_moved" in moved:
+        per_round = moved[moved["mode"] == "covalent"].set_index(
+            ["config_id", "executor", "round"])["bytes_moved"]
+        rounds = rounds.join(per_round, on=["config_id", "executor", "round"])
+    rounds = rounds[rounds["concurrency"] <= 1]
+    rows = []
+    for keys, group in rounds.groupby(["executor", *FIT_GROUP], sort=False):
+        if group["train_samples"].nunique() >= 2:
+            rows.append({"executor": keys[0], "x": "train_samples",
+                         **dict(zip(FIT_GROUP, keys[1:], strict=True)),
+                         "points": len(group), "unit": "s per 1000 samples",
+                         **fit_line(group["train_samples"] / 1000, group["total_overhead_s"])})
+    if "bytes_moved" in rounds:
+        for executor, group in rounds.dropna(subset=["bytes_moved"]).groupby("executor"):
+            if group["bytes_moved"].nunique() >= 2:
+                rows.append({"executor": executor, "x": "bytes_moved",
+                             "points": len(group), "unit": "s per MiB",
+                             **fit_line(group["bytes_moved"] / 2**20, group["orchestration_s"])})
+    return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
 
 
 def _first(values: pd.Series) -> float:
@@ -243,10 +350,13 @@ def _compare(
     plain_threads = sorted(set(plain["torch_threads"].astype(int)))
     cov_threads = sorted(set(cov["torch_threads"].astype(int)))
     devices = set(plain["resolved_device"]) | set(cov["resolved_device"])
+    first = cov.iloc[0]
     row = {
         "profile": profile,
         "config_id": config_id,
         "executor": executor,
+        **{d: first.get(d) for d in DIMENSIONS},
+        "train_samples": train_samples(first.get("train_subset")),
         "plain_median_s": plain_s,
         "covalent_median_s": cov_s,
         "overhead_s": overhead,
@@ -269,7 +379,17 @@ def _compare(
         "plain_server_cpu_s": _median(plain, "server_cpu_s"),
         "covalent_server_cpu_s": _median(cov, "server_cpu_s"),
         "session_id": cov["session_id"].max(),
+        "bytes_moved_median": _median(cov, "bytes_moved"),
+        "dispatches": int(cov["dispatches"].sum()) if "dispatches" in cov else len(cov),
+        "dispatches_ok": int(cov["dispatches_ok"].sum()) if "dispatches_ok" in cov else len(cov),
+        "plain_latency_p50_s": _median(plain, "latency_p50_s"),
+        "covalent_latency_p50_s": _median(cov, "latency_p50_s"),
+        "covalent_latency_p95_s": _median(cov, "latency_p95_s"),
+        "covalent_latency_max_s": _median(cov, "latency_max_s"),
     }
+    n = int(first.get("concurrency") or 1)
+    row["plain_per_min"] = 60 * n / plain_s if plain_s else float("nan")
+    row["covalent_per_min"] = 60 * n / cov_s if cov_s else float("nan")
     for part in ORCHESTRATION_PARTS:
         row[f"{part.removesuffix('_s')}_median_s"] = _median(cov, part)
     pairs = paired_rounds(plain, cov)
@@ -286,6 +406,10 @@ def _compare(
 
 
 def write_summary(out_dir: str | os.PathLike) -> pd.DataFrame:
-    summary = summarize(load_runs(out_dir), load_phases(out_dir))
+    """summary.csv (one row per configuration and executor) and fits.csv (overhead lines)."""
+    runs, phases = load_runs(out_dir), load_phases(out_dir)
+    summary = summarize(runs, phases)
     summary.to_csv(Path(out_dir) / SUMMARY_CSV, index=False, float_format="%.4f")
+    overhead_fits(runs, phases).to_csv(Path(out_dir) / FITS_CSV, index=False,
+                                       float_format="%.6g")
     return summary

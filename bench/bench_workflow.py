@@ -1,11 +1,11 @@
-"""The benchmark suite: `pytest bench --benchmark-only [--bench-profile smoke|quick|tutorial]`.
+"""The benchmark suite: `pytest bench --benchmark-only [--bench-profile smoke|quick|tutorial|full]`.
 
-Each configuration of the profile runs plain and on every Covalent executor through
-pytest-benchmark's pedantic mode, one call per round (a run takes seconds to minutes;
-pytest-benchmark's calibration would multiply that). By default rounds are interleaved
-(plain, local, dask, plain, ...: one benchmark per round); `--bench-order grouped` runs
-the warm-up and measured rounds of a mode in one benchmark. Every run, warm-up included,
-is appended to runs.csv as soon as it ends.
+Each scenario of the profile (a configuration, run singly or N at a time) runs plain and
+on every Covalent executor through pytest-benchmark's pedantic mode, one call per round
+(a run takes seconds to minutes; pytest-benchmark's calibration would multiply that). By
+default rounds are interleaved (plain, local, dask, plain, ...: one benchmark per round);
+`--bench-order grouped` runs the warm-up and measured rounds of a mode in one benchmark.
+Every run, warm-up included, is appended to runs.csv as soon as it ends.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from typing import Any
 
 from bench.plugin import BenchSession, Case
 from bench.records import environment
-from bench.runner import measure_covalent, measure_plain
+from bench.runner import measure_covalent_batch, measure_plain_batch
 from bench.server import CovalentServer
 from mnist_core.workflow import WorkflowFailedError
 
 # Columns that go into pytest-benchmark's JSON next to its own statistics.
 EXTRA_COLUMNS = (
-    "round", "warmup", "wall_s", "accuracy", "test_loss", "weights_sha256", "torch_threads",
+    "round", "slot", "warmup", "wall_s", "latency_s", "batch_wall_s", "accuracy", "test_loss",
+    "weights_sha256", "torch_threads",
     "dispatch_id", "status", "submit_s", "server_s", "retrieve_s", "stock_wall_s",
     "server_cpu_s",
 )
@@ -34,7 +35,8 @@ def test_mnist_workflow(
     covalent_server: CovalentServer,  # up for plain runs too: they pay the idle server's tax
     mnist_root: Any,
 ) -> None:
-    profile = bench_session.profile
+    profile, scenario = bench_session.profile, case.scenario
+    config, n = scenario.config, scenario.concurrency
     rounds = itertools.count(case.round or 0)
     rows: list[dict] = []
 
@@ -42,28 +44,34 @@ def test_mnist_workflow(
         i = next(rounds)
         probes = bench_session.probe_dir
         if case.mode == "plain":
-            record = measure_plain(case.config, probes, covalent_server)
+            records = measure_plain_batch(config, probes, covalent_server, n)
         else:
-            record = measure_covalent(
-                case.config, case.executor, covalent_server.address, probes, covalent_server
+            records = measure_covalent_batch(
+                config, case.executor, covalent_server.address, probes, covalent_server, n
             )
-        rows.append(
-            bench_session.record(
-                case.config,
-                record,
-                round=i,
-                warmup=i < profile.warmup_rounds,
-                server_startup_s=covalent_server.startup_s,
+        for record in records:
+            rows.append(
+                bench_session.record(
+                    scenario,
+                    record,
+                    round=i,
+                    warmup=i < scenario.warmup_rounds,
+                    server_startup_s=covalent_server.startup_s,
+                    server_workers=covalent_server.workers,
+                    server_threads_per_worker=covalent_server.threads_per_worker,
+                )
             )
-        )
-        if record.error:
-            raise WorkflowFailedError(record.error)
+        errors = [r.error for r in records if r.error]
+        if errors:
+            raise WorkflowFailedError("; ".join(errors))
 
-    benchmark.group = f"{case.config.id}-{case.label}"
+    benchmark.group = f"{scenario.id}-{case.label}"
     benchmark.extra_info.update(
         profile=profile.name,
-        config_id=case.config.id,
-        config=case.config.as_dict(),
+        part=scenario.part,
+        config_id=scenario.id,
+        concurrency=n,
+        config=config.as_dict(),
         mode=case.mode,
         executor=case.executor,
         session_id=bench_session.session_id,
@@ -73,7 +81,7 @@ def test_mnist_workflow(
     try:
         if case.round is None:
             benchmark.pedantic(
-                one_run, rounds=profile.rounds, warmup_rounds=profile.warmup_rounds,
+                one_run, rounds=scenario.rounds, warmup_rounds=scenario.warmup_rounds,
                 iterations=1,
             )
         else:

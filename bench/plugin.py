@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 from bench.analysis import write_summary
-from bench.profiles import Profile, ProfileError, load_profile
+from bench.profiles import Profile, ProfileError, Scenario, load_profile
 from bench.records import CsvAppender, environment, phases_writer, runs_writer, utc_now
 from bench.runner import RunRecord
 from bench.server import CovalentServer, server_for
-from mnist_core.config import WorkflowConfig
 from mnist_core.data import ensure_mnist, resolve_data_dir
 
 PROFILE_ENV = "BENCH_PROFILE"
@@ -31,7 +30,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--bench-profile",
         default=os.environ.get(PROFILE_ENV, "tutorial"),
-        help="profile in bench/configs/: smoke, quick, tutorial (default; env BENCH_PROFILE)",
+        help="profile in bench/configs/ (smoke, quick, tutorial (default), full) or the path "
+        "of a .toml profile; env BENCH_PROFILE",
     )
     group.addoption(
         "--bench-set",
@@ -96,15 +96,16 @@ class BenchSession:
     rows: int = 0
 
     def record(
-        self, config: WorkflowConfig, record: RunRecord, **extra: Any
+        self, scenario: Scenario, record: RunRecord, **extra: Any
     ) -> dict[str, Any]:
         """Append the run's row to runs.csv and its phases to phases.csv, now."""
         row = {
             "timestamp": utc_now(),
             "session_id": self.session_id,
             "profile": self.profile.name,
-            "config_id": config.id,
-            **config.as_dict(),
+            "config_id": scenario.id,
+            "concurrency": scenario.concurrency,
+            **scenario.config.as_dict(),
             **record.row(),
             **extra,
             **environment(),
@@ -178,9 +179,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark: a configuration in one mode (plain, or Covalent on an executor)."""
+    """One benchmark: a scenario in one mode (plain, or Covalent on an executor)."""
 
-    config: WorkflowConfig
+    scenario: Scenario
     mode: str
     executor: str = ""
     round: int | None = None  # None: all rounds in this one benchmark (grouped order)
@@ -192,17 +193,20 @@ class Case:
     @property
     def id(self) -> str:
         at = "" if self.round is None else f"-r{self.round}"
-        return f"{self.config.id}{at}-{self.label}"
+        return f"{self.scenario.id}{at}-{self.label}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" not in metafunc.fixturenames:
         return
     profile = profile_from(metafunc.config)
-    modes = [("plain", "")] + [("covalent", executor) for executor in profile.executors]
-    if metafunc.config.getoption("--bench-order") == "grouped":
-        cases = [Case(c, m, e) for c in profile.configs for m, e in modes]
-    else:  # ABAB...: every round runs each mode once before the next round starts
-        rounds = range(profile.warmup_rounds + profile.rounds)
-        cases = [Case(c, m, e, r) for c in profile.configs for r in rounds for m, e in modes]
+    grouped = metafunc.config.getoption("--bench-order") == "grouped"
+    cases = []
+    for s in profile.scenarios:
+        modes = [("plain", "")] + [("covalent", executor) for executor in s.executors]
+        if grouped:
+            cases += [Case(s, m, e) for m, e in modes]
+        else:  # ABAB...: every round runs each mode once before the next round starts
+            rounds = range(s.warmup_rounds + s.rounds)
+            cases += [Case(s, m, e, r) for r in rounds for m, e in modes]
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

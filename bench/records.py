@@ -23,6 +23,7 @@ from mnist_core.config import WorkflowConfig
 RUNS_CSV = "runs.csv"
 PHASES_CSV = "phases.csv"
 SUMMARY_CSV = "summary.csv"
+FITS_CSV = "fits.csv"
 
 ENV_COLUMNS = (
     "git_commit",
@@ -45,9 +46,14 @@ RUN_COLUMNS = (
     "mode",  # plain | covalent
     "executor",  # empty for plain, else local | dask
     "round",  # 0-based over the warm-up and measured rounds of one benchmark
+    "concurrency",  # workflows in the batch: dispatched at once / plain one after another
+    "slot",  # this run's place in its batch (order of submission)
     "warmup",
-    "wall_s",
-    "accuracy",
+    "wall_s",  # this run: from its start (dispatch call) to its result in hand
+    "latency_s",  # from the batch's start to this run's result in hand
+    "batch_wall_s",  # the whole batch; = wall_s when concurrency is 1
+    "accuracy",  # of the best model, for a sweep (models > 1)
+    "accuracies",  # JSON list, one per model of a sweep
     "test_loss",
     "weights_sha256",
     "torch_threads",  # as seen inside train_model
@@ -63,6 +69,8 @@ RUN_COLUMNS = (
     "server_cpu_s",  # CPU of the server's process tree during the run (idle tax on plain)
     "client_rss_mb",  # this process's RSS after the run
     "server_startup_s",
+    "server_workers",  # the server's Dask cluster: workers x threads per worker
+    "server_threads_per_worker",
     "error",
     *ENV_COLUMNS,
 )

@@ -20,14 +20,22 @@ from bench.analysis import (  # noqa: E402
     ORCHESTRATION_PARTS,
     SEGMENTS,
     NoRecordsError,
+    as_batches,
     load_phases,
     load_runs,
     measured,
+    overhead_fits,
     summarize,
     with_breakdown,
 )
 from bench.gate import HISTORY_CSV  # noqa: E402
-from bench.records import ENV_COLUMNS, SUMMARY_CSV  # noqa: E402
+from bench.matrix import PLOTS as MATRIX_PLOTS  # noqa: E402
+from bench.matrix import matrix_section  # noqa: E402
+from bench.records import ENV_COLUMNS, FITS_CSV, SUMMARY_CSV  # noqa: E402
+
+# Per-configuration plots stay readable up to this many configurations; a larger matrix
+# gets them for its core (tutorial shape and data path, one model, one dispatch) only.
+MAX_DETAIL = 8
 
 MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868"}
 PLOTS = {
@@ -393,8 +401,20 @@ def _bytes_table(runs: pd.DataFrame, phases: pd.DataFrame) -> str:
             + table.to_markdown(index=False))
 
 
+def detail_configs(summary: pd.DataFrame) -> list[str]:
+    """Configurations that get the per-configuration plots and tables."""
+    single = summary[summary["concurrency"] <= 1]
+    ids = list(dict.fromkeys(single["config_id"]))
+    if len(ids) <= MAX_DETAIL:
+        return ids
+    core = single[(single["shape"] == "tutorial") & (single["data_path"] == "tutorial")
+                  & (single["models"] <= 1)]
+    return list(dict.fromkeys(core["config_id"]))[:MAX_DETAIL]
+
+
 def write_page(
-    runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None
+    runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
+    matrix: list[str] | None = None, detail: pd.DataFrame | None = None,
 ) -> Path:
     sessions = ", ".join(sorted(set(runs["session_id"])))
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
@@ -416,10 +436,18 @@ def write_page(
         "",
         table.to_markdown(index=False, floatfmt=".2f"),
         "",
-        "## Plots",
-        "",
     ]
-    lines += [f"![{name}]({file})" for name, file in PLOTS.items()]
+    lines += [*matrix, ""] if matrix else []
+    detail = summary if detail is None else detail
+    if len(detail) < len(summary):
+        lines += ["## Per configuration", "", f"The plots and tables below cover "
+                  f"{detail['config_id'].nunique()} core configurations of "
+                  f"{summary['config_id'].nunique()} (tutorial shape and data path, one model, "
+                  "one dispatch); summary.csv has every row.", ""]
+    else:
+        lines += ["## Plots", ""]
+    summary = detail
+    lines += [f"![{name}]({file})" for name, file in PLOTS.items() if (out_dir / file).exists()]
     if summary["orchestration_s"].notna().any():
         lines += ["", "## Where the time goes", "", WHERE_TEXT, "", _families_table(summary),
                   "", "Parts (medians over measured rounds, seconds):", "",
@@ -444,12 +472,21 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     out_dir = Path(out_dir) if out_dir else in_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     all_runs = load_runs(in_dir)
-    runs = measured(all_runs)
+    runs = measured(as_batches(all_runs))
     if runs.empty:
         raise NoRecordsError(f"{in_dir}: runs.csv has no completed, measured (non-warm-up) runs")
     phases = load_phases(in_dir)
-    summary = summarize(all_runs, phases)
-    summary.to_csv(out_dir / SUMMARY_CSV, index=False, float_format="%.4f")
+    full_summary = summarize(all_runs, phases)
+    full_summary.to_csv(out_dir / SUMMARY_CSV, index=False, float_format="%.4f")
+    fits = overhead_fits(all_runs, phases)
+    fits.to_csv(out_dir / FITS_CSV, index=False, float_format="%.6g")
+    # A plot this data can't make must not linger from an earlier report.
+    for stale in [*PLOTS.values(), *MATRIX_PLOTS.values()]:
+        (out_dir / stale).unlink(missing_ok=True)
+    matrix = matrix_section(full_summary, fits, out_dir)
+    keep = detail_configs(full_summary)
+    summary = full_summary[full_summary["config_id"].isin(keep)]
+    runs = runs[runs["config_id"].isin(keep)]
     plot_wall_time(runs, out_dir / PLOTS["wall_time"])
     plot_loss_curves(runs, out_dir / PLOTS["loss_curves"])
     if phases is not None:
@@ -464,7 +501,7 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     history = in_dir / HISTORY_CSV
     if history.is_file() and history.stat().st_size:
         plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / "history.png")
-    return write_page(runs, summary, out_dir, phases)
+    return write_page(runs, full_summary, out_dir, phases, matrix, summary)
 
 
 def main(argv: list[str] | None = None) -> int:

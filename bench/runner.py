@@ -58,6 +58,7 @@ class RunRecord:
             "executor": self.executor,
             "wall_s": round(self.wall_s, 4),
             "accuracy": out.accuracy if out else None,
+            "accuracies": out.accuracies if out else None,
             "test_loss": out.test_loss if out else None,
             "weights_sha256": out.weights_sha256 if out else None,
             "torch_threads": out.threads if out else None,
@@ -154,20 +155,29 @@ def _output_sizes(dispatch_id: str, address: str, results_dir: str) -> dict[int,
     return {node["id"]: node["assets"]["output"].get("size") or 0 for node in nodes}
 
 
-def measure_covalent(
-    config: WorkflowConfig,
-    executor: str,
-    address: str,
-    probe_dir: str | Path,
-    server: Any = None,
-    timeout_s: float = 3600.0,
-) -> RunRecord:
-    """Dispatch, poll to a terminal status, download; a failed dispatch is recorded too."""
+@dataclass
+class _Dispatched:
+    """A dispatch in flight: its ids, clocks and the stock-waiter thread beside it."""
+
+    run_id: str
+    dispatch_id: str
+    t0: float  # wall clock at the run's start, to place server timestamps on our axis
+    start: float  # perf_counter at the run's start
+    submitted: float
+    stock_seen: list[float]
+    stock_dir: tempfile.TemporaryDirectory
+    stock: threading.Thread
+    status: str = ""
+    done: float = 0.0
+
+
+def _submit(config: WorkflowConfig, executor: str, address: str, probe_dir: str | Path,
+            dispatch_to: str | None = None) -> _Dispatched:
     run_id = uuid.uuid4().hex[:12]
-    meter = CpuMeter(server.processes()) if server is not None else None
     t0 = time.time()
     start = time.perf_counter()
-    dispatch_id = dispatch(config, executor, address, wrap=task_probe(probe_dir, run_id))
+    dispatch_id = dispatch(config, dispatch_to or executor, address,
+                           wrap=task_probe(probe_dir, run_id))
     submitted = time.perf_counter()
     stock_seen: list[float] = []
     stock_dir = tempfile.TemporaryDirectory(prefix="covalent-bench-stock-")
@@ -175,19 +185,34 @@ def measure_covalent(
         target=_stock_wait, args=(dispatch_id, address, stock_dir.name, stock_seen), daemon=True
     )
     stock.start()
-    status = ""
-    while status not in TERMINAL:
-        if time.perf_counter() - submitted > timeout_s:
+    return _Dispatched(run_id, dispatch_id, t0, start, submitted, stock_seen, stock_dir, stock)
+
+
+def _await_all(runs: list[_Dispatched], address: str, timeout_s: float) -> None:
+    """Poll every POLL_S until each dispatch is terminal; note when each was seen so."""
+    pending = list(runs)
+    since = time.perf_counter()
+    while pending:
+        if time.perf_counter() - since > timeout_s:
+            late = ", ".join(f"{r.dispatch_id} ({r.status or 'no status'})" for r in pending)
             raise DispatchTimeoutError(
-                f"dispatch {dispatch_id} still {status} after {timeout_s:.0f} s on {address}"
+                f"still running after {timeout_s:.0f} s on {address}: {late}"
             )
         time.sleep(POLL_S)
-        reply = ct.get_result(dispatch_id, status_only=True, dispatcher_addr=address)
-        status = status_name(reply["status"])
-    done = time.perf_counter()
+        for run in list(pending):
+            reply = ct.get_result(run.dispatch_id, status_only=True, dispatcher_addr=address)
+            run.status = status_name(reply["status"])
+            if run.status in TERMINAL:
+                run.done = time.perf_counter()
+                pending.remove(run)
+
+
+def _collect(run: _Dispatched, executor: str, address: str, probe_dir: str | Path) -> RunRecord:
+    """Download the result and turn the run's clocks into timings and phases."""
     with tempfile.TemporaryDirectory(prefix="covalent-bench-result-") as results_dir:
+        retrieve_start = time.perf_counter()
         result = ct.get_result(
-            dispatch_id,
+            run.dispatch_id,
             dispatcher_addr=address,
             results_dir=results_dir,
             intermediate_outputs=False,
@@ -198,23 +223,22 @@ def measure_covalent(
         except Exception as exc:  # recorded, then re-raised by the caller
             output, error = None, str(exc)
         end = time.perf_counter()
-        sizes = _output_sizes(dispatch_id, address, results_dir)  # after the clock stops
-    server_cpu = meter.seconds(server.processes()) if meter is not None else None
-    stock.join(timeout=5)
-    stock_dir.cleanup()
+        sizes = _output_sizes(run.dispatch_id, address, results_dir)  # after the clock stops
+    run.stock.join(timeout=5)
+    run.stock_dir.cleanup()
 
-    rel = {"submitted": submitted - start, "done": done - start, "end": end - start}
+    start, t0 = run.start, run.t0
+    rel = {"submitted": run.submitted - start, "done": run.done - start,
+           "retrieve": retrieve_start - start, "end": end - start}
     server_start, server_end = _epoch(result.start_time), _epoch(result.end_time)
     phases = [_phase("submit", 0.0, rel["submitted"])]
     timings = {
         "submit_s": rel["submitted"],
-        "retrieve_s": rel["end"] - rel["done"],
+        "retrieve_s": rel["end"] - rel["retrieve"],
         "client_rss_mb": _client_rss_mb(),
     }
-    if server_cpu is not None:
-        timings["server_cpu_s"] = server_cpu
-    if stock_seen:  # stock detection, then the same download as ours
-        timings["stock_wall_s"] = stock_seen[0] - start + timings["retrieve_s"]
+    if run.stock_seen:  # stock detection, then the same download as ours
+        timings["stock_wall_s"] = run.stock_seen[0] - start + timings["retrieve_s"]
     if server_start is not None and server_end is not None:
         s0, s1 = server_start - t0, server_end - t0
         timings["server_s"] = s1 - s0
@@ -231,9 +255,85 @@ def measure_covalent(
             _phase("node", node_start - t0, (node_end or node_start) - t0, node["node_name"],
                    bytes=sizes.get(node["node_id"]))
         )
-    phases += _in_task_phases(read_probes(probe_dir, run_id), t0)
-    phases.append(_phase("retrieve", rel["done"], rel["end"]))
+    phases += _in_task_phases(read_probes(probe_dir, run.run_id), t0)
+    if rel["retrieve"] > rel["done"]:  # in a batch, others' downloads came first
+        phases.append(_phase("queued_for_retrieve", rel["done"], rel["retrieve"]))
+    phases.append(_phase("retrieve", rel["retrieve"], rel["end"]))
     return RunRecord(
-        "covalent", executor, end - start, output, run_id, dispatch_id, status, timings,
-        phases, error,
+        "covalent", executor, end - start, output, run.run_id, run.dispatch_id, run.status,
+        timings, phases, error,
     )
+
+
+def measure_covalent(
+    config: WorkflowConfig,
+    executor: str,
+    address: str,
+    probe_dir: str | Path,
+    server: Any = None,
+    timeout_s: float = 3600.0,
+    dispatch_to: str | None = None,
+) -> RunRecord:
+    """Dispatch, poll to a terminal status, download; a failed dispatch is recorded too.
+
+    `executor` is the record's label; `dispatch_to` what the lattice runs on if that
+    differs (an external cluster's scheduler address for the label 'external')."""
+    return measure_covalent_batch(
+        config, executor, address, probe_dir, server, 1, timeout_s, dispatch_to
+    )[0]
+
+
+def measure_covalent_batch(
+    config: WorkflowConfig,
+    executor: str,
+    address: str,
+    probe_dir: str | Path,
+    server: Any = None,
+    concurrency: int = 1,
+    timeout_s: float = 3600.0,
+    dispatch_to: str | None = None,
+) -> list[RunRecord]:
+    """`concurrency` dispatches submitted back to back, awaited together, then downloaded.
+
+    Each record's wall_s runs from its own dispatch call to its result in hand; latency_s
+    from the batch's start; batch_wall_s is the whole batch (the same on every record)."""
+    meter = CpuMeter(server.processes()) if server is not None else None
+    batch_start = time.perf_counter()
+    runs = [_submit(config, executor, address, probe_dir, dispatch_to)
+            for _ in range(concurrency)]
+    _await_all(runs, address, timeout_s)
+    records = []
+    for run in sorted(runs, key=lambda r: r.done):  # first finished, first fetched
+        record = _collect(run, executor, address, probe_dir)
+        record.timings["latency_s"] = time.perf_counter() - batch_start
+        record.timings["slot"] = runs.index(run)  # order of submission
+        records.append(record)
+    _finish_batch(records, batch_start, meter, server)
+    return sorted(records, key=lambda r: r.timings["slot"])
+
+
+def measure_plain_batch(
+    config: WorkflowConfig, probe_dir: str | Path, server: Any = None, concurrency: int = 1
+) -> list[RunRecord]:
+    """`concurrency` plain runs, one after another (what a user without Covalent does)."""
+    meter = CpuMeter(server.processes()) if server is not None else None
+    batch_start = time.perf_counter()
+    records = []
+    for slot in range(concurrency):
+        record = measure_plain(config, probe_dir)
+        record.timings["latency_s"] = time.perf_counter() - batch_start
+        record.timings["slot"] = slot
+        records.append(record)
+    _finish_batch(records, batch_start, meter, server)
+    return records
+
+
+def _finish_batch(
+    records: list[RunRecord], batch_start: float, meter: CpuMeter | None, server: Any
+) -> None:
+    batch_wall = time.perf_counter() - batch_start
+    server_cpu = meter.seconds(server.processes()) if meter is not None else None
+    for record in records:
+        record.timings["batch_wall_s"] = batch_wall
+        if server_cpu is not None:  # of the whole batch: the server can't tell runs apart
+            record.timings["server_cpu_s"] = server_cpu

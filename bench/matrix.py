@@ -1,0 +1,351 @@
+"""The configuration matrix read across configurations: overhead against workload size
+per graph shape (with the fitted lines of fits.csv), bytes moved per shape, the K-model
+sweep against the ideal parallel line, concurrent dispatches, and the findings in words.
+
+Reads summary.csv's rows (bench.analysis.summarize) and fits.csv's (overhead_fits) only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.analysis import FIT_GROUP  # noqa: E402
+
+PLOTS = {
+    "scaling": "matrix_scaling.png",
+    "bytes": "matrix_bytes.png",
+    "sweep": "matrix_sweep.png",
+    "concurrency": "matrix_concurrency.png",
+}
+SHAPE_ORDER = ("tutorial", "lean", "per-epoch", "monolithic")
+
+
+def _single(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[(summary["concurrency"] <= 1) & (summary["models"] <= 1)]
+
+
+def _group_label(row: pd.Series | dict) -> str:
+    data = "" if row["data_path"] == "tutorial" else f", {row['data_path']}"
+    return f"{row['shape']}{data} (ep{int(row['epochs'])}, bs{int(row['batch_size_train'])})"
+
+
+def scaling_groups(summary: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """Single-dispatch, single-model configurations that differ only in training size."""
+    rows = _single(summary)
+    return [(keys, g.sort_values("train_samples"))
+            for keys, g in rows.groupby(["executor", *FIT_GROUP], sort=False)
+            if g["train_samples"].nunique() >= 2]
+
+
+def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
+    """Overhead (s, top; %, bottom) against training samples, one panel per executor."""
+    groups = scaling_groups(summary)
+    if not groups:
+        return False
+    executors = list(dict.fromkeys(k[0] for k, _ in groups))
+    fig, axes = plt.subplots(2, len(executors), figsize=(6.2 * len(executors), 8.5),
+                             squeeze=False, sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = list(dict.fromkeys(_group_label(g.iloc[0]) for _, g in groups))
+    for col, executor in enumerate(executors):
+        top, bottom = axes[0, col], axes[1, col]
+        for _, g in (kg for kg in groups if kg[0][0] == executor):
+            label = _group_label(g.iloc[0])
+            colour = colours[labels.index(label) % len(colours)]
+            x = g["train_samples"] / 1000
+            top.errorbar(x, g["total_overhead_s"],
+                         yerr=[g["total_overhead_s"] - g["total_overhead_s_ci_low"],
+                               g["total_overhead_s_ci_high"] - g["total_overhead_s"]],
+                         fmt="o", color=colour, capsize=3, label=label)
+            fit = _fit_for(fits, executor, g.iloc[0])
+            if fit is not None:
+                xs = [0, x.max()]
+                top.plot(xs, [fit["intercept_s"] + fit["slope_s_per_unit"] * v for v in xs],
+                         color=colour, linewidth=1, linestyle="--")
+            bottom.plot(x, g["total_overhead_pct"], marker="o", color=colour, label=label)
+        top.axhline(0, color="black", linewidth=0.7)
+        bottom.axhline(0, color="black", linewidth=0.7)
+        top.set_title(f"Covalent {executor}")
+        top.set_ylabel("overhead (s): median, 95 % CI; dashed: fit")
+        bottom.set_ylabel("overhead (% of plain wall)")
+        bottom.set_xlabel("training samples (thousands)")
+        top.set_xlim(left=0)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Overhead as the workload grows, per graph shape "
+                 "(fit: constant + per-1000-samples part)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _fit_for(fits: pd.DataFrame, executor: str, group: pd.Series) -> pd.Series | None:
+    """The train_samples fit of the configurations alike to `group` (see FIT_GROUP)."""
+    rows = fits[(fits["executor"] == executor) & (fits["x"] == "train_samples")]
+    for _, row in rows.iterrows():
+        if all(_same(row[k], group[k]) for k in FIT_GROUP):
+            return row
+    return None
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as numbers where both are (CSV round trips turn 1 into 1.0), else as text."""
+    try:
+        return float(a) == float(b)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def plot_bytes(summary: pd.DataFrame, path: Path) -> bool:
+    """Median bytes serialized per run (all node outputs), per shape and training size."""
+    rows = _single(summary).dropna(subset=["bytes_moved_median"])
+    rows = rows[(rows["epochs"] == rows["epochs"].mode().iloc[0])] if len(rows) else rows
+    if rows.empty:
+        return False
+    rows = rows.drop_duplicates(["shape", "data_path", "train_samples", "batch_size_train"])
+    groups = list(dict.fromkeys(_group_label(r) for _, r in rows.iterrows()))
+    sizes = sorted(rows["train_samples"].unique())
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) * max(1, len(sizes)) / 2), 4.6))
+    width = 0.8 / len(sizes)
+    for k, size in enumerate(sizes):
+        values = []
+        for label in groups:
+            match = rows[(rows.apply(_group_label, axis=1) == label)
+                         & (rows["train_samples"] == size)]
+            values.append(match["bytes_moved_median"].iloc[0] / 2**20 if len(match) else 0.0)
+        xs = [i + (k - (len(sizes) - 1) / 2) * width for i in range(len(groups))]
+        bars = ax.bar(xs, values, width, label=f"{size / 1000:g}k samples")
+        ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    ax.set_xticks(range(len(groups)), [g.replace(" (", "\n(") for g in groups], fontsize=7)
+    ax.set_ylabel("MiB serialized per run (node outputs)")
+    ax.set_title("Bytes Covalent moves per run, by graph shape")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def sweep_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The K-model sweep: configurations that differ only in `models` (K), K = 1 included."""
+    single = summary[summary["concurrency"] <= 1]
+    swept = single[single["models"] > 1]
+    if swept.empty:
+        return swept
+    keys = ["shape", "data_path", "epochs", "batch_size_train", "threads", "train_samples"]
+    base = swept.iloc[0][keys]
+    same = (single[keys] == base).all(axis=1)
+    return single[same].sort_values(["executor", "models"])
+
+
+def sweep_crossover(rows: pd.DataFrame) -> dict[str, int | None]:
+    """Per executor, the smallest K from which Covalent's median beats plain's for good."""
+    out: dict[str, int | None] = {}
+    for executor, g in rows.groupby("executor", sort=False):
+        faster = list(g["covalent_median_s"] < g["plain_median_s"])
+        ks = list(g["models"].astype(int))
+        out[executor] = next((k for i, k in enumerate(ks) if all(faster[i:])), None)
+    return out
+
+
+def plot_sweep(summary: pd.DataFrame, path: Path) -> bool:
+    rows = sweep_rows(summary)
+    if rows.empty:
+        return False
+    cores = os.cpu_count() or 1
+    executors = list(dict.fromkeys(rows["executor"]))
+    fig, axes = plt.subplots(1, len(executors), figsize=(5.8 * len(executors), 4.4),
+                             squeeze=False, sharey=True)
+    for ax, executor in zip(axes[0], executors, strict=True):
+        g = rows[rows["executor"] == executor]
+        k = g["models"].astype(int)
+        ax.plot(k, g["plain_median_s"], marker="o", color="#4c72b0",
+                label="plain, one after another")
+        ax.plot(k, g["covalent_median_s"], marker="s", color="#dd8452",
+                label=f"Covalent {executor}")
+        ideal = g["plain_median_s"] / k.clip(upper=cores)
+        ax.plot(k, ideal, linestyle="--", color="grey",
+                label=f"ideal parallel (plain / min(K, {cores} cores))")
+        cross = sweep_crossover(g).get(executor)
+        if cross is not None:
+            ax.axvline(cross, color="green", linewidth=0.8, linestyle=":")
+            ax.annotate(f"crossover K={cross}", (cross, ax.get_ylim()[1] * 0.9), fontsize=8,
+                        color="green", xytext=(4, 0), textcoords="offset points")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(k), [str(v) for v in k])
+        ax.set_xlabel("models in the sweep (K independent train+test branches)")
+        ax.set_title(f"Covalent {executor} (torch threads per task: "
+                     f"{int(g['threads'].iloc[0])})", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("wall time (s, median)")
+    fig.suptitle("Hyper-parameter sweep: K models, plain vs Covalent", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def concurrency_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    batched = summary[summary["concurrency"] > 1]
+    if batched.empty:
+        return batched
+    keys = ["shape", "data_path", "epochs", "batch_size_train", "threads", "train_samples",
+            "models"]
+    base = batched.iloc[0][keys]
+    return summary[(summary[keys] == base).all(axis=1)].sort_values(["executor", "concurrency"])
+
+
+def plot_concurrency(summary: pd.DataFrame, path: Path) -> bool:
+    rows = concurrency_rows(summary)
+    if rows.empty:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    plain = rows.drop_duplicates("concurrency")
+    left.plot(plain["concurrency"], plain["plain_per_min"], marker="o", color="#4c72b0",
+              label="plain, one after another")
+    for executor, g in rows.groupby("executor", sort=False):
+        left.plot(g["concurrency"], g["covalent_per_min"], marker="s",
+                  label=f"Covalent {executor}, dispatched at once")
+        lat = g.assign(p50=g["covalent_latency_p50_s"].fillna(g["covalent_median_s"]),
+                       p95=g["covalent_latency_p95_s"].fillna(g["covalent_median_s"]),
+                       top=g["covalent_latency_max_s"].fillna(g["covalent_median_s"]))
+        line = right.plot(lat["concurrency"], lat["p50"], marker="s",
+                          label=f"{executor}: median")[0]
+        right.fill_between(lat["concurrency"], lat["p50"], lat["top"], alpha=0.15,
+                           color=line.get_color(), label=f"{executor}: median to max")
+    plain_lat = plain["plain_latency_p50_s"].fillna(plain["plain_median_s"])
+    right.plot(plain["concurrency"], plain_lat, marker="o", color="#4c72b0",
+               label="plain: median")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(plain["concurrency"]), [str(int(v)) for v in plain["concurrency"]])
+        ax.set_xlabel("workflows (N)")
+        ax.legend(fontsize=7)
+    left.set_ylabel("throughput (workflows per minute)")
+    right.set_ylabel("latency: batch start to result in hand (s)")
+    fig.suptitle("N workflows at once (Covalent) vs one after another (plain)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _s(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        f"{value:+.2f} s")
+
+
+def findings(summary: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
+    """What the matrix says, in plain words, computed from its rows."""
+    out: list[str] = []
+    for _, fit in fits[fits["x"] == "train_samples"].iterrows():
+        out.append(
+            f"**{fit['executor']}, {_group_label(fit)}**: overhead ≈ {fit['intercept_s']:.2f} s "
+            f"(± {fit['intercept_stderr_s']:.2f}) constant + {fit['slope_s_per_unit']:+.3f} s "
+            f"(± {fit['slope_stderr']:.3f}) per 1000 training samples "
+            f"(R² {fit['r2']:.2f}, {int(fit['points'])} rounds)."
+        )
+    for _, fit in fits[fits["x"] == "bytes_moved"].iterrows():
+        out.append(
+            f"**{fit['executor']}, bytes moved**: orchestration ≈ {fit['intercept_s']:.2f} s "
+            f"+ {fit['slope_s_per_unit'] * 100:+.2f} s per 100 MiB serialized "
+            f"(R² {fit['r2']:.2f}, {int(fit['points'])} rounds over all shapes)."
+        )
+    single = _single(summary)
+    for executor, g in single.groupby("executor", sort=False):
+        size = g["train_samples"].max()
+        at = g[(g["train_samples"] == size) & (g["data_path"] == "tutorial")]
+        at = at[at["epochs"] == at["epochs"].mode().iloc[0]] if len(at) else at
+        at = at.drop_duplicates("shape")
+        if at["shape"].nunique() >= 2:
+            ranked = at.sort_values("overhead_s")
+            best, worst = ranked.iloc[0], ranked.iloc[-1]
+            tutorial = at[at["shape"] == "tutorial"]
+            vs = tutorial.iloc[0]["overhead_s"] if len(tutorial) else worst["overhead_s"]
+            out.append(
+                f"**{executor}, shapes at {size / 1000:g}k samples**: least overhead with "
+                f"`{best['shape']}` ({_s(best['overhead_s'])}, {best['overhead_pct']:+.0f} %), "
+                f"{vs - best['overhead_s']:.2f} s less than the tutorial's shape "
+                f"({_s(vs)}); most with `{worst['shape']}` ({_s(worst['overhead_s'])}). "
+                "Order: " + ", ".join(f"{r['shape']} {_s(r['overhead_s'])}"
+                                      for _, r in ranked.iterrows()) + "."
+            )
+        pre = g[g["data_path"] == "preloaded"]
+        for _, row in pre.iterrows():
+            twin = g[(g["data_path"] == "tutorial") & (g["shape"] == row["shape"])
+                     & (g["train_samples"] == row["train_samples"])
+                     & (g["epochs"] == row["epochs"])
+                     & (g["batch_size_train"] == row["batch_size_train"])]
+            if len(twin) and row["train_samples"] == pre["train_samples"].max():
+                t = twin.iloc[0]
+                out.append(
+                    f"**{executor}, preloaded data ({row['shape']}, "
+                    f"{row['train_samples'] / 1000:g}k)**: plain {t['plain_median_s']:.1f} → "
+                    f"{row['plain_median_s']:.1f} s; Covalent {t['covalent_median_s']:.1f} → "
+                    f"{row['covalent_median_s']:.1f} s; overhead {_s(t['overhead_s'])} → "
+                    f"{_s(row['overhead_s'])}."
+                )
+    cheaper = summary[summary["covalent_median_s"] < summary["plain_median_s"]]
+    if len(cheaper):
+        out.append("**Covalent was faster than plain** in: " + "; ".join(
+            f"{r['config_id']} on {r['executor']} ({r['overhead_pct']:+.0f} %)"
+            for _, r in cheaper.iterrows()) + ".")
+    dear = summary.sort_values("overhead_pct", ascending=False).head(3)
+    out.append("**Dearest relative to plain**: " + "; ".join(
+        f"{r['config_id']} on {r['executor']} ({r['overhead_pct']:+.0f} %, "
+        f"{_s(r['overhead_s'])})" for _, r in dear.iterrows()) + ".")
+    rows = sweep_rows(summary)
+    if not rows.empty:
+        for executor, k in sweep_crossover(rows).items():
+            g = rows[rows["executor"] == executor]
+            top = g.iloc[-1]
+            speed = top["plain_median_s"] / top["covalent_median_s"]
+            where = (f"crossover at K = {k}: from there Covalent beats running the models "
+                     "one after another" if k is not None else
+                     f"no crossover up to K = {int(top['models'])}: plain stays faster")
+            out.append(f"**Sweep on {executor}**: {where}; at K = {int(top['models'])} plain "
+                       f"{top['plain_median_s']:.1f} s vs Covalent "
+                       f"{top['covalent_median_s']:.1f} s ({speed:.2f}× speed-up).")
+    conc = concurrency_rows(summary)
+    if not conc.empty:
+        for executor, g in conc.groupby("executor", sort=False):
+            top = g.iloc[-1]
+            out.append(
+                f"**{int(top['concurrency'])} workflows at once on {executor}**: "
+                f"{top['covalent_per_min']:.1f} per minute vs {top['plain_per_min']:.1f} plain "
+                f"one after another; median latency {top['covalent_latency_p50_s']:.1f} s, "
+                f"max {top['covalent_latency_max_s']:.1f} s; "
+                f"{int(top['dispatches_ok'])} of {int(top['dispatches'])} dispatches completed."
+            )
+    return out
+
+
+def matrix_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[str]:
+    """Plots written to out_dir and the page's lines; empty when there is no matrix."""
+    made = {
+        "scaling": plot_scaling(summary, fits, out_dir / PLOTS["scaling"]),
+        "bytes": plot_bytes(summary, out_dir / PLOTS["bytes"]),
+        "sweep": plot_sweep(summary, out_dir / PLOTS["sweep"]),
+        "concurrency": plot_concurrency(summary, out_dir / PLOTS["concurrency"]),
+    }
+    if not any(made.values()) or len(summary) < 2:
+        return []
+    lines = ["## Across the matrix: where Covalent pays off and where it costs", ""]
+    lines += [f"- {line}" for line in findings(summary, fits)]
+    lines += ["", *[f"![{name}]({PLOTS[name]})" for name, ok in made.items() if ok]]
+    if len(fits):
+        lines += ["", "Fitted lines (`fits.csv`; least squares over every measured round):", "",
+                  fits.to_markdown(index=False, floatfmt=".4g")]
+    rounds = sorted(set(summary["covalent_rounds"].astype(int)))
+    lines += ["", f"Measured rounds per configuration: {', '.join(map(str, rounds))} "
+              "(see each row's `covalent_rounds`); with few rounds the CIs are wide: read the "
+              "fitted lines and the consistent signs rather than single medians."]
+    return lines
