@@ -121,9 +121,10 @@ def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
     runs["executor"] = runs["executor"].fillna("")
     for column, default in (("concurrency", 1), ("shape", "tutorial"), ("data_path", "tutorial"),
                             ("models", 1)):
-        if column not in runs:
+        if column not in runs or runs[column].isna().all():  # files from older versions
             runs[column] = default
-        runs[column] = runs[column].fillna(default)
+        else:
+            runs[column] = runs[column].fillna(default)
     return runs
 
 

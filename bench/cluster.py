@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 
 from bench.server import (
+    KEEP_STATE_ENV,
     _kill,
     _process_tree,
     _server_processes,
@@ -114,7 +115,7 @@ def dask_cluster(
     if workers < 1 or threads_per_worker < 1:
         raise ValueError(f"workers and threads_per_worker must be >= 1, got {workers}, "
                          f"{threads_per_worker}")
-    keep = os.environ.get("COVALENT_BENCH_KEEP_STATE") == "1"
+    keep = os.environ.get(KEEP_STATE_ENV) == "1"
     root = Path(tempfile.mkdtemp(prefix="dask-bench-", dir=base_dir))
     launched: list[_Launched] = []
     failed = False
@@ -174,8 +175,9 @@ def cluster_for(address: str | None = None, **start_kwargs: Any) -> Iterator[Das
         with dask_cluster(**start_kwargs) as cluster:
             yield cluster
         return
-    if start_kwargs:
-        log.warning("attaching to %s: start options %s do not apply", address, start_kwargs)
+    ignored = {k: v for k, v in start_kwargs.items() if v not in (None, False)}
+    if ignored:
+        log.warning("attaching to %s: start options %s do not apply", address, ignored)
     with attached_cluster(address) as cluster:
         yield cluster
 

@@ -310,7 +310,7 @@ def run_pertask(
 
         def record(**row: Any) -> None:
             writer.append({"timestamp": utc_now(), "run_id": uuid.uuid4().hex[:12], **common,
-                           **{k: round(v, 4) if isinstance(v, float) else v
+                           **{k: round(v, 6) if isinstance(v, float) else v
                               for k, v in row.items()}})
 
         for shape in plan.shapes:
@@ -322,6 +322,8 @@ def run_pertask(
                         record(mode="covalent", executor=executor, slots=slots[executor],
                                status="SKIPPED", error=reason, **key)
                     live = [e for e in plan.executors if e not in broken]
+                    if not live:  # a plain baseline alone compares with nothing
+                        continue
                     for rnd in range(plan.rounds):
                         t0 = time.perf_counter()
                         run_plain(shape, n, sleep_s)

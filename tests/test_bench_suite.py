@@ -93,6 +93,80 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
         assert f"]({file})" in page
 
 
+MATRIX_PROFILE = """
+description = "a small matrix on synthetic data"
+rounds = 1
+warmup_rounds = 0
+executors = ["local"]
+[workflow]
+epochs = 1
+test_subset = 128
+threads = 1
+log_interval = 4
+learning_rate = 0.1
+[[matrix]]
+name = "shapes"
+shape = ["tutorial", "lean"]
+train_subset = [128, 256]
+[[matrix]]
+name = "sweep"
+train_subset = 128
+models = [1, 2]
+executors = ["dask"]
+[[matrix]]
+name = "burst"
+train_subset = 128
+concurrency = 3
+"""
+
+
+@pytest.mark.slow
+def test_matrix_profile_end_to_end(synthetic_root, covalent_server, tmp_path) -> None:
+    """Shapes x sizes, a sweep and a burst of dispatches: all recorded, fitted, reported."""
+    profile, out = tmp_path / "matrix.toml", tmp_path / "reports"
+    profile.write_text(MATRIX_PROFILE)
+    cmd = [
+        sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p",
+        "no:cacheprovider", "--bench-profile", str(profile), "--bench-out", str(out),
+        "--data-dir", str(synthetic_root), "--covalent-address", covalent_server.address,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    runs = pd.read_csv(out / "runs.csv")
+    assert (runs["status"] == "COMPLETED").all()
+    burst = runs[runs["concurrency"] == 3]
+    # Every dispatch of the burst is accounted for: 3 plain + 3 Covalent, one row each.
+    assert sorted(burst["slot"]) == [0, 0, 1, 1, 2, 2]
+    cov_burst = burst[burst["mode"] == "covalent"]
+    assert cov_burst["dispatch_id"].nunique() == 3
+    assert (cov_burst["batch_wall_s"] >= cov_burst["wall_s"] - 1e-6).all()
+    assert (cov_burst["latency_s"] <= cov_burst["batch_wall_s"] + 1e-6).all()
+    # Plain and Covalent did the same work in every scenario, and every shape the same.
+    for _, rows in runs.groupby("config_id"):
+        assert rows["weights_sha256"].nunique() == 1
+    single = runs[(runs["models"] == 1)]
+    assert single.groupby("train_subset")["weights_sha256"].nunique().eq(1).all()
+    sweep = runs[runs["models"] == 2]
+    assert sweep["accuracies"].map(lambda a: len(json.loads(a))).eq(2).all()
+
+    summary = pd.read_csv(out / "summary.csv")
+    row = summary[summary["concurrency"] == 3].iloc[0]
+    assert (row["dispatches"], row["dispatches_ok"]) == (3, 3)
+    assert row["covalent_per_min"] > 0 and row["covalent_latency_max_s"] > 0
+    fits = pd.read_csv(out / "fits.csv")
+    assert set(fits[fits["x"] == "train_samples"]["shape"]) == {"tutorial", "lean"}
+
+    assert report_main(["--in", str(out)]) == 0
+    page = (out / "README.md").read_text()
+    assert "## Across the matrix" in page and "Fitted lines" in page
+    assert "**Sweep on dask**" in page and "workflows at once on local" in page
+    for file in ("matrix_scaling.png", "matrix_bytes.png", "matrix_sweep.png",
+                 "matrix_concurrency.png"):
+        assert (out / file).stat().st_size > 10_000, file
+        assert f"]({file})" in page
+
+
 def test_report_without_records_says_what_to_run(tmp_path, capsys) -> None:
     assert report_main(["--in", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -4,15 +4,73 @@ from __future__ import annotations
 
 import pytest
 
-from bench.profiles import ProfileError, available_profiles, load_profile, parse_override
+from bench.profiles import (
+    ProfileError,
+    available_profiles,
+    load_profile,
+    parse_override,
+    profile_from_doc,
+)
+from mnist_core.config import SHAPES
 
 
 def test_shipped_profiles_load() -> None:
-    assert {"smoke", "quick", "tutorial"} <= set(available_profiles())
+    assert {"smoke", "quick", "tutorial", "full"} <= set(available_profiles())
     for name in available_profiles():
         profile = load_profile(name, data_dir="/data/mnist")
-        assert profile.configs and profile.rounds >= 1
-        assert set(profile.executors) <= {"local", "dask"}
+        assert profile.scenarios
+        for s in profile.scenarios:
+            assert s.rounds >= 1 and set(s.executors) <= {"local", "dask", "external"}
+        ids = [s.id for s in profile.scenarios]
+        assert len(ids) == len(set(ids)), "every scenario has its own id"
+
+
+def test_full_profile_covers_the_matrix() -> None:
+    scenarios = load_profile("full", data_dir="/data/mnist").scenarios
+    configs = [s.config for s in scenarios]
+    assert {c.shape for c in configs} == set(SHAPES)
+    assert {c.data_path for c in configs} == {"tutorial", "preloaded"}
+    assert {c.models for c in configs} == {1, 2, 4, 8}
+    assert {s.concurrency for s in scenarios} == {1, 2, 4, 8}
+    tutorial_sizes = {c.train_subset for c in configs if c.shape == "tutorial"}
+    assert len(tutorial_sizes) >= 3, "a line needs several workload sizes"
+    assert {"local", "dask"} <= {e for s in scenarios for e in s.executors}
+
+
+def test_matrix_parts_are_a_union_with_their_own_settings() -> None:
+    doc = {
+        "rounds": 3,
+        "workflow": {"epochs": 1, "train_subset": 1000},
+        "matrix": [
+            {"name": "sizes", "shape": ["tutorial", "lean"], "train_subset": [1000, 2000]},
+            {"name": "sweep", "models": [2, 4], "rounds": 1, "executors": ["dask"]},
+            {"name": "burst", "concurrency": [1, 4]},
+        ],
+    }
+    profile = profile_from_doc("t", doc, data_dir="/d")
+    by_part: dict[str, list] = {}
+    for s in profile.scenarios:
+        by_part.setdefault(s.part, []).append(s)
+    assert len(by_part["sizes"]) == 4  # 2 x 2, not crossed with the other parts
+    assert [s.config.models for s in by_part["sweep"]] == [2, 4]
+    assert all(s.rounds == 1 and s.executors == ("dask",) for s in by_part["sweep"])
+    assert all(s.rounds == 3 and s.executors == ("local", "dask") for s in by_part["sizes"])
+    # burst's concurrency=1 twin is sizes' (tutorial, 1000): the same scenario runs once.
+    assert [s.concurrency for s in by_part["burst"]] == [4]
+    (burst,) = by_part["burst"]
+    assert burst.id == burst.config.id + "-n4"
+    # An override replaces a swept value in every part.
+    overridden = profile_from_doc("t", doc, ["train_subset=500", "rounds=2"], data_dir="/d")
+    assert {s.config.train_subset for s in overridden.scenarios} == {500}
+    assert {s.rounds for s in overridden.scenarios} == {2}
+
+
+def test_a_profile_file_by_path(tmp_path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text('rounds = 1\n[workflow]\nepochs = 1\n[[matrix]]\nbatch_size_train = [32, 64]\n')
+    profile = load_profile(str(path), data_dir="/d")
+    assert profile.name == "mine"
+    assert [s.config.batch_size_train for s in profile.scenarios] == [32, 64]
 
 
 def test_tutorial_profile_is_the_tutorials_workload() -> None:
@@ -24,8 +82,9 @@ def test_tutorial_profile_is_the_tutorials_workload() -> None:
 
 def test_overrides() -> None:
     profile = load_profile("smoke", ["epochs=3", "rounds=5", "executors=['dask']"])
-    assert profile.configs[0].epochs == 3 and profile.rounds == 5
-    assert profile.executors == ("dask",)
+    (scenario,) = profile.scenarios
+    assert scenario.config.epochs == 3 and scenario.rounds == 5
+    assert scenario.executors == ("dask",)
     assert parse_override("device=cuda") == ("device", "cuda")
     assert parse_override("learning_rate=0.1") == ("learning_rate", 0.1)
 
@@ -36,7 +95,11 @@ def test_overrides() -> None:
         ("nope", [], "unknown profile 'nope'; available: .*smoke"),
         ("smoke", ["epoch=1"], "unknown key 'epoch'.*valid keys: .*epochs"),
         ("smoke", ["epochs=0"], "epochs must be a positive integer"),
-        ("smoke", ["executors=['ray']"], "invalid executors.*valid: local, dask"),
+        ("smoke", ["executors=['ray']"], "invalid executors.*valid: local, dask, external"),
+        ("smoke", ["shape=wide"], "shape must be one of tutorial, lean, per-epoch, monolithic"),
+        ("smoke", ["data_path=mmap"], "data_path must be one of tutorial, preloaded"),
+        ("smoke", ["concurrency=0"], "concurrency must be an integer >= 1"),
+        ("smoke", ["models=0"], "models must be a positive integer"),
         ("smoke", ["rounds=0"], "rounds must be an integer >= 1"),
         ("smoke", ["novalue"], "expects key=value"),
     ],
@@ -44,3 +107,9 @@ def test_overrides() -> None:
 def test_mistakes_are_explained(name: str, overrides: list[str], message: str) -> None:
     with pytest.raises(ProfileError, match=message):
         load_profile(name, overrides)
+
+
+def test_unknown_key_in_a_matrix_part_is_named() -> None:
+    doc = {"matrix": [{"name": "x", "shapes": ["lean"]}]}
+    with pytest.raises(ProfileError, match="unknown key.*shapes.*valid keys: .*shape"):
+        profile_from_doc("t", doc)
