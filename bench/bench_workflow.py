@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from bench.cluster import DaskCluster
 from bench.plugin import BenchSession, Case
 from bench.records import environment
 from bench.runner import measure_covalent_batch, measure_plain_batch
@@ -33,6 +34,7 @@ def test_mnist_workflow(
     case: Case,
     bench_session: BenchSession,
     covalent_server: CovalentServer,  # up for plain runs too: they pay the idle server's tax
+    external_cluster: DaskCluster | None,
     mnist_root: Any,
 ) -> None:
     profile, scenario = bench_session.profile, case.scenario
@@ -46,8 +48,10 @@ def test_mnist_workflow(
         if case.mode == "plain":
             records = measure_plain_batch(config, probes, covalent_server, n)
         else:
+            target = external_cluster.address if case.executor == "external" else None
             records = measure_covalent_batch(
-                config, case.executor, covalent_server.address, probes, covalent_server, n
+                config, case.executor, covalent_server.address, probes, covalent_server, n,
+                dispatch_to=target,
             )
         for record in records:
             rows.append(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench.analysis import write_summary
+from bench.cluster import DaskCluster, cluster_for
 from bench.profiles import Profile, ProfileError, Scenario, load_profile
 from bench.records import CsvAppender, environment, phases_writer, runs_writer, utc_now
 from bench.runner import RunRecord
@@ -63,6 +64,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "drift hits all modes alike; grouped: all rounds of a mode in one pytest-benchmark "
         "test (its statistics and --benchmark-compare per mode)",
     )
+    group.addoption(
+        "--dask-scheduler",
+        default=None,
+        help="executor 'external': run the lattice's tasks on the Dask cluster at this "
+        "scheduler address (env COVALENT_BENCH_DASK_SCHEDULER); without it the harness starts "
+        "its own loopback cluster (scheduler + --external-workers workers) and stops it after",
+    )
+    group.addoption("--external-workers", type=int, default=2,
+                    help="workers of the harness's own external cluster (1 thread each)")
     group.addoption("--covalent-workers", type=int, default=None, help="Dask workers")
     group.addoption(
         "--covalent-threads-per-worker", type=int, default=None, help="threads per Dask worker"
@@ -79,6 +89,20 @@ def covalent_server(request: pytest.FixtureRequest) -> Iterator[CovalentServer]:
         threads_per_worker=opt("--covalent-threads-per-worker"),
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def external_cluster(
+    request: pytest.FixtureRequest, bench_session: BenchSession
+) -> Iterator[DaskCluster | None]:
+    """The Dask cluster behind executor 'external': started (or attached) only if a
+    scenario of the profile uses it."""
+    if not any("external" in s.executors for s in bench_session.profile.scenarios):
+        yield None
+        return
+    opt = request.config.getoption
+    with cluster_for(opt("--dask-scheduler"), workers=opt("--external-workers")) as cluster:
+        yield cluster
 
 
 @dataclass
