@@ -48,7 +48,7 @@ def test_mnist_workflow(
         if case.mode == "plain":
             records = measure_plain_batch(config, probes, covalent_server, n)
         else:
-            target = external_cluster.address if case.executor == "external" else None
+            target = external_cluster.executor() if case.executor == "external" else None
             records = measure_covalent_batch(
                 config, case.executor, covalent_server.address, probes, covalent_server, n,
                 dispatch_to=target,

@@ -78,6 +78,15 @@ class DaskCluster:
     staging_dir: Path | None = None
     pids: tuple[int, ...] = field(default=(), repr=False)  # scheduler and `dask worker` pids
 
+    def executor(self) -> Any:
+        """Covalent's executor for this cluster. Covalent stages task files in cache_dir,
+        which workers and server must share; left empty it uses the client's
+        ~/.cache/covalent and never cleans it, so an owned cluster brings its own."""
+        import covalent as ct  # only here: the rest of this module works without it
+
+        staging = str(self.staging_dir) if self.staging_dir is not None else ""
+        return ct.executor.DaskExecutor(scheduler_address=self.address, cache_dir=staging)
+
     def processes(self) -> list[psutil.Process]:
         """Live processes of the cluster: scheduler, nannies, workers and their children."""
         found: dict[int, psutil.Process] = {}

@@ -276,10 +276,7 @@ def _executor_target(executor: str, cluster: DaskCluster | None) -> Any:
     if executor != "external":
         return executor
     assert cluster is not None
-    # Covalent stages task files in cache_dir, which workers and server must share; without
-    # one it uses the client's ~/.cache/covalent and never cleans it.
-    staging = str(cluster.staging_dir) if cluster.staging_dir is not None else ""
-    return ct.executor.DaskExecutor(scheduler_address=cluster.address, cache_dir=staging)
+    return cluster.executor()
 
 
 def run_pertask(

@@ -31,6 +31,7 @@ from bench.analysis import (  # noqa: E402
 from bench.gate import HISTORY_CSV  # noqa: E402
 from bench.matrix import PLOTS as MATRIX_PLOTS  # noqa: E402
 from bench.matrix import matrix_section  # noqa: E402
+from bench.pertask import pertask_section  # noqa: E402
 from bench.records import ENV_COLUMNS, FITS_CSV, SUMMARY_CSV  # noqa: E402
 
 # Per-configuration plots stay readable up to this many configurations; a larger matrix
@@ -414,7 +415,7 @@ def detail_configs(summary: pd.DataFrame) -> list[str]:
 
 def write_page(
     runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
-    matrix: list[str] | None = None, detail: pd.DataFrame | None = None,
+    matrix: list[str] | None = None, detail: pd.DataFrame | None = None, pertask: str = "",
 ) -> Path:
     sessions = ", ".join(sorted(set(runs["session_id"])))
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
@@ -461,6 +462,8 @@ def write_page(
                   cold_rows.to_markdown(index=False, floatfmt=".2f")]
     if (out_dir / "history.png").exists():
         lines += ["", "## Overhead across commits", "", "![history](history.png)"]
+    if pertask:
+        lines += ["", pertask]
     lines += ["", "## Environment", "", _environment_table(runs), ""]
     page = out_dir / "README.md"
     page.write_text("\n".join(lines))
@@ -501,7 +504,9 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     history = in_dir / HISTORY_CSV
     if history.is_file() and history.stat().st_size:
         plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / "history.png")
-    return write_page(runs, full_summary, out_dir, phases, matrix, summary)
+    # The per-task micro-benchmark (python -m bench.pertask) joins the page if it ran here.
+    pertask = pertask_section(in_dir, out_dir)
+    return write_page(runs, full_summary, out_dir, phases, matrix, summary, pertask)
 
 
 def main(argv: list[str] | None = None) -> int:

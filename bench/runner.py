@@ -172,11 +172,11 @@ class _Dispatched:
 
 
 def _submit(config: WorkflowConfig, executor: str, address: str, probe_dir: str | Path,
-            dispatch_to: str | None = None) -> _Dispatched:
+            dispatch_to: Any = None) -> _Dispatched:
     run_id = uuid.uuid4().hex[:12]
     t0 = time.time()
     start = time.perf_counter()
-    dispatch_id = dispatch(config, dispatch_to or executor, address,
+    dispatch_id = dispatch(config, executor if dispatch_to is None else dispatch_to, address,
                            wrap=task_probe(probe_dir, run_id))
     submitted = time.perf_counter()
     stock_seen: list[float] = []
@@ -272,7 +272,7 @@ def measure_covalent(
     probe_dir: str | Path,
     server: Any = None,
     timeout_s: float = 3600.0,
-    dispatch_to: str | None = None,
+    dispatch_to: Any = None,
 ) -> RunRecord:
     """Dispatch, poll to a terminal status, download; a failed dispatch is recorded too.
 
@@ -291,7 +291,7 @@ def measure_covalent_batch(
     server: Any = None,
     concurrency: int = 1,
     timeout_s: float = 3600.0,
-    dispatch_to: str | None = None,
+    dispatch_to: Any = None,
 ) -> list[RunRecord]:
     """`concurrency` dispatches submitted back to back, awaited together, then downloaded.
 

@@ -140,8 +140,11 @@ def mnist_workflow(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, An
     return workflow(ELECTRON_TASKS, model, config)
 
 
-def executor_for(executor: str) -> Any:
-    """'local' or 'dask' (the server's own), or 'tcp://host:port': that Dask scheduler."""
+def executor_for(executor: Any) -> Any:
+    """'local' or 'dask' (the server's own), 'tcp://host:port' (that Dask scheduler), or a
+    ready Covalent executor object, passed through."""
+    if not isinstance(executor, str):
+        return executor
     if executor in EXECUTORS:
         return executor
     if executor.startswith(DASK_SCHEME) and executor.removeprefix(DASK_SCHEME):
@@ -152,7 +155,7 @@ def executor_for(executor: str) -> Any:
     )
 
 
-def build_lattice(executor: str, wrap: TaskWrapper | None = None) -> ct.Lattice:
+def build_lattice(executor: Any, wrap: TaskWrapper | None = None) -> ct.Lattice:
     """The workflow as a Covalent lattice whose tasks run on `executor` (see executor_for)."""
     target = executor_for(executor)
     body = mnist_workflow
@@ -217,7 +220,7 @@ class WorkflowFailedError(RuntimeError):
 
 def dispatch(
     config: WorkflowConfig,
-    executor: str,
+    executor: Any,
     dispatcher_addr: str,
     model: NeuralNetwork | None = None,
     wrap: TaskWrapper | None = None,

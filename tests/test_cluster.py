@@ -1,0 +1,121 @@
+"""bench.cluster: an external Dask cluster started from the CLI, Covalent running the
+workflow on it, and clear failures. Each cluster here starts in a few seconds."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+
+import covalent as ct
+import psutil
+import pytest
+from distributed import Client
+
+from bench.cluster import DaskCluster, DaskClusterError, attached_cluster, dask_cluster
+from mnist_core.config import WorkflowConfig
+from mnist_core.workflow import run_covalent, run_plain
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _processes_mentioning(path: Path) -> list[psutil.Process]:
+    """Live processes whose command line names `path` (clusters started under it)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if any(str(path) in arg for arg in proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return _alive(found)
+
+
+def _keys_seen_by_scheduler(cluster: DaskCluster) -> list[str]:
+    with Client(cluster.address, set_as_default=False) as client:
+        return client.run_on_scheduler(
+            lambda dask_scheduler: [str(entry[0]) for entry in dask_scheduler.transition_log]
+        )
+
+
+@pytest.mark.slow
+def test_covalent_on_external_cluster_does_the_same_work(
+    small_config: WorkflowConfig, covalent_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = run_plain(small_config)
+    with dask_cluster(workers=2, threads_per_worker=1, base_dir=tmp_path) as cluster:
+        # DaskExecutor(scheduler_address=...) stages task files in a cache dir fixed when
+        # covalent is imported (~/.cache/covalent) and never cleans it: point it at the
+        # cluster's staging dir, as a shared directory would be on real machines.
+        defaults = ct.executor.DaskExecutor.__init__.__globals__["_EXECUTOR_PLUGIN_DEFAULTS"]
+        monkeypatch.setitem(defaults, "cache_dir", str(cluster.staging_dir))
+        assert cluster.address.startswith("tcp://127.0.0.1:")
+        assert (cluster.workers, cluster.threads_per_worker, cluster.owned) == (2, 1, True)
+        procs = cluster.processes()
+        # scheduler, and per worker its nanny (the CLI process) and the worker it spawned
+        assert len(procs) >= 5
+        with tempfile.TemporaryDirectory() as results_dir:
+            covalent, dispatch_id = run_covalent(
+                small_config, cluster.address, covalent_server.address, results_dir
+            )
+        # The tasks ran here, not on the server's own Dask cluster, through the shared dir.
+        assert any(dispatch_id in key for key in _keys_seen_by_scheduler(cluster))
+        assert any(dispatch_id in f.name for f in cluster.staging_dir.iterdir())
+
+        with attached_cluster(cluster.address) as attached:
+            assert attached.owned is False and attached.processes() == []
+            assert (attached.workers, attached.threads_per_worker) == (2, 1)
+        assert len(_alive(procs)) == len(procs), "attaching must never stop the cluster"
+
+    assert _alive(procs) == []
+    assert _processes_mentioning(tmp_path) == []
+    assert covalent.accuracy == plain.accuracy
+    assert covalent.test_loss == plain.test_loss
+    assert covalent.weights_sha256 == plain.weights_sha256
+    assert covalent.train_losses == plain.train_losses
+    assert covalent.threads == plain.threads == 1
+
+
+def test_unreachable_scheduler_fails_clearly() -> None:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DaskClusterError, match=f"No Dask scheduler answers at tcp://127.0.0.1:{port}"):
+        with attached_cluster(f"tcp://127.0.0.1:{port}", timeout=2):
+            pass
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8786", "tcp://127.0.0.1", "127.0.0.1:8786"])
+def test_malformed_scheduler_address_is_refused(address: str) -> None:
+    with pytest.raises(DaskClusterError, match="Not a Dask scheduler address"):
+        with attached_cluster(address):
+            pass
+
+
+def test_worker_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    with pytest.raises(DaskClusterError) as info:
+        with dask_cluster(workers=1, worker_options=["--no-such-option"], base_dir=tmp_path):
+            pytest.fail("the cluster must not start")
+    message = str(info.value)
+    assert "Dask worker 0 exited with status 2" in message
+    assert "No such option" in message  # the tail of the worker's own log
+    assert "What to do:" in message
+    assert _processes_mentioning(tmp_path) == []
+    (kept,) = tmp_path.iterdir()  # kept for inspection, as the message says
+    assert f"logs are kept in {kept}" in message and (kept / "worker-0.log").exists()
+
+
+def test_startup_timeout_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(DaskClusterError, match=r"within 0\.2 s"):
+        with dask_cluster(workers=2, startup_timeout=0.2, base_dir=tmp_path):
+            pytest.fail("the cluster must not start within 0.2 s")
+    assert _processes_mentioning(tmp_path) == []
