@@ -16,6 +16,7 @@ and what no part names (rest of both runs) is reported as `unexplained_s`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,10 +100,11 @@ SUMMARY_COLUMNS = (
     "session_id",
 )
 # Least-squares lines of the overhead against the workload (fits.csv).
-# A fit against train_samples covers configurations alike in FIT_GROUP (empty for the
-# bytes fit, which spans them all).
+# A fit against train_samples covers one family: configurations whose ids differ only in
+# the training size. FIT_GROUP are the family's dimensions, shown beside it (all empty for
+# the bytes fit, which spans every shape).
 FIT_GROUP = ("shape", "data_path", "epochs", "batch_size_train", "models", "threads")
-FIT_COLUMNS = ("executor", "x", *FIT_GROUP, "points", "intercept_s", "intercept_stderr_s",
+FIT_COLUMNS = ("executor", "x", "family", *FIT_GROUP, "points", "intercept_s", "intercept_stderr_s",
                "slope_s_per_unit", "slope_stderr", "unit", "r2")
 
 
@@ -286,6 +288,17 @@ def summarize(runs: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.Data
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
+# Where each swept dimension sits in a configuration id (see WorkflowConfig.id, Scenario.id).
+_ID_PARTS = {"train_samples": r"\btrain[^-]+", "models": r"-k\d+(?=-|$)",
+             "concurrency": r"-n\d+$"}
+
+
+def family(config_id: str, dimension: str) -> str:
+    """The id with one swept dimension blanked: configurations alike in all else share it."""
+    return re.sub(_ID_PARTS[dimension], "train*" if dimension == "train_samples" else "",
+                  config_id)
+
+
 def train_samples(train_subset: object) -> int:
     """Training images a configuration uses (an empty subset is MNIST's whole split)."""
     try:
@@ -319,10 +332,11 @@ def overhead_fits(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFra
         rounds = rounds.join(per_round, on=["config_id", "executor", "round"])
     rounds = rounds[rounds["concurrency"] <= 1]
     rows = []
-    for keys, group in rounds.groupby(["executor", *FIT_GROUP], sort=False):
+    rounds["family"] = rounds["config_id"].map(lambda c: family(c, "train_samples"))
+    for (executor, fam), group in rounds.groupby(["executor", "family"], sort=False):
         if group["train_samples"].nunique() >= 2:
-            rows.append({"executor": keys[0], "x": "train_samples",
-                         **dict(zip(FIT_GROUP, keys[1:], strict=True)),
+            rows.append({"executor": executor, "x": "train_samples", "family": fam,
+                         **{k: group[k].iloc[0] for k in FIT_GROUP},
                          "points": len(group), "unit": "s per 1000 samples",
                          **fit_line(group["train_samples"] / 1000, group["total_overhead_s"])})
     if "bytes_moved" in rounds:

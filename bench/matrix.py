@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.analysis import FIT_GROUP  # noqa: E402
+from bench.analysis import family  # noqa: E402
 
 PLOTS = {
     "scaling": "matrix_scaling.png",
@@ -40,8 +40,9 @@ def _group_label(row: pd.Series | dict) -> str:
 def scaling_groups(summary: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     """Single-dispatch, single-model configurations that differ only in training size."""
     rows = _single(summary)
+    rows = rows.assign(family=rows["config_id"].map(lambda c: family(c, "train_samples")))
     return [(keys, g.sort_values("train_samples"))
-            for keys, g in rows.groupby(["executor", *FIT_GROUP], sort=False)
+            for keys, g in rows.groupby(["executor", "family"], sort=False)
             if g["train_samples"].nunique() >= 2]
 
 
@@ -88,20 +89,10 @@ def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
 
 
 def _fit_for(fits: pd.DataFrame, executor: str, group: pd.Series) -> pd.Series | None:
-    """The train_samples fit of the configurations alike to `group` (see FIT_GROUP)."""
-    rows = fits[(fits["executor"] == executor) & (fits["x"] == "train_samples")]
-    for _, row in rows.iterrows():
-        if all(_same(row[k], group[k]) for k in FIT_GROUP):
-            return row
-    return None
-
-
-def _same(a: object, b: object) -> bool:
-    """Equal as numbers where both are (CSV round trips turn 1 into 1.0), else as text."""
-    try:
-        return float(a) == float(b)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return str(a) == str(b)
+    """The train_samples fit of the family `group` belongs to."""
+    rows = fits[(fits["executor"] == executor) & (fits["x"] == "train_samples")
+                & (fits["family"] == group["family"])]
+    return rows.iloc[0] if len(rows) else None
 
 
 def plot_bytes(summary: pd.DataFrame, path: Path) -> bool:
@@ -135,24 +126,29 @@ def plot_bytes(summary: pd.DataFrame, path: Path) -> bool:
 
 
 def sweep_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """The K-model sweep: configurations that differ only in `models` (K), K = 1 included."""
+    """K-model sweeps: families of configurations that differ only in `models` (K), K = 1
+    included; `sweep` names each family."""
     single = summary[summary["concurrency"] <= 1]
-    swept = single[single["models"] > 1]
-    if swept.empty:
-        return swept
-    keys = ["shape", "data_path", "epochs", "batch_size_train", "threads", "train_samples"]
-    base = swept.iloc[0][keys]
-    same = (single[keys] == base).all(axis=1)
-    return single[same].sort_values(["executor", "models"])
+    families = single["config_id"].map(lambda c: family(c, "models"))
+    swept = set(families[single["models"] > 1])
+    rows = single[families.isin(swept)].assign(sweep=families[families.isin(swept)])
+    labels = {f: _sweep_label(g.iloc[0]) for f, g in rows.groupby("sweep")}
+    return rows.assign(sweep=rows["sweep"].map(labels)).sort_values(
+        ["sweep", "executor", "models"])
 
 
-def sweep_crossover(rows: pd.DataFrame) -> dict[str, int | None]:
-    """Per executor, the smallest K from which Covalent's median beats plain's for good."""
-    out: dict[str, int | None] = {}
-    for executor, g in rows.groupby("executor", sort=False):
+def _sweep_label(row: pd.Series) -> str:
+    return f"{_group_label(row)}, {row['train_samples'] / 1000:g}k samples"
+
+
+def sweep_crossover(rows: pd.DataFrame) -> dict[tuple[str, str], int | None]:
+    """Per sweep and executor, the smallest K from which Covalent's median beats plain's
+    for good (None: it never does)."""
+    out: dict[tuple[str, str], int | None] = {}
+    for (sweep, executor), g in rows.groupby(["sweep", "executor"], sort=False):
         faster = list(g["covalent_median_s"] < g["plain_median_s"])
         ks = list(g["models"].astype(int))
-        out[executor] = next((k for i, k in enumerate(ks) if all(faster[i:])), None)
+        out[(sweep, executor)] = next((k for i, k in enumerate(ks) if all(faster[i:])), None)
     return out
 
 
@@ -162,31 +158,39 @@ def plot_sweep(summary: pd.DataFrame, path: Path) -> bool:
         return False
     cores = os.cpu_count() or 1
     executors = list(dict.fromkeys(rows["executor"]))
-    fig, axes = plt.subplots(1, len(executors), figsize=(5.8 * len(executors), 4.4),
+    sweeps = list(dict.fromkeys(rows["sweep"]))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    crossings = sweep_crossover(rows)
+    fig, axes = plt.subplots(1, len(executors), figsize=(6.4 * len(executors), 4.8),
                              squeeze=False, sharey=True)
     for ax, executor in zip(axes[0], executors, strict=True):
-        g = rows[rows["executor"] == executor]
-        k = g["models"].astype(int)
-        ax.plot(k, g["plain_median_s"], marker="o", color="#4c72b0",
-                label="plain, one after another")
-        ax.plot(k, g["covalent_median_s"], marker="s", color="#dd8452",
-                label=f"Covalent {executor}")
-        ideal = g["plain_median_s"] / k.clip(upper=cores)
-        ax.plot(k, ideal, linestyle="--", color="grey",
-                label=f"ideal parallel (plain / min(K, {cores} cores))")
-        cross = sweep_crossover(g).get(executor)
-        if cross is not None:
-            ax.axvline(cross, color="green", linewidth=0.8, linestyle=":")
-            ax.annotate(f"crossover K={cross}", (cross, ax.get_ylim()[1] * 0.9), fontsize=8,
-                        color="green", xytext=(4, 0), textcoords="offset points")
+        for n, sweep in enumerate(sweeps):
+            g = rows[(rows["executor"] == executor) & (rows["sweep"] == sweep)]
+            if g.empty:
+                continue
+            colour, k = colours[n % len(colours)], g["models"].astype(int)
+            ax.plot(k, g["plain_median_s"], marker="o", color=colour, linestyle="-",
+                    label=f"plain: {sweep}")
+            ax.plot(k, g["covalent_median_s"], marker="s", color=colour, linestyle="--",
+                    label=f"Covalent: {sweep}")
+            ax.plot(k, g["plain_median_s"] / k.clip(upper=cores), color=colour,
+                    linestyle=":", linewidth=1, alpha=0.7,
+                    label=f"ideal parallel (plain / min(K, {cores} cores))" if n == 0 else None)
+            cross = crossings.get((sweep, executor))
+            if cross is not None:
+                row = g[g["models"] == cross].iloc[0]
+                ax.annotate(f"crossover K={cross}", (cross, row["covalent_median_s"]),
+                            fontsize=8, color=colour, xytext=(6, -12),
+                            textcoords="offset points")
+        ks = sorted(rows["models"].astype(int).unique())
         ax.set_xscale("log", base=2)
-        ax.set_xticks(list(k), [str(v) for v in k])
+        ax.set_xticks(ks, [str(v) for v in ks])
         ax.set_xlabel("models in the sweep (K independent train+test branches)")
-        ax.set_title(f"Covalent {executor} (torch threads per task: "
-                     f"{int(g['threads'].iloc[0])})", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"Covalent {executor}", fontsize=10)
+        ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("wall time (s, median)")
-    fig.suptitle("Hyper-parameter sweep: K models, plain vs Covalent", fontsize=11)
+    fig.suptitle("Hyper-parameter sweep: K models, plain one after another vs Covalent "
+                 "(solid: plain, dashed: Covalent)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -197,10 +201,9 @@ def concurrency_rows(summary: pd.DataFrame) -> pd.DataFrame:
     batched = summary[summary["concurrency"] > 1]
     if batched.empty:
         return batched
-    keys = ["shape", "data_path", "epochs", "batch_size_train", "threads", "train_samples",
-            "models"]
-    base = batched.iloc[0][keys]
-    return summary[(summary[keys] == base).all(axis=1)].sort_values(["executor", "concurrency"])
+    families = summary["config_id"].map(lambda c: family(c, "concurrency"))
+    base = family(batched.iloc[0]["config_id"], "concurrency")
+    return summary[families == base].sort_values(["executor", "concurrency"])
 
 
 def plot_concurrency(summary: pd.DataFrame, path: Path) -> bool:
@@ -304,14 +307,15 @@ def findings(summary: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
         f"{_s(r['overhead_s'])})" for _, r in dear.iterrows()) + ".")
     rows = sweep_rows(summary)
     if not rows.empty:
-        for executor, k in sweep_crossover(rows).items():
-            g = rows[rows["executor"] == executor]
+        for (sweep, executor), k in sweep_crossover(rows).items():
+            g = rows[(rows["executor"] == executor) & (rows["sweep"] == sweep)]
             top = g.iloc[-1]
             speed = top["plain_median_s"] / top["covalent_median_s"]
             where = (f"crossover at K = {k}: from there Covalent beats running the models "
                      "one after another" if k is not None else
                      f"no crossover up to K = {int(top['models'])}: plain stays faster")
-            out.append(f"**Sweep on {executor}**: {where}; at K = {int(top['models'])} plain "
+            out.append(f"**Sweep on {executor}, {sweep}**: {where}; at K = "
+                       f"{int(top['models'])} plain "
                        f"{top['plain_median_s']:.1f} s vs Covalent "
                        f"{top['covalent_median_s']:.1f} s ({speed:.2f}× speed-up).")
     conc = concurrency_rows(summary)
@@ -330,13 +334,15 @@ def findings(summary: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
 
 def matrix_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[str]:
     """Plots written to out_dir and the page's lines; empty when there is no matrix."""
+    if summary["config_id"].nunique() < 2:
+        return []
     made = {
         "scaling": plot_scaling(summary, fits, out_dir / PLOTS["scaling"]),
         "bytes": plot_bytes(summary, out_dir / PLOTS["bytes"]),
         "sweep": plot_sweep(summary, out_dir / PLOTS["sweep"]),
         "concurrency": plot_concurrency(summary, out_dir / PLOTS["concurrency"]),
     }
-    if not any(made.values()) or len(summary) < 2:
+    if not any(made.values()):
         return []
     lines = ["## Across the matrix: where Covalent pays off and where it costs", ""]
     lines += [f"- {line}" for line in findings(summary, fits)]

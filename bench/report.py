@@ -38,7 +38,7 @@ from bench.records import ENV_COLUMNS, FITS_CSV, SUMMARY_CSV  # noqa: E402
 # gets them for its core (tutorial shape and data path, one model, one dispatch) only.
 MAX_DETAIL = 8
 
-MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868"}
+MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868", "external": "#8172b3"}
 PLOTS = {
     "wall_time": "wall_time.png",
     "overhead": "overhead.png",
@@ -159,7 +159,8 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> None:
     """Training loss of the first measured round of each mode; identical runs overlap."""
     configs = list(dict.fromkeys(runs["config_id"]))
     fig, axes = plt.subplots(1, len(configs), figsize=(5 * len(configs), 3.8), squeeze=False)
-    styles = {"plain": ("-", "o"), "local": ("--", "x"), "dask": (":", "+")}
+    styles = {"plain": ("-", "o"), "local": ("--", "x"), "dask": (":", "+"),
+              "external": ("-.", "1")}
     for ax, config_id in zip(axes[0], configs, strict=True):
         group = runs[runs["config_id"] == config_id].sort_values("round")
         for _, row in group.drop_duplicates(["mode", "executor"]).iterrows():

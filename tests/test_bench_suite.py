@@ -160,7 +160,7 @@ def test_matrix_profile_end_to_end(synthetic_root, covalent_server, tmp_path) ->
     assert report_main(["--in", str(out)]) == 0
     page = (out / "README.md").read_text()
     assert "## Across the matrix" in page and "Fitted lines" in page
-    assert "**Sweep on dask**" in page and "workflows at once on local" in page
+    assert "**Sweep on dask, " in page and "workflows at once on local" in page
     for file in ("matrix_scaling.png", "matrix_bytes.png", "matrix_sweep.png",
                  "matrix_concurrency.png"):
         assert (out / file).stat().st_size > 10_000, file
