@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.analysis import family  # noqa: E402
+from bench.analysis import family, fit_line  # noqa: E402
 
 PLOTS = {
     "scaling": "matrix_scaling.png",
@@ -318,6 +318,17 @@ def findings(summary: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
                        f"{int(top['models'])} plain "
                        f"{top['plain_median_s']:.1f} s vs Covalent "
                        f"{top['covalent_median_s']:.1f} s ({speed:.2f}× speed-up).")
+            if len(g) >= 3:  # the cost of one more model, each way
+                p = fit_line(g["models"], g["plain_median_s"])
+                c = fit_line(g["models"], g["covalent_median_s"])
+                plain_k, cov_k = p["slope_s_per_unit"], c["slope_s_per_unit"]
+                if cov_k < plain_k:  # the lines meet where the gain per model pays the start
+                    meet = (c["intercept_s"] - p["intercept_s"]) / (plain_k - cov_k)
+                    verdict = f"the fitted lines cross at K ≈ {max(meet, 1):.1f}."
+                else:
+                    verdict = "the lines diverge: on this machine no K makes Covalent win."
+                out[-1] += (f" One more model costs {plain_k:.2f} s plain and {cov_k:.2f} s "
+                            f"under Covalent {executor} (slopes over K): {verdict}")
     conc = concurrency_rows(summary)
     if not conc.empty:
         for executor, g in conc.groupby("executor", sort=False):

@@ -418,7 +418,7 @@ def write_page(
     runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
     matrix: list[str] | None = None, detail: pd.DataFrame | None = None, pertask: str = "",
 ) -> Path:
-    sessions = ", ".join(sorted(set(runs["session_id"])))
+    sessions = ", ".join(sorted(set(summary["session_id"].dropna()) | set(runs["session_id"])))
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
                      "overhead_s", "overhead_pct", "plain_rounds", "covalent_rounds",
                      "plain_accuracy", "covalent_accuracy", "same_weights", "comparable"]]
