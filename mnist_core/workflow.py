@@ -132,12 +132,6 @@ def whole_workflow(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, An
 
 
 PLAIN_TASKS = task_set()
-ELECTRON_TASKS = task_set(electrons=True)
-
-
-def mnist_workflow(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, Any]:
-    """The lattice's body: the same workflow, over electrons."""
-    return workflow(ELECTRON_TASKS, model, config)
 
 
 def executor_for(executor: Any) -> Any:
@@ -158,15 +152,16 @@ def executor_for(executor: Any) -> Any:
 def build_lattice(executor: Any, wrap: TaskWrapper | None = None) -> ct.Lattice:
     """The workflow as a Covalent lattice whose tasks run on `executor` (see executor_for)."""
     target = executor_for(executor)
-    body = mnist_workflow
-    if wrap is not None:
-        wrapped = task_set(wrap, electrons=True)
+    # Fresh electrons for every lattice: building a graph writes the lattice's executor
+    # into its electrons' metadata, so electrons shared between lattices would carry one
+    # lattice's executor (say, an external cluster since stopped) into the next.
+    electrons = task_set(wrap, electrons=True)
 
-        def body(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, Any]:
-            return workflow(wrapped, model, config)
+    def mnist_workflow(model: NeuralNetwork, config: WorkflowConfig) -> dict[str, Any]:
+        """The lattice's body: the same workflow, over electrons."""
+        return workflow(electrons, model, config)
 
-        body.__name__ = mnist_workflow.__name__
-    return ct.lattice(body, executor=target)
+    return ct.lattice(mnist_workflow, executor=target)
 
 
 @dataclass(frozen=True)
@@ -274,7 +269,7 @@ def output_of(
 
 
 def run_covalent(
-    config: WorkflowConfig, executor: str, dispatcher_addr: str, results_dir: str | None = None
+    config: WorkflowConfig, executor: Any, dispatcher_addr: str, results_dir: str | None = None
 ) -> tuple[WorkflowOutput, str]:
     """Dispatch and wait the stock way (`ct.get_result(wait=True)`): output and dispatch id."""
     dispatch_id = dispatch(config, executor, dispatcher_addr)

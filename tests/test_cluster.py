@@ -7,7 +7,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-import covalent as ct
 import psutil
 import pytest
 from distributed import Client
@@ -49,23 +48,20 @@ def _keys_seen_by_scheduler(cluster: DaskCluster) -> list[str]:
 
 @pytest.mark.slow
 def test_covalent_on_external_cluster_does_the_same_work(
-    small_config: WorkflowConfig, covalent_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_config: WorkflowConfig, covalent_server, tmp_path: Path
 ) -> None:
     plain = run_plain(small_config)
     with dask_cluster(workers=2, threads_per_worker=1, base_dir=tmp_path) as cluster:
-        # DaskExecutor(scheduler_address=...) stages task files in a cache dir fixed when
-        # covalent is imported (~/.cache/covalent) and never cleans it: point it at the
-        # cluster's staging dir, as a shared directory would be on real machines.
-        defaults = ct.executor.DaskExecutor.__init__.__globals__["_EXECUTOR_PLUGIN_DEFAULTS"]
-        monkeypatch.setitem(defaults, "cache_dir", str(cluster.staging_dir))
         assert cluster.address.startswith("tcp://127.0.0.1:")
         assert (cluster.workers, cluster.threads_per_worker, cluster.owned) == (2, 1, True)
         procs = cluster.processes()
         # scheduler, and per worker its nanny (the CLI process) and the worker it spawned
         assert len(procs) >= 5
         with tempfile.TemporaryDirectory() as results_dir:
+            # The cluster's own staging dir (not ~/.cache/covalent), as a shared directory
+            # would be on real machines.
             covalent, dispatch_id = run_covalent(
-                small_config, cluster.address, covalent_server.address, results_dir
+                small_config, cluster.executor(), covalent_server.address, results_dir
             )
         # The tasks ran here, not on the server's own Dask cluster, through the shared dir.
         assert any(dispatch_id in key for key in _keys_seen_by_scheduler(cluster))

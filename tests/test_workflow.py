@@ -125,6 +125,14 @@ def test_every_shape_does_the_same_work(small_config: WorkflowConfig, shape: str
     assert preloaded == reference
 
 
+def test_each_lattice_runs_on_its_own_executor(small_config: WorkflowConfig) -> None:
+    """A lattice on an external cluster must not leave its executor on later lattices."""
+    build_lattice("tcp://127.0.0.1:1").build_graph(new_model(0), small_config)
+    graph = _graph(small_config)  # built for "local"
+    executors = {graph.nodes[n]["metadata"]["executor"] for n in _nodes(graph, "data_loader")}
+    assert executors == {"local"}
+
+
 def test_plain_runs_are_reproducible(small_config: WorkflowConfig, capsys) -> None:
     first, second = run_plain(small_config), run_plain(small_config)
     assert first == second
