@@ -259,8 +259,9 @@ def findings(summary: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
     for _, fit in fits[fits["x"] == "bytes_moved"].iterrows():
         out.append(
             f"**{fit['executor']}, bytes moved**: orchestration ≈ {fit['intercept_s']:.2f} s "
-            f"+ {fit['slope_s_per_unit'] * 100:+.2f} s per 100 MiB serialized "
-            f"(R² {fit['r2']:.2f}, {int(fit['points'])} rounds over all shapes)."
+            f"(± {fit['intercept_stderr_s']:.2f}) + {fit['slope_s_per_unit'] * 100:+.2f} s "
+            f"(± {fit['slope_stderr'] * 100:.2f}) per 100 MiB serialized (R² {fit['r2']:.2f}, "
+            f"{int(fit['points'])} rounds over every single-model configuration)."
         )
     single = _single(summary)
     for executor, g in single.groupby("executor", sort=False):

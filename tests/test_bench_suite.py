@@ -212,8 +212,11 @@ def test_interrupted_benchmark_keeps_records_and_stops_its_server(
     # The harness puts its server's state under TMPDIR: that is how we find its processes.
     env = {**os.environ, "TMPDIR": str(state)}
     env.pop("COVALENT_BENCH_SERVER", None)
+    # Ctrl-C must reach it even when this test runs in a background job, where the shell
+    # starts commands with SIGINT ignored (and Python then installs no KeyboardInterrupt).
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = out / "runs.csv"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
