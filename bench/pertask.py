@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from bench.analysis import CONFIDENCE, fit_line  # noqa: E402
 from bench.cluster import DaskCluster, cluster_for  # noqa: E402
 from bench.records import ENV_COLUMNS, CsvAppender, environment, utc_now  # noqa: E402
 from bench.runner import POLL_S, TERMINAL  # noqa: E402
@@ -55,7 +56,6 @@ SHAPES = ("chain", "fanout")
 EXECUTORS = ("local", "dask", "external")  # external: a Dask cluster of our own or --dask-scheduler
 DEFAULT_SIZES = (1, 10, 100, 1000)
 DEFAULT_SLEEPS = (0.0, 0.01, 0.1)
-CONFIDENCE = 0.95
 # Published per-task costs of other systems (seconds per task), drawn as reference lines:
 # Dask's docs give 200 us - 1 ms of scheduler overhead per task; Parsl's papers ~5 ms per task
 # (HighThroughputExecutor); Ray ~1 ms per task round trip.
@@ -369,11 +369,12 @@ def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
                                  "r2")}
     if len(np.unique(x)) < 2:
         return out
-    fit = stats.linregress(x, y)
-    out.update(slope_s=fit.slope, intercept_s=fit.intercept, r2=fit.rvalue**2)
+    fit = fit_line(x, y)
+    slope = fit["slope_s_per_unit"]
+    out.update(slope_s=slope, intercept_s=fit["intercept_s"], r2=fit["r2"])
     if len(x) > 2:
-        half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 2) * fit.stderr
-        out.update(slope_ci_low_s=fit.slope - half, slope_ci_high_s=fit.slope + half)
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 2) * fit["slope_stderr"]
+        out.update(slope_ci_low_s=slope - half, slope_ci_high_s=slope + half)
     return out
 
 
