@@ -28,6 +28,12 @@ PLOTS = {
 SHAPE_ORDER = ("tutorial", "lean", "per-epoch", "monolithic")
 
 
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _single(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[(summary["concurrency"] <= 1) & (summary["models"] <= 1)]
 
@@ -82,9 +88,7 @@ def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Overhead as the workload grows, per graph shape "
                  "(fit: constant + per-1000-samples part)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -119,9 +123,7 @@ def plot_bytes(summary: pd.DataFrame, path: Path) -> bool:
     ax.set_ylabel("MiB serialized per run (node outputs)")
     ax.set_title("Bytes Covalent moves per run, by graph shape")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -191,9 +193,7 @@ def plot_sweep(summary: pd.DataFrame, path: Path) -> bool:
     axes[0, 0].set_ylabel("wall time (s, median)")
     fig.suptitle("Hyper-parameter sweep: K models, plain one after another vs Covalent "
                  "(solid: plain, dashed: Covalent)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -235,9 +235,7 @@ def plot_concurrency(summary: pd.DataFrame, path: Path) -> bool:
     left.set_ylabel("throughput (workflows per minute)")
     right.set_ylabel("latency: batch start to result in hand (s)")
     fig.suptitle("N workflows at once (Covalent) vs one after another (plain)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 

@@ -113,18 +113,14 @@ def _client_rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def measure_plain(
-    config: WorkflowConfig, probe_dir: str | Path, server: Any = None
-) -> RunRecord:
+def measure_plain(config: WorkflowConfig, probe_dir: str | Path) -> RunRecord:
+    """One plain run; the server's CPU over it is metered by measure_plain_batch."""
     run_id = uuid.uuid4().hex[:12]
-    meter = CpuMeter(server.processes()) if server is not None else None
     t0 = time.time()
     start = time.perf_counter()
     output = run_plain(config, wrap=task_probe(probe_dir, run_id))
     wall = time.perf_counter() - start
     timings = {"client_rss_mb": _client_rss_mb()}
-    if meter is not None:
-        timings["server_cpu_s"] = meter.seconds(server.processes())
     phases = _in_task_phases(read_probes(probe_dir, run_id), t0)
     return RunRecord(
         "plain", "", wall, output, run_id, status="COMPLETED", timings=timings, phases=phases
