@@ -3,7 +3,11 @@
 Compares, per configuration and executor, two overhead families of the latest benchmark
 session in --in with the baseline kept in the repo (reports/baseline/):
   * orchestration_s: Covalent wall - the tasks' own time under Covalent (compute-corrected,
-    the precise one; only compared when the environment matches the baseline's);
+    the precise one; only compared when the environment matches the baseline's). Scaled by
+    the machine's speed in the session (baseline plain median / new plain median) first:
+    orchestration is CPU work, so a machine that runs the plain workflow 20 % slower runs it
+    slower too, and a shared CI machine has slow days. A slower Covalent does not slow the
+    plain runs, so a real regression still shows;
   * total_overhead_pct: 100 * (Covalent wall / plain wall - 1), machine-independent.
 A metric regresses only when it is significantly worse (one-sided Mann-Whitney U p < alpha,
 or the 95 % CIs do not overlap) AND its median is worse than the baseline's by more than a
@@ -37,7 +41,7 @@ ROUNDS_CSV, ENV_JSON, HISTORY_CSV = "rounds.csv", "environment.json", "history.c
 HISTORY_COLUMNS = (
     "date", "session_id", "config_id", "executor", "metric", "new_median", "new_ci_low",
     "new_ci_high", "baseline_median", "change_pct", "threshold_pct", "p_value", "verdict",
-    *ENV_COLUMNS,
+    "speed_scale", *ENV_COLUMNS,
 )
 
 
@@ -54,11 +58,13 @@ class Verdict:
     verdict: str  # ok | regression | improved
     plain_s: float = float("nan")  # median walls of the new session, for the table
     covalent_s: float = float("nan")
+    speed_scale: float = 1.0  # what the new values were multiplied by (see speed_scale())
 
     def message(self) -> str:
         return (
             f"{self.config_id} [{self.executor}] {self.metric}: new median "
-            f"{self.new[0]:.3f} (95% CI {self.new[1]:.3f}..{self.new[2]:.3f}) vs baseline "
+            + (f"(x{self.speed_scale:.2f} for machine speed) " if self.speed_scale != 1 else "")
+            + f"{self.new[0]:.3f} (95% CI {self.new[1]:.3f}..{self.new[2]:.3f}) vs baseline "
             f"{self.baseline[0]:.3f} (CI {self.baseline[1]:.3f}..{self.baseline[2]:.3f}): "
             f"{self.change_pct:+.1f}% (threshold {self.threshold_pct:.0f}%), "
             f"Mann-Whitney U p={self.p_value:.4f} -> {self.verdict.upper()}"
@@ -91,6 +97,12 @@ def judge(
         verdict = "ok"
     return Verdict(config_id, executor, metric, new_ci, base_ci, change, threshold_pct, p,
                    verdict)
+
+
+def speed_scale(new_plain: pd.Series, base_plain: pd.Series) -> float:
+    """Baseline plain median / new plain median: < 1 when this session's machine ran slower."""
+    new, base = new_plain.median(), base_plain.median()
+    return float(base / new) if new > 0 and base > 0 else 1.0
 
 
 def _thresholds(default: float, overrides: list[str]) -> dict[str, float]:
@@ -147,9 +159,12 @@ def check(
         walls = {"plain_s": group["plain_wall_s"].median(),
                  "covalent_s": group["covalent_wall_s"].median()}
         for metric in metrics:
-            v = judge(group[metric], ref[metric], metric, thresholds[metric], alpha,
+            scale = 1.0
+            if metric == "orchestration_s" and "plain_wall_s" in ref:
+                scale = speed_scale(group["plain_wall_s"], ref["plain_wall_s"])
+            v = judge(group[metric] * scale, ref[metric], metric, thresholds[metric], alpha,
                       config_id, executor)
-            verdicts.append(dataclasses.replace(v, **walls))
+            verdicts.append(dataclasses.replace(v, **walls, speed_scale=scale))
     return verdicts, notes
 
 
@@ -160,7 +175,8 @@ def record_history(in_dir: Path, verdicts: list[Verdict], runs: pd.DataFrame) ->
          "executor": v.executor, "metric": v.metric, "new_median": v.new[0],
          "new_ci_low": v.new[1], "new_ci_high": v.new[2], "baseline_median": v.baseline[0],
          "change_pct": round(v.change_pct, 2), "threshold_pct": v.threshold_pct,
-         "p_value": round(v.p_value, 5), "verdict": v.verdict, **env}
+         "p_value": round(v.p_value, 5), "verdict": v.verdict,
+         "speed_scale": round(v.speed_scale, 4), **env}
         for v in verdicts
     ))
 
@@ -169,6 +185,7 @@ def table(verdicts: list[Verdict]) -> str:
     rows = [{
         "config": v.config_id, "executor": v.executor, "plain s": f"{v.plain_s:.2f}",
         "Covalent s": f"{v.covalent_s:.2f}", "metric": v.metric,
+        "speed scale": f"x{v.speed_scale:.2f}",
         "new [95% CI]": f"{v.new[0]:.2f} [{v.new[1]:.2f}, {v.new[2]:.2f}]",
         "baseline": f"{v.baseline[0]:.2f}", "change": f"{v.change_pct:+.0f}%",
         "threshold": f"{v.threshold_pct:.0f}%", "p": f"{v.p_value:.3f}", "verdict": v.verdict,

@@ -95,6 +95,45 @@ def test_gate_catches_a_planted_slower_dispatch(
     assert "## Overhead across commits" in (slow_dir / "README.md").read_text()
 
 
+ENV = {"python": "3.11.7", "covalent": "0.240.0", "torch": "2.14.1", "cpu_count": 2,
+       "timestamp": "2026-01-01T00:00:00+00:00", "session_id": "s1", "profile": "p"}
+
+
+def _session(out: Path, plain_s: float, covalent_s: float, in_task_s: float) -> None:
+    """A tiny session of 5 rounds in the real schema, built through the records writers."""
+    from bench.records import phases_writer, runs_writer
+
+    runs, phases = runs_writer(out), phases_writer(out)
+    for rnd in range(5):
+        for mode, executor, wall, task in (("plain", "", plain_s, 0.9 * plain_s),
+                                           ("covalent", "local", covalent_s, in_task_s)):
+            run_id = f"{mode}{rnd}"
+            jitter = 0.01 * rnd * wall
+            runs.append({**ENV, "run_id": run_id, "config_id": "c", "mode": mode,
+                         "executor": executor, "round": rnd, "warmup": False,
+                         "wall_s": wall + jitter, "status": "COMPLETED"})
+            phases.append({"run_id": run_id, "phase": "in_task", "task": "t",
+                           "start_s": 0.0, "duration_s": task + 0.9 * jitter})
+
+
+def test_orchestration_is_judged_at_the_machines_speed(tmp_path, capsys) -> None:
+    base, slow_machine, slow_covalent = (tmp_path / d for d in ("b", "m", "c"))
+    _session(base, plain_s=10.0, covalent_s=14.0, in_task_s=10.0)  # orchestration 4 s
+    assert gate_main(["--in", str(base), "--baseline", str(base / "bl"),
+                      "--refresh-baseline"]) == 0
+    # The whole machine 40 % slower (plain too): orchestration 5.6 s is not a regression.
+    _session(slow_machine, plain_s=14.0, covalent_s=19.6, in_task_s=14.0)
+    assert gate_main(["--in", str(slow_machine), "--baseline", str(base / "bl")]) == 0
+    assert "x0.71" in capsys.readouterr().out
+    # Covalent alone 2 s slower, the plain runs unchanged: caught.
+    _session(slow_covalent, plain_s=10.0, covalent_s=16.0, in_task_s=10.0)
+    capsys.readouterr()
+    assert gate_main(["--in", str(slow_covalent), "--baseline", str(base / "bl")]) == 1
+    assert "REGRESSION" in capsys.readouterr().err
+    history = pd.read_csv(slow_covalent / "history.csv")
+    assert history["speed_scale"].tolist() == pytest.approx([1.0, 1.0], abs=0.005)
+
+
 def test_other_environment_compares_relative_overhead_only(tmp_path, capsys) -> None:
     from bench.gate import ENV_JSON, ROUNDS_CSV
 
@@ -102,20 +141,18 @@ def test_other_environment_compares_relative_overhead_only(tmp_path, capsys) -> 
     from bench.records import phases_writer, runs_writer
 
     runs, phases = runs_writer(tmp_path), phases_writer(tmp_path)
-    env = {"python": "3.11.7", "covalent": "0.240.0", "torch": "2.14.1", "cpu_count": 2,
-           "timestamp": "2026-01-01T00:00:00+00:00", "session_id": "s1", "profile": "p"}
     for rnd in range(4):
         for mode, executor, wall in (("plain", "", 10.0 + rnd * 0.1),
                                      ("covalent", "local", 12.0 + rnd * 0.1)):
             run_id = f"{mode}{rnd}"
-            runs.append({**env, "run_id": run_id, "config_id": "c", "mode": mode,
+            runs.append({**ENV, "run_id": run_id, "config_id": "c", "mode": mode,
                          "executor": executor, "round": rnd, "warmup": False,
                          "wall_s": wall, "status": "COMPLETED"})
             phases.append({"run_id": run_id, "phase": "in_task", "task": "t",
                            "start_s": 0.0, "duration_s": 9.0})
     baseline = tmp_path / "baseline"
     baseline.mkdir()
-    (baseline / ENV_JSON).write_text(json.dumps({**env, "cpu_count": 16}))
+    (baseline / ENV_JSON).write_text(json.dumps({**ENV, "cpu_count": 16}))
     pd.DataFrame({"config_id": "c", "executor": "local", "round": range(4),
                   "orchestration_s": 3.0, "total_overhead_pct": 20.0}).to_csv(
         baseline / ROUNDS_CSV, index=False)
