@@ -49,6 +49,12 @@ SEGMENTS = (
 ESTIMATORS = ("total_overhead_s", "total_overhead_pct", "orchestration_s",
               "orchestration_pct", "compute_inflation_s")
 
+# What the tasks themselves did, summed over a run's in-task rows (bench.probes): CPU time,
+# its kernel share and page faults tell contention (wall up, CPU flat) from the same code
+# doing more work (CPU up; with kernel time and faults up: the memory allocator).
+TASK_WORK = {"cpu_s": "in_task_cpu_s", "sys_cpu_s": "in_task_sys_cpu_s",
+             "page_faults": "in_task_page_faults"}
+
 # MNIST's training split; train_subset empty means all of it.
 MNIST_TRAIN = 60_000
 # What a scenario is, beside its id: the dimensions plots and fits group by.
@@ -78,6 +84,8 @@ SUMMARY_COLUMNS = (
     *(f"{e}{suffix}" for e in ESTIMATORS for suffix in ("", "_ci_low", "_ci_high")),
     "plain_in_task_s",
     "covalent_in_task_s",
+    *(f"{mode}_{col}" for col in TASK_WORK.values() for mode in ("plain", "covalent")),
+    "covalent_task_env",  # bench.probes.ENV_KNOBS as the Covalent tasks saw them
     *(f"{p.removesuffix('_s')}_median_s" for p in ORCHESTRATION_PARTS),
     "server_median_s",
     "stock_wall_median_s",
@@ -195,8 +203,19 @@ def breakdown(phases: pd.DataFrame) -> pd.DataFrame:
             "completion_detect_s": named.get("completion_detect", 0.0),
             "bytes_moved": group.loc[group["phase"] == "node", "bytes"].sum()
             if "bytes" in group else float("nan"),
+            **_task_work(group[group["phase"] == "in_task"]),
         })
     return pd.DataFrame(rows)
+
+
+def _task_work(tasks: pd.DataFrame) -> dict[str, object]:
+    out: dict[str, object] = {
+        name: tasks[col].sum(min_count=1) if col in tasks else float("nan")
+        for col, name in TASK_WORK.items()
+    }
+    envs = tasks["task_env"].dropna().unique() if "task_env" in tasks else []
+    out["task_env"] = " | ".join(sorted(map(str, envs)))
+    return out
 
 
 def with_breakdown(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFrame:
@@ -392,6 +411,10 @@ def _compare(
         "comparable": plain_threads == cov_threads and len(devices) == 1,
         "plain_in_task_s": _median(plain, "in_task_s"),
         "covalent_in_task_s": _median(cov, "in_task_s"),
+        **{f"{mode}_{col}": _median(rows, col) for col in TASK_WORK.values()
+           for mode, rows in (("plain", plain), ("covalent", cov))},
+        "covalent_task_env": " | ".join(sorted(set(cov.get("task_env", pd.Series()).dropna())
+                                               - {""})),
         "server_median_s": _median(cov, "server_s"),
         "stock_wall_median_s": _median(cov, "stock_wall_s"),
         "plain_server_cpu_s": _median(plain, "server_cpu_s"),

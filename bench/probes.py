@@ -2,7 +2,9 @@
 
 `task_probe(log_dir, run_tag)` returns a wrapper for task functions. The wrapped task
 runs unchanged and, as it ends, appends one JSON line to <log_dir>/<run_tag>.jsonl: its
-own wall and process-CPU time, torch's thread count, pid and peak RSS. The wrapper is a
+own wall and process-CPU time (and of it, the kernel's share and the page faults: memory
+allocator behaviour shows there), torch's thread count, pid, peak RSS and the environment
+variables that change how fast the same code runs (ENV_KNOBS). The wrapper is a
 closure, so cloudpickle ships it by value to Covalent's workers (the task it wraps goes
 by reference); they only need the same filesystem, which local and dask executors share.
 """
@@ -20,6 +22,10 @@ from typing import Any
 
 from mnist_core.tasks import TaskWrapper
 
+# Set by Dask's nanny on every worker it spawns (distributed.nanny.pre-spawn-environ) and
+# read by torch and glibc: the same task can run at another speed under another value.
+ENV_KNOBS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
 
 def task_probe(log_dir: str | os.PathLike, run_tag: str) -> TaskWrapper:
     log_path = str(Path(log_dir) / f"{run_tag}.jsonl")
@@ -27,6 +33,7 @@ def task_probe(log_dir: str | os.PathLike, run_tag: str) -> TaskWrapper:
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def probed(*args: Any, **kwargs: Any) -> Any:
             start, wall0, cpu0 = time.time(), time.perf_counter(), time.process_time()
+            usage0 = resource.getrusage(resource.RUSAGE_SELF)
             failed = True
             try:
                 result = fn(*args, **kwargs)
@@ -34,6 +41,7 @@ def task_probe(log_dir: str | os.PathLike, run_tag: str) -> TaskWrapper:
                 return result
             finally:
                 wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+                usage = resource.getrusage(resource.RUSAGE_SELF)
                 torch = sys.modules.get("torch")
                 record = {
                     "run_tag": run_tag,
@@ -43,8 +51,12 @@ def task_probe(log_dir: str | os.PathLike, run_tag: str) -> TaskWrapper:
                     "end": start + wall,
                     "wall_s": wall,
                     "cpu_s": cpu,
+                    "sys_cpu_s": usage.ru_stime - usage0.ru_stime,
+                    "page_faults": (usage.ru_minflt + usage.ru_majflt
+                                    - usage0.ru_minflt - usage0.ru_majflt),
+                    "env": {k: os.environ.get(k, "") for k in ENV_KNOBS},
                     "threads": torch.get_num_threads() if torch else None,
-                    "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "maxrss_mb": usage.ru_maxrss / 1024,
                     "failed": failed,
                 }
                 with open(log_path, "a") as f:

@@ -89,7 +89,10 @@ PHASE_COLUMNS = (
     "task",
     "start_s",
     "duration_s",
-    "cpu_s",
+    "cpu_s",  # process CPU (user + system) over the task
+    "sys_cpu_s",  # of which in the kernel: page faults, mmap/munmap, I/O
+    "page_faults",  # minor + major faults of the task's process over the task
+    "task_env",  # KEY=value of bench.probes.ENV_KNOBS as the task saw them
     "bytes",  # serialized size of the node's output (Covalent's manifest)
     "pid",
     "threads",

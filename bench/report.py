@@ -390,6 +390,33 @@ def _families_table(summary: pd.DataFrame) -> str:
             f"(± CI half-width):\n\n" + table.to_markdown(index=False))
 
 
+def _task_work_table(summary: pd.DataFrame) -> str:
+    """What the tasks did, plain -> Covalent: the reading of compute inflation."""
+    if summary["covalent_in_task_cpu_s"].isna().all():
+        return ""
+
+    def pair(row: pd.Series, col: str, fmt: str) -> str:
+        return f"{row[f'plain_{col}']:{fmt}} → {row[f'covalent_{col}']:{fmt}}"
+
+    table = pd.DataFrame({
+        "config_id": summary["config_id"],
+        "executor": summary["executor"],
+        "in-task wall s": [pair(r, "in_task_s", ".1f") for _, r in summary.iterrows()],
+        "CPU s": [pair(r, "in_task_cpu_s", ".1f") for _, r in summary.iterrows()],
+        "of it kernel s": [pair(r, "in_task_sys_cpu_s", ".1f") for _, r in summary.iterrows()],
+        "page faults": [pair(r, "in_task_page_faults", ",.0f") for _, r in summary.iterrows()],
+        "Covalent tasks' environment": summary["covalent_task_env"],
+    })
+    return (
+        "What the tasks did, plain → Covalent (medians per run, summed over tasks). Wall up "
+        "with CPU flat is contention; CPU up is the same code doing more work, and with "
+        "kernel time and page faults up it is the memory allocator. Dask's nanny starts "
+        "every worker with `MALLOC_TRIM_THRESHOLD_=65536`; setting it at all turns off "
+        "glibc's dynamic mmap threshold, so every large allocation is mapped and "
+        "page-faulted afresh (remedy: `bench/dask/keep-malloc-defaults.yaml`).\n\n"
+        + table.to_markdown(index=False))
+
+
 def _bytes_table(runs: pd.DataFrame, phases: pd.DataFrame) -> str:
     """Serialized output size of each task node (Covalent's manifest): what its out-edges
     carry. The tutorial's data_loader outputs carry the data set itself."""
@@ -455,6 +482,8 @@ def write_page(
                   "", "Parts (medians over measured rounds, seconds):", "",
                   summary[["config_id", "executor", *PART_COLUMNS]].to_markdown(
                       index=False, floatfmt=".2f")]
+        work = _task_work_table(summary)
+        lines += ["", work] if work else []
         lines += ["", _bytes_table(runs, phases)] if phases is not None else []
         cold_rows = summary[["config_id", "executor", "cold_plain_s", "cold_covalent_s",
                              "plain_median_s", "covalent_median_s"]]

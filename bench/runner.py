@@ -80,6 +80,8 @@ def _in_task_phases(probes: list[dict], t0: float) -> list[dict]:
     return [
         _phase(
             "in_task", p["start"] - t0, p["end"] - t0, p["task"], cpu_s=p["cpu_s"],
+            sys_cpu_s=p["sys_cpu_s"], page_faults=p["page_faults"],
+            task_env=";".join(f"{k}={v}" for k, v in p["env"].items() if v),
             pid=p["pid"], threads=p["threads"], maxrss_mb=round(p["maxrss_mb"], 1),
         )
         for p in probes

@@ -479,13 +479,16 @@ def _in_main_thread() -> bool:
 
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit while a server is up, so that `finally` stops it."""
+    """Handle SIGTERM as Ctrl-C while a server is up, so that `finally` stops it.
+
+    KeyboardInterrupt, not SystemExit: pytest records a SystemExit inside a test as that
+    test's failure and goes on with the next one, so `kill` would not stop a benchmark."""
     if not _in_main_thread():  # signal handlers can only be set there
         yield
         return
 
     def _raise(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, _raise)
     try:

@@ -197,8 +197,9 @@ def _server_processes(state_root: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_interrupted_benchmark_keeps_records_and_stops_its_server(
-    synthetic_root, tmp_path
+    synthetic_root, tmp_path, sig: signal.Signals
 ) -> None:
     out, state = tmp_path / "reports", tmp_path / "state"
     state.mkdir()
@@ -225,10 +226,11 @@ def test_interrupted_benchmark_keeps_records_and_stops_its_server(
         time.sleep(0.5)
     server = _server_processes(state)
     assert proc.poll() is None and server, "the benchmark did not get going"
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=120)  # 50 more rounds if the signal did not stop it
 
     assert proc.returncode != 0
+    assert "Interrupted" in output or "KeyboardInterrupt" in output, output[-3000:]
     psutil.wait_procs(server, timeout=10)
     assert not [p for p in server if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not _server_processes(state), output[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.analysis import SEGMENTS, _union_length, breakdown, with_breakdown
-from bench.probes import read_probes, task_probe
+from bench.probes import ENV_KNOBS, read_probes, task_probe
 from bench.runner import RunRecord, measure_covalent, measure_plain
 from mnist_core.config import WorkflowConfig
 from mnist_core.workflow import run_plain
@@ -32,6 +33,26 @@ def test_probe_records_each_task_without_changing_results(small_config, tmp_path
     for r in records:
         assert r["wall_s"] >= 0 and r["cpu_s"] >= 0 and r["end"] >= r["start"]
         assert r["threads"] == 1 and not r["failed"] and r["maxrss_mb"] > 0
+        assert 0 <= r["sys_cpu_s"] <= r["cpu_s"] + 0.01 and r["page_faults"] >= 0
+        assert set(r["env"]) == set(ENV_KNOBS)
+
+
+def test_task_work_is_summed_per_run_and_old_phases_still_read() -> None:
+    def row(task: str, cpu: float, sys: float, faults: int, env: str) -> dict:
+        return {"run_id": "r", "phase": "in_task", "task": task, "start_s": 0.0,
+                "duration_s": 1.0, "cpu_s": cpu, "sys_cpu_s": sys, "page_faults": faults,
+                "task_env": env}
+
+    parts = breakdown(pd.DataFrame([
+        row("train_model", 2.0, 0.5, 1000, "MALLOC_TRIM_THRESHOLD_=65536"),
+        row("test", 1.0, 0.25, 10, "MALLOC_TRIM_THRESHOLD_=65536"),
+    ])).iloc[0]
+    assert (parts["in_task_cpu_s"], parts["in_task_sys_cpu_s"]) == (3.0, 0.75)
+    assert parts["in_task_page_faults"] == 1010
+    assert parts["task_env"] == "MALLOC_TRIM_THRESHOLD_=65536"
+    old = breakdown(pd.DataFrame([{"run_id": "r", "phase": "in_task", "task": "t",
+                                   "start_s": 0.0, "duration_s": 1.0}])).iloc[0]
+    assert pd.isna(old["in_task_cpu_s"]) and old["task_env"] == ""
 
 
 def _runs_frame(*records: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -69,6 +90,14 @@ def test_covalent_run_breaks_down_into_phases(
         assert p["duration_s"] <= nodes[task]["duration_s"] + 0.05, task
     row = _check_consistent(record)
     assert row["in_task_s"] > 0 and row["submit_s"] > 0
+    # The probe sees the worker's environment: on dask, what the nanny set before spawning.
+    knobs = {k: v for k, v in os.environ.items() if k in ENV_KNOBS}
+    if executor == "dask":
+        from distributed.nanny import _get_env_variables
+
+        knobs.update(_get_env_variables("distributed.nanny.pre-spawn-environ"))
+    expected = ";".join(f"{k}={knobs[k]}" for k in ENV_KNOBS if knobs.get(k))
+    assert {p["task_env"] for p in in_task.values()} == {expected}
 
 
 def _sleep_in(
