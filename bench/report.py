@@ -395,18 +395,14 @@ def _task_work_table(summary: pd.DataFrame) -> str:
     if summary["covalent_in_task_cpu_s"].isna().all():
         return ""
 
-    def pair(row: pd.Series, col: str, fmt: str) -> str:
-        return f"{row[f'plain_{col}']:{fmt}} → {row[f'covalent_{col}']:{fmt}}"
-
-    table = pd.DataFrame({
-        "config_id": summary["config_id"],
-        "executor": summary["executor"],
-        "in-task wall s": [pair(r, "in_task_s", ".1f") for _, r in summary.iterrows()],
-        "CPU s": [pair(r, "in_task_cpu_s", ".1f") for _, r in summary.iterrows()],
-        "of it kernel s": [pair(r, "in_task_sys_cpu_s", ".1f") for _, r in summary.iterrows()],
-        "page faults": [pair(r, "in_task_page_faults", ",.0f") for _, r in summary.iterrows()],
-        "Covalent tasks' environment": summary["covalent_task_env"],
-    })
+    table = summary[["config_id", "executor"]].copy()
+    for title, col, fmt in (("in-task wall s", "in_task_s", ".1f"),
+                            ("CPU s", "in_task_cpu_s", ".1f"),
+                            ("of it kernel s", "in_task_sys_cpu_s", ".1f"),
+                            ("page faults", "in_task_page_faults", ",.0f")):
+        table[title] = [f"{p:{fmt}} → {c:{fmt}}" for p, c in
+                        zip(summary[f"plain_{col}"], summary[f"covalent_{col}"], strict=True)]
+    table["Covalent tasks' environment"] = summary["covalent_task_env"]
     return (
         "What the tasks did, plain → Covalent (medians per run, summed over tasks). Wall up "
         "with CPU flat is contention; CPU up is the same code doing more work, and with "
