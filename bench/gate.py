@@ -24,16 +24,14 @@ import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
 
-from bench.analysis import NoRecordsError, load_phases, load_runs, median_ci, round_estimates
-from bench.records import ENV_COLUMNS, CsvAppender, utc_now
+from bench.analysis.decompose import round_estimates
+from bench.analysis.gate import METRICS, Verdict, judge, speed_scale
+from bench.records import ENV_COLUMNS, CsvAppender, NoRecordsError, load_phases, load_runs, utc_now
 
-METRICS = ("orchestration_s", "total_overhead_pct")
 # A different one of these makes absolute seconds incomparable (relative overhead stays).
 ENV_KEYS = ("covalent", "torch", "python", "cpu_count")
 BASELINE_DIR = Path("reports/baseline")
@@ -45,32 +43,6 @@ HISTORY_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class Verdict:
-    config_id: str
-    executor: str
-    metric: str
-    new: tuple[float, float, float]  # median, CI low, CI high
-    baseline: tuple[float, float, float]
-    change_pct: float
-    threshold_pct: float
-    p_value: float
-    verdict: str  # ok | regression | improved
-    plain_s: float = float("nan")  # median walls of the new session, for the table
-    covalent_s: float = float("nan")
-    speed_scale: float = 1.0  # what the new values were multiplied by (see speed_scale())
-
-    def message(self) -> str:
-        return (
-            f"{self.config_id} [{self.executor}] {self.metric}: new median "
-            + (f"(x{self.speed_scale:.2f} for machine speed) " if self.speed_scale != 1 else "")
-            + f"{self.new[0]:.3f} (95% CI {self.new[1]:.3f}..{self.new[2]:.3f}) vs baseline "
-            f"{self.baseline[0]:.3f} (CI {self.baseline[1]:.3f}..{self.baseline[2]:.3f}): "
-            f"{self.change_pct:+.1f}% (threshold {self.threshold_pct:.0f}%), "
-            f"Mann-Whitney U p={self.p_value:.4f} -> {self.verdict.upper()}"
-        )
-
-
 def latest_session(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["session_id"] == runs["session_id"].max()]
 
@@ -78,31 +50,6 @@ def latest_session(runs: pd.DataFrame) -> pd.DataFrame:
 def environment_of(runs: pd.DataFrame) -> dict[str, str]:
     last = runs.sort_values("timestamp").iloc[-1]
     return {k: str(last[k]) for k in ENV_COLUMNS}
-
-
-def judge(
-    new: pd.Series, base: pd.Series, metric: str, threshold_pct: float, alpha: float,
-    config_id: str = "", executor: str = "",
-) -> Verdict:
-    """Regression = significantly worse AND worse by more than the threshold."""
-    new_ci, base_ci = median_ci(new), median_ci(base)
-    p = float(stats.mannwhitneyu(new, base, alternative="greater").pvalue)
-    significant = p < alpha or new_ci[1] > base_ci[2]
-    change = 100 * (new_ci[0] - base_ci[0]) / abs(base_ci[0]) if base_ci[0] else float("inf")
-    if significant and change > threshold_pct:
-        verdict = "regression"
-    elif new_ci[2] < base_ci[1] and change < -threshold_pct:
-        verdict = "improved"
-    else:
-        verdict = "ok"
-    return Verdict(config_id, executor, metric, new_ci, base_ci, change, threshold_pct, p,
-                   verdict)
-
-
-def speed_scale(new_plain: pd.Series, base_plain: pd.Series) -> float:
-    """Baseline plain median / new plain median: < 1 when this session's machine ran slower."""
-    new, base = new_plain.median(), base_plain.median()
-    return float(base / new) if new > 0 and base > 0 else 1.0
 
 
 def _thresholds(default: float, overrides: list[str]) -> dict[str, float]:

@@ -51,6 +51,18 @@ IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 
 
+# Images per split of the real MNIST, and the byte size of each canonical file.
+MNIST_SIZES = {"train": 60_000, "test": 10_000}
+CANONICAL_BYTES = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 784, "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 784, "t10k-labels-idx1-ubyte": 8 + 10_000,
+}
+
+
+class MnistDataError(ValueError):
+    """MNIST files on disk are damaged; the message names the file and what to do."""
+
+
 class MnistUnavailableError(RuntimeError):
     """No source could provide MNIST; the message lists every attempt and how to fix it."""
 
@@ -160,6 +172,48 @@ def _unavailable_message(root: Path, attempts: list[tuple[str, BaseException]]) 
         " to a directory that has them under MNIST/raw/."
     )
     return "\n".join(lines)
+
+
+def check_mnist(root: str | os.PathLike[str]) -> dict[str, int]:
+    """Check the four IDX files under `root` before any run reads them; images per split.
+
+    Files of the canonical size must carry the canonical sha256 (altered bytes are caught,
+    not trained on); a data set of another size (a synthetic one, say) must at least have
+    sound IDX headers whose counts match the file lengths and each other."""
+    raw = raw_dir(Path(root))
+    counts: dict[str, int] = {}
+    for name in RAW_FILES:
+        path = raw / name
+        if not path.is_file():
+            raise MnistDataError(f"{path} is missing; delete {raw} to fetch MNIST again")
+        size = path.stat().st_size
+        if size == CANONICAL_BYTES[name]:
+            actual = _sha256(path)
+            if actual != CANONICAL_SHA256[name]:
+                raise MnistDataError(
+                    f"{path} has MNIST's size but not its sha256 ({actual[:12]}..., expected "
+                    f"{CANONICAL_SHA256[name][:12]}...): the file was altered; delete it to "
+                    f"fetch MNIST again"
+                )
+        images = "images" in name
+        header = 16 if images else 8
+        with open(path, "rb") as f:
+            head = f.read(header)
+        fields = np.frombuffer(head, dtype=">i4") if len(head) == header else np.array([])
+        magic = IDX_IMAGES_MAGIC if images else IDX_LABELS_MAGIC
+        if len(fields) == 0 or fields[0] != magic:
+            raise MnistDataError(f"{path}: not an IDX file (bad header); delete it to fetch "
+                                 f"MNIST again")
+        n = int(fields[1])
+        expected = header + n * (int(fields[2]) * int(fields[3]) if images else 1)
+        if size != expected:
+            raise MnistDataError(f"{path}: truncated or padded ({size} bytes, its header says "
+                                 f"{expected}); delete it to fetch MNIST again")
+        split = "train" if name.startswith("train") else "test"
+        if counts.setdefault(split, n) != n:
+            raise MnistDataError(f"{path}: {n} items, but the other {split} file has "
+                                 f"{counts[split]}; delete {raw} to fetch MNIST again")
+    return counts
 
 
 def _sha256(path: Path) -> str:

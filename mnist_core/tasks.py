@@ -18,11 +18,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import ToTensor
 
+from mnist_core.config import WorkflowConfig
 from mnist_core.model import NeuralNetwork
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# Something that wraps a task function without editing it (e.g. to time it).
-TaskWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def resolve_device(device: str) -> str:
@@ -60,7 +59,7 @@ def _collated(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, t
     return batch
 
 
-def data_loader(
+def make_loader(
     batch_size: int,
     train: bool,
     data_dir: str,
@@ -104,7 +103,12 @@ class LoaderSpec:
     preloaded: bool = False
 
     def build(self) -> DataLoader:
-        return data_loader(**asdict(self))
+        return make_loader(**asdict(self))
+
+
+def data_loader(spec: LoaderSpec) -> DataLoader:
+    """The tutorial's data_loader task: a loader built from one spec (one graph input)."""
+    return spec.build()
 
 
 def get_optimizer(
@@ -150,71 +154,69 @@ def train_over_one_epoch(
 def train_model(
     train_dataloader: DataLoader,
     model: NeuralNetwork,
-    learning_rate: float,
-    momentum: float,
-    epochs: int,
-    log_interval: int,
-    loss_fn: LossFn = F.nll_loss,
-    seed: int = 0,
-    threads: int = 1,
-    device: str = "cpu",
+    config: WorkflowConfig,
     first_epoch: int = 1,
+    epochs: int | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-) -> tuple[NeuralNetwork, torch.optim.Optimizer, dict]:
-    """Train `epochs` epochs from `first_epoch`; returns the model, optimizer and loss history.
+) -> tuple[NeuralNetwork, torch.optim.Optimizer]:
+    """Train `epochs` (default: the config's) epochs from `first_epoch`.
 
-    The tutorial appends to lists passed in; across Covalent tasks such mutations are lost,
-    so the history is returned instead. Passing the previous call's optimizer resumes its
-    state (momentum), so training epoch by epoch in separate tasks equals one long call.
+    The tutorial appends the loss history to lists passed in; across Covalent tasks such
+    mutations are lost, so the history rides on the returned model instead
+    (`training_log(model)`), which keeps the graph the tutorial's. Passing the previous
+    call's optimizer resumes its state (momentum), so training epoch by epoch in separate
+    tasks equals one long call.
     """
-    torch.set_num_threads(threads)
-    device = resolve_device(device)
+    torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     # Train a copy: a task must not change its input (under Covalent it can't), or the
     # branches of a plain sweep would start from each other's weights.
     model = copy.deepcopy(model).to(device)
-    previous, optimizer = optimizer, get_optimizer(model, learning_rate, momentum)
+    previous = optimizer
+    optimizer = get_optimizer(model, config.learning_rate, config.momentum)
     if previous is not None:
         # A copy from another process points at other tensors; its state maps by position.
         optimizer.load_state_dict(previous.state_dict())
-    train_losses: list[float] = []
-    train_counter: list[int] = []
-    for epoch in range(first_epoch, first_epoch + epochs):
+    log = training_log(model)
+    train_losses: list[float] = list(log["train_losses"])
+    train_counter: list[int] = list(log["train_counter"])
+    for epoch in range(first_epoch, first_epoch + (epochs or config.epochs)):
         print(f"Epoch {epoch}\n-------------------------------")
         # Seeded per epoch, so the shuffle order and dropout of an epoch don't depend on
         # which task (and which copy of the loader) runs it.
-        torch.manual_seed(seed + epoch)
+        torch.manual_seed(config.seed + epoch)
         if train_dataloader.generator is not None:
-            train_dataloader.generator.manual_seed(seed + epoch)
+            train_dataloader.generator.manual_seed(config.seed + epoch)
         model, optimizer = train_over_one_epoch(
             dataloader=train_dataloader,
             model=model,
             optimizer=optimizer,
-            log_interval=log_interval,
+            log_interval=config.log_interval,
             epoch=epoch,
-            loss_fn=loss_fn,
+            loss_fn=F.nll_loss,
             train_losses=train_losses,
             train_counter=train_counter,
             device=device,
         )
-    history = {
-        "train_losses": train_losses,
-        "train_counter": train_counter,
-        "threads": torch.get_num_threads(),
-        "device": device,
-    }
-    return model.to("cpu"), optimizer, history
+    model = model.to("cpu")
+    model.training_log = {"train_losses": train_losses, "train_counter": train_counter,
+                          "threads": torch.get_num_threads(), "device": device}
+    return model, optimizer
+
+
+def training_log(model: NeuralNetwork) -> dict[str, Any]:
+    """The loss history, torch threads and device of the train_model calls behind `model`."""
+    empty = {"train_losses": [], "train_counter": [], "threads": None, "device": None}
+    return getattr(model, "training_log", None) or empty
 
 
 def test(
-    dataloader: DataLoader,
-    model: NeuralNetwork,
-    loss_fn: LossFn = F.nll_loss,
-    threads: int = 1,
-    device: str = "cpu",
+    dataloader: DataLoader, model: NeuralNetwork, config: WorkflowConfig
 ) -> tuple[float, float]:
     """Test the model performance; returns (accuracy in %, average loss)."""
-    torch.set_num_threads(threads)
-    device = resolve_device(device)
+    torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    loss_fn = F.nll_loss
     model = model.to(device)
     size = len(dataloader.dataset)
     num_batches = len(dataloader)
@@ -234,30 +236,14 @@ def test(
 
 
 def lean_train(
-    spec: LoaderSpec,
-    model: NeuralNetwork,
-    learning_rate: float,
-    momentum: float,
-    epochs: int,
-    log_interval: int,
-    loss_fn: LossFn = F.nll_loss,
-    seed: int = 0,
-    threads: int = 1,
-    device: str = "cpu",
-) -> tuple[NeuralNetwork, torch.optim.Optimizer, dict]:
+    spec: LoaderSpec, model: NeuralNetwork, config: WorkflowConfig
+) -> tuple[NeuralNetwork, torch.optim.Optimizer]:
     """train_model on a loader built here from `spec` (the lean shape: no data travels)."""
-    return train_model(
-        spec.build(), model, learning_rate, momentum, epochs, log_interval, loss_fn, seed,
-        threads, device,
-    )
+    return train_model(spec.build(), model, config)
 
 
 def lean_test(
-    spec: LoaderSpec,
-    model: NeuralNetwork,
-    loss_fn: LossFn = F.nll_loss,
-    threads: int = 1,
-    device: str = "cpu",
+    spec: LoaderSpec, model: NeuralNetwork, config: WorkflowConfig
 ) -> tuple[float, float]:
     """test on a loader built here from `spec` (the lean shape)."""
-    return test(spec.build(), model, loss_fn, threads, device)
+    return test(spec.build(), model, config)

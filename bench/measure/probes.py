@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mnist_core.tasks import TaskWrapper
-
 # Set by Dask's nanny on every worker it spawns (distributed.nanny.pre-spawn-environ) and
 # read by torch and glibc: the same task can run at another speed under another value.
 ENV_KNOBS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+# Something that wraps a task function without editing it.
+TaskWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def task_probe(log_dir: str | os.PathLike, run_tag: str) -> TaskWrapper:
@@ -45,7 +45,7 @@ def task_probe(log_dir: str | os.PathLike, run_tag: str) -> TaskWrapper:
                 torch = sys.modules.get("torch")
                 record = {
                     "run_tag": run_tag,
-                    "task": fn.__name__,
+                    "task": getattr(fn, "__name__", type(fn).__name__),
                     "pid": os.getpid(),
                     "start": start,
                     "end": start + wall,
@@ -64,8 +64,8 @@ def task_probe(log_dir: str | os.PathLike, run_tag: str) -> TaskWrapper:
 
         # Only the name: Covalent names the node after it. Copying __module__/__qualname__
         # (functools.wraps) would invite pickling by reference to the unwrapped task.
-        probed.__name__ = fn.__name__
-        probed.__doc__ = fn.__doc__
+        probed.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        probed.__doc__ = getattr(fn, "__doc__", None)
         return probed
 
     return wrap

@@ -1,5 +1,6 @@
-"""pytest plumbing of the suite: options, the Covalent server and data fixtures, and the
-summary written when the session ends. Loaded with `-p bench.plugin` (see pyproject)."""
+"""pytest plumbing of the suite: options, the Covalent server and cluster fixtures, the
+session's records writers, and the summary written when the session ends. Loaded with
+`-p bench.suites.plugin` (see pyproject)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,22 @@ from typing import Any
 
 import pytest
 
-from bench.analysis import write_summary
-from bench.cluster import DaskCluster, cluster_for
-from bench.profiles import Profile, ProfileError, Scenario, load_profile
-from bench.records import CsvAppender, environment, phases_writer, runs_writer, utc_now
-from bench.runner import RunRecord
-from bench.server import CovalentServer, server_for
-from mnist_core.data import ensure_mnist, resolve_data_dir
+from bench.config.profiles import Profile, ProfileError, Scenario, load_profile
+from bench.records import (
+    CsvAppender,
+    RunContext,
+    RunRecord,
+    phase_rows,
+    phases_writer,
+    run_row,
+    runs_writer,
+    utc_now,
+)
+from bench.report.tables import write_summary
+from bench.services.cluster import DaskCluster, cluster_for
+from bench.services.server import CovalentServer, server_for
+from bench.workloads import WorkloadError
+from mnist_core.data import resolve_data_dir
 
 PROFILE_ENV = "BENCH_PROFILE"
 ORDERS = ("interleaved", "grouped")
@@ -27,24 +37,48 @@ OUT_ENV = "BENCH_OUT"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("covalent-bench", "Covalent MNIST benchmark")
+    group = parser.getgroup("covalent-bench", "Covalent overhead benchmark")
     group.addoption(
         "--bench-profile",
-        default=os.environ.get(PROFILE_ENV, "tutorial"),
-        help="profile in bench/configs/ (smoke, quick, tutorial (default), full) or the path "
-        "of a .toml profile; env BENCH_PROFILE",
+        default=os.environ.get(PROFILE_ENV),
+        help="profile in bench/config/ (smoke, quick, tutorial (default), full, pertask, "
+        "lattice (default with --bench-workload)) or the path of a .toml profile; "
+        "env BENCH_PROFILE",
     )
+    group.addoption(
+        "--bench-workload",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="measure this lattice (an importable ct.lattice, or path/to/file.py:ATTR) instead "
+        "of the profile's workload; built in: mnist, chain, fanout",
+    )
+    group.addoption(
+        "--bench-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the workload (the lattice's keyword argument), a TOML value; "
+        "a list expands into one configuration per element (repeatable)",
+    )
+    group.addoption("--bench-inputs", default=None, metavar="MODULE:FUNC",
+                    help="function(**params) -> dict of further lattice arguments (objects TOML "
+                    "cannot express), called fresh for every run")
+    group.addoption("--bench-digest", default=None, metavar="MODULE:FUNC",
+                    help="function(return value) -> what the same-work check compares "
+                    "(default: a digest of the whole return value)")
     group.addoption(
         "--bench-set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one profile value, e.g. epochs=1 or rounds=5 (repeatable)",
+        help="override one profile value: a run setting (rounds, warmup_rounds, executors, "
+        "concurrency, timeout_s) or a parameter, e.g. epochs=1 (repeatable)",
     )
     group.addoption(
         "--bench-out",
         default=os.environ.get(OUT_ENV, "reports"),
-        help="directory for runs.csv and summary.csv (default reports/; env BENCH_OUT)",
+        help="directory for runs.csv, phases.csv and summary.csv (default reports/; "
+        "env BENCH_OUT)",
     )
     group.addoption(
         "--data-dir",
@@ -119,70 +153,84 @@ class BenchSession:
     )
     rows: int = 0
 
-    def record(
-        self, scenario: Scenario, record: RunRecord, **extra: Any
-    ) -> dict[str, Any]:
+    def record(self, scenario: Scenario, record: RunRecord, round: int,
+               server: CovalentServer | None) -> dict[str, Any]:
         """Append the run's row to runs.csv and its phases to phases.csv, now."""
-        row = {
-            "timestamp": utc_now(),
-            "session_id": self.session_id,
-            "profile": self.profile.name,
-            "config_id": scenario.id,
-            "concurrency": scenario.concurrency,
-            **scenario.config.as_dict(),
-            **record.row(),
-            **extra,
-            **environment(),
-        }
+        context = RunContext(
+            self.session_id, self.profile.name, scenario.workload.name, scenario.id,
+            scenario.workload.dimensions(scenario.params), scenario.concurrency, round,
+            round < scenario.warmup_rounds,
+            {} if server is None else {"server_startup_s": server.startup_s,
+                                       "server_workers": server.workers,
+                                       "server_threads_per_worker": server.threads_per_worker},
+        )
+        row = run_row(context, record)
         self.writer.append(row)
-        keys = ("session_id", "run_id", "profile", "config_id", "mode", "executor", "round",
-                "warmup")
-        self.phases.append(*({**{k: row[k] for k in keys}, **p} for p in record.phases))
+        self.phases.append(*phase_rows(row, record))
         self.rows += 1
         return row
 
 
 _SESSION = pytest.StashKey[BenchSession]()
 _SUMMARY = pytest.StashKey[Any]()
+_PROFILE = pytest.StashKey[Profile]()
 
 
 def profile_from(config: pytest.Config) -> Profile:
+    """The session's profile, loaded once; a bad one is a usage error at collection."""
+    if _PROFILE in config.stash:
+        return config.stash[_PROFILE]
+    opt = config.getoption
     try:
-        return load_profile(
-            config.getoption("--bench-profile"),
-            config.getoption("--bench-set"),
-            data_dir=str(resolve_data_dir(config.getoption("--data-dir"))),
+        profile = load_profile(
+            opt("--bench-profile"), opt("--bench-set"), opt("--bench-arg"),
+            workload=opt("--bench-workload"), inputs=opt("--bench-inputs"),
+            digest=opt("--bench-digest"), data_dir=str(resolve_data_dir(opt("--data-dir"))),
         )
-    except ProfileError as exc:
-        raise pytest.UsageError(str(exc)) from exc
+    except (ProfileError, WorkloadError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_PROFILE] = profile
+    return profile
+
+
+def _usable_out_dir(path: Path) -> Path:
+    """The output directory, made and proven writable before anything is measured."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except FileExistsError:
+        raise pytest.UsageError(f"--bench-out {path} is a file; name a directory") from None
+    except OSError as exc:
+        raise pytest.UsageError(
+            f"--bench-out {path} is not writable ({exc.strerror}); choose another directory"
+        ) from None
+    return path
 
 
 @pytest.fixture(scope="session")
 def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
     config = request.config
-    out_dir = Path(config.getoption("--bench-out")).resolve()
+    profile = profile_from(config)
+    out_dir = _usable_out_dir(Path(config.getoption("--bench-out")).resolve())
+    try:
+        for scenario in profile.scenarios:  # data and inputs checked before any run
+            scenario.workload.prepare(scenario.params)
+    except WorkloadError as exc:
+        pytest.exit(f"cannot run the benchmark: {exc}", returncode=4)
     with tempfile.TemporaryDirectory(prefix="covalent-bench-probes-") as probe_dir:
         session = BenchSession(
-            profile_from(config), out_dir, runs_writer(out_dir), phases_writer(out_dir),
-            Path(probe_dir),
+            profile, out_dir, runs_writer(out_dir), phases_writer(out_dir), Path(probe_dir),
         )
         config.stash[_SESSION] = session
         yield session
-
-
-@pytest.fixture(scope="session")
-def mnist_root(request: pytest.FixtureRequest) -> Path:
-    """Real MNIST, found or fetched (see mnist_core.data.ensure_mnist)."""
-    root = resolve_data_dir(request.config.getoption("--data-dir"))
-    ensure_mnist(root)
-    return root
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     bench = session.config.stash.get(_SESSION, None)
     if bench is None or bench.rows == 0:
         return
-    session.config.stash[_SUMMARY] = write_summary(bench.out_dir)
+    session.config.stash[_SUMMARY] = write_summary(bench.out_dir)[0]
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -191,13 +239,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if bench is None or summary is None:
         return
     cols = ["config_id", "executor", "plain_median_s", "covalent_median_s", "overhead_s",
-            "overhead_pct", "orchestration_s", "compute_inflation_s", "plain_accuracy",
-            "covalent_accuracy", "same_weights"]
+            "overhead_pct", "orchestration_s", "compute_inflation_s", "same_output"]
     terminalreporter.section("Covalent overhead (median of measured rounds)")
     terminalreporter.write_line(summary[cols].to_markdown(index=False, floatfmt=".2f"))
     terminalreporter.write_line(
         f"{bench.rows} runs appended to {bench.writer.path}; summary in "
-        f"{bench.out_dir / 'summary.csv'}. Plots: python -m bench.report --in {bench.out_dir}"
+        f"{bench.out_dir / 'summary.csv'}. Report: python -m bench.report --in {bench.out_dir}"
     )
 
 

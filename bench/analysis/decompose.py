@@ -15,17 +15,13 @@ and what no part names (rest of both runs) is reported as `unexplained_s`.
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
+import json
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-from bench.records import FITS_CSV, PHASES_CSV, RUNS_CSV, SUMMARY_CSV
+from bench import records as R
+from bench.analysis.stats import fit_line, median_ci
 
-CONFIDENCE = 0.95
 ORCHESTRATION_PARTS = (
     "submit_s",
     "until_running_s",
@@ -55,29 +51,27 @@ ESTIMATORS = ("total_overhead_s", "total_overhead_pct", "orchestration_s",
 TASK_WORK = {"cpu_s": "in_task_cpu_s", "sys_cpu_s": "in_task_sys_cpu_s",
              "page_faults": "in_task_page_faults"}
 
-# MNIST's training split; train_subset empty means all of it.
-MNIST_TRAIN = 60_000
-# What a scenario is, beside its id: the dimensions plots and fits group by.
-DIMENSIONS = ("shape", "data_path", "epochs", "batch_size_train", "models", "threads",
-              "concurrency")
-
+# Outputs (runs.csv `outputs`) that describe the run rather than its result: compared for
+# comparability (same threads and device), not summarized as results.
+RUN_FACTS = ("torch_threads", "resolved_device")
+# Fixed columns of summary.csv; after them come the workload's parameters and, for each
+# numeric output (MNIST: accuracy, test_loss), plain_<name> and covalent_<name>.
 SUMMARY_COLUMNS = (
     "profile",
+    "workload",
     "config_id",
     "executor",
-    *DIMENSIONS,
-    "train_samples",
+    "params",
+    "concurrency",
     "plain_median_s",
     "covalent_median_s",
     "overhead_s",  # median Covalent wall - median plain wall
     "overhead_pct",
     "plain_rounds",
     "covalent_rounds",
-    "plain_accuracy",
-    "covalent_accuracy",
-    "plain_test_loss",
-    "covalent_test_loss",
-    "same_weights",
+    "same_output",  # every run of both modes returned the same digest
+    "deterministic",  # the plain runs agree with each other (else same_output can't hold)
+    "tasks_probed",  # tasks timed from inside / task nodes of a Covalent run
     "plain_threads",
     "covalent_threads",
     "comparable",
@@ -107,35 +101,11 @@ SUMMARY_COLUMNS = (
     "covalent_latency_max_s",
     "session_id",
 )
-# Least-squares lines of the overhead against the workload (fits.csv).
-# A fit against train_samples covers one family: configurations whose ids differ only in
-# the training size. FIT_GROUP are the family's dimensions, shown beside it (all empty for
-# the bytes fit, which spans every shape).
-FIT_GROUP = ("shape", "data_path", "epochs", "batch_size_train", "models", "threads")
-FIT_COLUMNS = ("executor", "x", "family", *FIT_GROUP, "points", "intercept_s", "intercept_stderr_s",
-               "slope_s_per_unit", "slope_stderr", "unit", "r2")
-
-
-class NoRecordsError(FileNotFoundError):
-    pass
-
-
-def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
-    path = Path(in_dir) / RUNS_CSV
-    if not path.is_file() or path.stat().st_size == 0:
-        raise NoRecordsError(
-            f"no run records at {path}. Run the benchmarks first, e.g.\n"
-            f"  pytest bench --benchmark-only --bench-profile smoke --bench-out {in_dir}"
-        )
-    runs = pd.read_csv(path, dtype={"executor": str, "dispatch_id": str, "error": str})
-    runs["executor"] = runs["executor"].fillna("")
-    for column, default in (("concurrency", 1), ("shape", "tutorial"), ("data_path", "tutorial"),
-                            ("models", 1)):
-        if column not in runs or runs[column].isna().all():  # files from older versions
-            runs[column] = default
-        else:
-            runs[column] = runs[column].fillna(default)
-    return runs
+# Least-squares lines of the overhead against a numeric parameter (fits.csv), one per
+# workload, executor, y and family: configurations alike in every other parameter.
+FIT_Y = ("total_overhead_s", "orchestration_s")
+FIT_COLUMNS = ("workload", "executor", "x", "y", "family", "points", "intercept_s",
+               "intercept_stderr_s", "slope_s_per_unit", "slope_stderr", "unit", "r2")
 
 
 def as_batches(runs: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +118,7 @@ def as_batches(runs: pd.DataFrame) -> pd.DataFrame:
     multi = runs[runs["concurrency"] > 1]
     if multi.empty:
         return single
-    keys = ["session_id", "config_id", "mode", "executor", "round"]
+    keys = ["session_id", "config_id", "mode", "executor", "round"]  # one batch
     batches = []
     for _, batch in multi.groupby(keys, sort=False):
         row = batch.iloc[0].copy()
@@ -160,16 +130,9 @@ def as_batches(runs: pd.DataFrame) -> pd.DataFrame:
         row["latency_p50_s"] = batch["latency_s"].median()
         row["latency_p95_s"] = batch["latency_s"].quantile(0.95)
         row["latency_max_s"] = batch["latency_s"].max()
-        row["weights_sha256"] = "/".join(sorted(set(batch["weights_sha256"].astype(str))))
+        row["output_digest"] = "/".join(sorted(set(batch["output_digest"].astype(str))))
         batches.append(row)
     return pd.concat([single, pd.DataFrame(batches)], ignore_index=True)
-
-
-def load_phases(in_dir: str | os.PathLike) -> pd.DataFrame | None:
-    path = Path(in_dir) / PHASES_CSV
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    return pd.read_csv(path, dtype={"executor": str, "task": str})
 
 
 def _union_length(intervals: list[tuple[float, float]]) -> float:
@@ -190,20 +153,20 @@ def breakdown(phases: pd.DataFrame) -> pd.DataFrame:
     """Per run, the segments phases.csv holds (submit and retrieve are in runs.csv)."""
     rows = []
     for run_id, group in phases.groupby("run_id", sort=False):
-        in_task = _union_length(_intervals(group[group["phase"] == "in_task"]))
-        nodes = _union_length(_intervals(group[group["phase"] == "node"]))
+        in_task = _union_length(_intervals(group[group["phase"] == R.IN_TASK]))
+        nodes = _union_length(_intervals(group[group["phase"] == R.NODE]))
         named = group.groupby("phase")["duration_s"].sum()
-        server = named.get("server", 0.0)
+        server = named.get(R.SERVER, 0.0)
         rows.append({
             "run_id": run_id,
             "in_task_s": in_task,
-            "until_running_s": named.get("until_running", 0.0),
+            "until_running_s": named.get(R.UNTIL_RUNNING, 0.0),
             "executor_cost_s": max(nodes - in_task, 0.0) if server else 0.0,
             "scheduling_gaps_s": max(server - max(nodes, in_task), 0.0) if server else 0.0,
-            "completion_detect_s": named.get("completion_detect", 0.0),
-            "bytes_moved": group.loc[group["phase"] == "node", "bytes"].sum()
+            "completion_detect_s": named.get(R.COMPLETION_DETECT, 0.0),
+            "bytes_moved": group.loc[group["phase"] == R.NODE, "bytes"].sum()
             if "bytes" in group else float("nan"),
-            **_task_work(group[group["phase"] == "in_task"]),
+            **_task_work(group[group["phase"] == R.IN_TASK]),
         })
     return pd.DataFrame(rows)
 
@@ -242,22 +205,6 @@ def _latest(rows: pd.DataFrame) -> pd.DataFrame:
     keys = ["profile", "config_id", "mode", "executor"]
     latest = rows.groupby(keys)["session_id"].transform("max")
     return rows[rows["session_id"] == latest]
-
-
-def median_ci(values: np.ndarray | pd.Series) -> tuple[float, float, float]:
-    """Median and its bootstrap confidence interval (scipy, percentile method)."""
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) == 0:
-        return (float("nan"),) * 3
-    if len(x) == 1 or np.all(x == x[0]):
-        return float(x[0]), float(x[0]), float(x[0])
-    res = stats.bootstrap(
-        (x,), np.median, confidence_level=CONFIDENCE, method="percentile",
-        n_resamples=9999, random_state=np.random.default_rng(0),
-    )
-    return float(np.median(x)), float(res.confidence_interval.low), float(
-        res.confidence_interval.high)
 
 
 def paired_rounds(plain: pd.DataFrame, cov: pd.DataFrame) -> pd.DataFrame:
@@ -304,47 +251,51 @@ def summarize(runs: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.Data
             row["cold_plain_s"] = _first(cold_rows[cold_rows["mode"] == "plain"]["wall_s"])
             row["cold_covalent_s"] = _first(cold_rows[cold_rows["executor"] == executor]["wall_s"])
             rows.append(row)
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    extra = [*param_columns(runs), *(f"{mode}_{m}" for m in numeric_outputs(runs)
+                                     for mode in ("plain", "covalent"))]
+    return pd.DataFrame(rows, columns=list(dict.fromkeys([*SUMMARY_COLUMNS, *extra])))
 
 
-# Where each swept dimension sits in a configuration id (see WorkflowConfig.id, Scenario.id).
-_ID_PARTS = {"train_samples": r"\btrain[^-]+", "models": r"-k\d+(?=-|$)",
-             "concurrency": r"-n\d+$"}
+def param_columns(frame: pd.DataFrame) -> list[str]:
+    """The workload parameters the rows carry as columns (runs.csv `params`)."""
+    names: dict[str, None] = {}
+    for text in frame.get("params", pd.Series(dtype=str)).dropna().unique():
+        names.update(dict.fromkeys(json.loads(text)))
+    return [n for n in names if n in frame]
 
 
-def family(config_id: str, dimension: str) -> str:
-    """The id with one swept dimension blanked: configurations alike in all else share it."""
-    return re.sub(_ID_PARTS[dimension], "train*" if dimension == "train_samples" else "",
-                  config_id)
+def numeric_outputs(frame: pd.DataFrame) -> list[str]:
+    """Numeric outputs the rows carry as columns (runs.csv `outputs`), results only."""
+    names: dict[str, None] = {}
+    for text in frame.get("outputs", pd.Series(dtype=str)).dropna().unique():
+        for key, value in json.loads(text).items():
+            if isinstance(value, int | float) and not isinstance(value, bool) \
+                    and key not in RUN_FACTS:
+                names[key] = None
+    return [n for n in names if n in frame]
 
 
-def train_samples(train_subset: object) -> int:
-    """Training images a configuration uses (an empty subset is MNIST's whole split)."""
-    try:
-        value = float(train_subset)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return MNIST_TRAIN
-    return MNIST_TRAIN if np.isnan(value) else int(value)
+def family(frame: pd.DataFrame, dimension: str) -> pd.Series:
+    """Per row, its parameters with `dimension` left out: rows alike in all else share it."""
+    def key(text: object) -> str:
+        params = json.loads(text) if isinstance(text, str) else {}
+        params.pop(dimension, None)
+        return ", ".join(f"{k}={v}" for k, v in params.items())
 
-
-def fit_line(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> dict[str, float]:
-    """Least-squares line y = intercept + slope * x (scipy), with standard errors."""
-    fit = stats.linregress(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-    return {"intercept_s": fit.intercept, "intercept_stderr_s": fit.intercept_stderr,
-            "slope_s_per_unit": fit.slope, "slope_stderr": fit.stderr, "r2": fit.rvalue**2}
+    return frame["params"].map(key)
 
 
 def overhead_fits(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFrame:
-    """The overhead's constant part and its growth, per executor, from every measured round
-    of single dispatches: against training samples per family (configurations that differ
-    only in train_subset), and orchestration against bytes moved over every single-model
-    configuration."""
+    """The overhead's constant part and its growth, per workload and executor, from every
+    measured round of single dispatches: against each numeric parameter that varies within
+    a family (MNIST: training samples, epochs, models; chain/fanout: n tasks, whose slope is
+    the cost of one more task), and orchestration against bytes moved."""
     rounds = round_estimates(runs, phases)
     if rounds.empty:
         return pd.DataFrame(columns=list(FIT_COLUMNS))
-    dims = runs.drop_duplicates("config_id").set_index("config_id")
-    rounds = rounds.join(dims[[*DIMENSIONS, "train_subset"]], on="config_id")
-    rounds["train_samples"] = rounds["train_subset"].map(train_samples)
+    firsts = runs.drop_duplicates("config_id").set_index("config_id")
+    dims = param_columns(runs)
+    rounds = rounds.join(firsts[["workload", "params", "concurrency", *dims]], on="config_id")
     moved = with_breakdown(measured(runs[runs["concurrency"] <= 1]), phases)
     if "bytes_moved" in moved:
         per_round = moved[moved["mode"] == "covalent"].set_index(
@@ -352,20 +303,29 @@ def overhead_fits(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFra
         rounds = rounds.join(per_round, on=["config_id", "executor", "round"])
     rounds = rounds[rounds["concurrency"] <= 1]
     rows = []
-    rounds["family"] = rounds["config_id"].map(lambda c: family(c, "train_samples"))
-    for (executor, fam), group in rounds.groupby(["executor", "family"], sort=False):
-        if group["train_samples"].nunique() >= 2:
-            rows.append({"executor": executor, "x": "train_samples", "family": fam,
-                         **{k: group[k].iloc[0] for k in FIT_GROUP},
-                         "points": len(group), "unit": "s per 1000 samples",
-                         **fit_line(group["train_samples"] / 1000, group["total_overhead_s"])})
-    if "bytes_moved" in rounds:
-        # One model per run: a sweep's orchestration grows with its branches, not its bytes.
-        single = rounds[rounds["models"] <= 1].dropna(subset=["bytes_moved"])
-        for executor, group in single.groupby("executor"):
+    for x in dims:
+        values = pd.to_numeric(rounds[x], errors="coerce")
+        if values.isna().any() or values.nunique() < 2 or rounds[x].map(type).eq(bool).any():
+            continue
+        scale, unit = (1000, "s per 1000") if values.max() >= 5000 else (1, "s per 1")
+        frame = rounds.assign(_x=values / scale, family=family(rounds, x))
+        for (workload, executor, fam), group in frame.groupby(
+                ["workload", "executor", "family"], sort=False):
+            if group["_x"].nunique() < 2:
+                continue
+            for y in FIT_Y:
+                if y in group and group[y].notna().all():
+                    rows.append({"workload": workload, "executor": executor, "x": x, "y": y,
+                                 "family": fam, "points": len(group), "unit": f"{unit} {x}",
+                                 **fit_line(group["_x"], group[y])})
+    if "bytes_moved" in rounds and "orchestration_s" in rounds:
+        single = rounds.dropna(subset=["bytes_moved", "orchestration_s"])
+        if "models" in single:  # a sweep's orchestration grows with its branches, not bytes
+            single = single[pd.to_numeric(single["models"], errors="coerce").fillna(1) <= 1]
+        for (workload, executor), group in single.groupby(["workload", "executor"]):
             if group["bytes_moved"].nunique() >= 2:
-                rows.append({"executor": executor, "x": "bytes_moved",
-                             "points": len(group), "unit": "s per MiB",
+                rows.append({"workload": workload, "executor": executor, "x": "bytes_moved",
+                             "y": "orchestration_s", "points": len(group), "unit": "s per MiB",
                              **fit_line(group["bytes_moved"] / 2**20, group["orchestration_s"])})
     return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
 
@@ -375,7 +335,15 @@ def _first(values: pd.Series) -> float:
 
 
 def _median(frame: pd.DataFrame, column: str) -> float:
-    return frame[column].median() if column in frame and len(frame) else float("nan")
+    if column not in frame or not len(frame):
+        return float("nan")
+    return pd.to_numeric(frame[column], errors="coerce").median()
+
+
+def _facts(frame: pd.DataFrame, column: str) -> list[str]:
+    if column not in frame:
+        return []
+    return sorted({str(v).removesuffix(".0") for v in frame[column].dropna()})
 
 
 def _compare(
@@ -383,32 +351,35 @@ def _compare(
 ) -> dict:
     plain_s, cov_s = _median(plain, "wall_s"), _median(cov, "wall_s")
     overhead = cov_s - plain_s
-    hashes = set(plain["weights_sha256"]) | set(cov["weights_sha256"])
-    plain_threads = sorted(set(plain["torch_threads"].astype(int)))
-    cov_threads = sorted(set(cov["torch_threads"].astype(int)))
-    devices = set(plain["resolved_device"]) | set(cov["resolved_device"])
+    plain_digests = set(plain["output_digest"].astype(str))
+    digests = plain_digests | set(cov["output_digest"].astype(str))
+    plain_threads, cov_threads = _facts(plain, "torch_threads"), _facts(cov, "torch_threads")
+    devices = set(_facts(plain, "resolved_device")) | set(_facts(cov, "resolved_device"))
     first = cov.iloc[0]
     row = {
         "profile": profile,
+        "workload": first.get("workload"),
         "config_id": config_id,
         "executor": executor,
-        **{d: first.get(d) for d in DIMENSIONS},
-        "train_samples": train_samples(first.get("train_subset")),
+        "params": first.get("params"),
+        **{d: first.get(d) for d in param_columns(cov)},
+        "concurrency": first.get("concurrency"),
         "plain_median_s": plain_s,
         "covalent_median_s": cov_s,
         "overhead_s": overhead,
         "overhead_pct": 100 * overhead / plain_s if plain_s else float("nan"),
         "plain_rounds": len(plain),
         "covalent_rounds": len(cov),
-        "plain_accuracy": _median(plain, "accuracy"),
-        "covalent_accuracy": _median(cov, "accuracy"),
-        "plain_test_loss": _median(plain, "test_loss"),
-        "covalent_test_loss": _median(cov, "test_loss"),
-        "same_weights": len(plain) > 0 and len(hashes) == 1,
-        "plain_threads": "/".join(map(str, plain_threads)),
-        "covalent_threads": "/".join(map(str, cov_threads)),
+        **{f"{mode}_{m}": _median(rows, m) for m in numeric_outputs(cov)
+           for mode, rows in (("plain", plain), ("covalent", cov))},
+        "same_output": len(plain) > 0 and len(digests) == 1,
+        "deterministic": len(plain_digests) <= 1,
+        "tasks_probed": " ".join(sorted(set(cov.get("tasks_probed", pd.Series(dtype=str))
+                                            .dropna().astype(str)))),
+        "plain_threads": "/".join(plain_threads),
+        "covalent_threads": "/".join(cov_threads),
         # A pair that ran with other thread counts or devices measures those, not Covalent.
-        "comparable": plain_threads == cov_threads and len(devices) == 1,
+        "comparable": plain_threads == cov_threads and len(devices) <= 1,
         "plain_in_task_s": _median(plain, "in_task_s"),
         "covalent_in_task_s": _median(cov, "in_task_s"),
         **{f"{mode}_{col}": _median(rows, col) for col in TASK_WORK.values()
@@ -444,13 +415,3 @@ def _compare(
         if total:
             row["explained_pct"] = 100 * (1 - abs(row["unexplained_s"]) / abs(total))
     return row
-
-
-def write_summary(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """summary.csv (one row per configuration and executor) and fits.csv (overhead lines)."""
-    runs, phases = load_runs(out_dir), load_phases(out_dir)
-    summary = summarize(runs, phases)
-    summary.to_csv(Path(out_dir) / SUMMARY_CSV, index=False, float_format="%.4f")
-    overhead_fits(runs, phases).to_csv(Path(out_dir) / FITS_CSV, index=False,
-                                       float_format="%.6g")
-    return summary

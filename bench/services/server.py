@@ -27,7 +27,9 @@ from urllib.parse import urlsplit
 
 import psutil
 import requests
-import toml  # covalent writes covalent.conf with it; tomllib would need Python 3.11
+import toml  # covalent writes covalent.conf in its dialect
+
+from bench.measure.covalent_api import CLI_SNIPPET
 
 __all__ = [
     "KEEP_STATE_ENV",
@@ -51,9 +53,7 @@ _TAIL_LINES = 20
 
 # The CLI run by this very interpreter, so the server it launches (`sys.executable app.py`)
 # runs in the same environment as the benchmark.
-_CLI = (
-    "import sys; from covalent_dispatcher._cli.cli import cli; sys.exit(cli(prog_name='covalent'))"
-)
+_CLI = CLI_SNIPPET
 
 # State directory layout: env var -> subdirectory (COVALENT_DATABASE is a file, set apart).
 _STATE_DIRS = {

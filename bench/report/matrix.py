@@ -17,7 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.analysis import family, fit_line  # noqa: E402
+from bench.analysis.decompose import family  # noqa: E402
+from bench.analysis.stats import fit_line  # noqa: E402
 
 PLOTS = {
     "scaling": "matrix_scaling.png",
@@ -39,6 +40,8 @@ def _single(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _group_label(row: pd.Series | dict) -> str:
+    if "shape" not in row:  # a fit: its family is the other parameters
+        return str(row.get("family", ""))
     data = "" if row["data_path"] == "tutorial" else f", {row['data_path']}"
     return f"{row['shape']}{data} (ep{int(row['epochs'])}, bs{int(row['batch_size_train'])})"
 
@@ -46,7 +49,7 @@ def _group_label(row: pd.Series | dict) -> str:
 def scaling_groups(summary: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     """Single-dispatch, single-model configurations that differ only in training size."""
     rows = _single(summary)
-    rows = rows.assign(family=rows["config_id"].map(lambda c: family(c, "train_samples")))
+    rows = rows.assign(family=family(rows, "train_samples"))
     return [(keys, g.sort_values("train_samples"))
             for keys, g in rows.groupby(["executor", "family"], sort=False)
             if g["train_samples"].nunique() >= 2]
@@ -95,6 +98,7 @@ def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
 def _fit_for(fits: pd.DataFrame, executor: str, group: pd.Series) -> pd.Series | None:
     """The train_samples fit of the family `group` belongs to."""
     rows = fits[(fits["executor"] == executor) & (fits["x"] == "train_samples")
+                & (fits["y"] == "total_overhead_s")
                 & (fits["family"] == group["family"])]
     return rows.iloc[0] if len(rows) else None
 
@@ -131,7 +135,7 @@ def sweep_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """K-model sweeps: families of configurations that differ only in `models` (K), K = 1
     included; `sweep` names each family."""
     single = summary[summary["concurrency"] <= 1]
-    families = single["config_id"].map(lambda c: family(c, "models"))
+    families = family(single, "models")
     swept = set(families[single["models"] > 1])
     rows = single[families.isin(swept)].assign(sweep=families[families.isin(swept)])
     labels = {f: _sweep_label(g.iloc[0]) for f, g in rows.groupby("sweep")}
@@ -201,8 +205,8 @@ def concurrency_rows(summary: pd.DataFrame) -> pd.DataFrame:
     batched = summary[summary["concurrency"] > 1]
     if batched.empty:
         return batched
-    families = summary["config_id"].map(lambda c: family(c, "concurrency"))
-    base = family(batched.iloc[0]["config_id"], "concurrency")
+    families = family(summary, "concurrency")
+    base = family(batched.iloc[[0]], "concurrency").iloc[0]
     return summary[families == base].sort_values(["executor", "concurrency"])
 
 
@@ -247,7 +251,8 @@ def _s(value: float) -> str:
 def findings(summary: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
     """What the matrix says, in plain words, computed from its rows."""
     out: list[str] = []
-    for _, fit in fits[fits["x"] == "train_samples"].iterrows():
+    for _, fit in fits[(fits["x"] == "train_samples")
+                       & (fits["y"] == "total_overhead_s")].iterrows():
         out.append(
             f"**{fit['executor']}, {_group_label(fit)}**: overhead ≈ {fit['intercept_s']:.2f} s "
             f"(± {fit['intercept_stderr_s']:.2f}) constant + {fit['slope_s_per_unit']:+.3f} s "

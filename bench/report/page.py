@@ -15,24 +15,22 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.analysis import (  # noqa: E402
-    CONFIDENCE,
+from bench.analysis.decompose import (  # noqa: E402
     ORCHESTRATION_PARTS,
     SEGMENTS,
-    NoRecordsError,
     as_batches,
-    load_phases,
-    load_runs,
     measured,
-    overhead_fits,
-    summarize,
+    numeric_outputs,
     with_breakdown,
 )
+from bench.analysis.stats import CONFIDENCE  # noqa: E402
 from bench.gate import HISTORY_CSV  # noqa: E402
-from bench.matrix import PLOTS as MATRIX_PLOTS  # noqa: E402
-from bench.matrix import matrix_section  # noqa: E402
-from bench.pertask import pertask_section  # noqa: E402
-from bench.records import ENV_COLUMNS, FITS_CSV, SUMMARY_CSV  # noqa: E402
+from bench.records import ENV_COLUMNS, NoRecordsError, load_phases, load_runs  # noqa: E402
+from bench.report.matrix import PLOTS as MATRIX_PLOTS  # noqa: E402
+from bench.report.matrix import matrix_section  # noqa: E402
+from bench.report.scaling import PLOTS as SCALING_PLOTS  # noqa: E402
+from bench.report.scaling import scaling_section  # noqa: E402
+from bench.report.tables import write_summary  # noqa: E402
 
 # Per-configuration plots stay readable up to this many configurations; a larger matrix
 # gets them for its core (tutorial shape and data path, one model, one dispatch) only.
@@ -155,6 +153,11 @@ def plot_accuracy(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def _listed(value: object) -> list:
+    """A list column as read back: a list (expanded from `outputs`) or its JSON text."""
+    return json.loads(value) if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+
+
 def plot_loss_curves(runs: pd.DataFrame, path: Path) -> None:
     """Training loss of the first measured round of each mode; identical runs overlap."""
     configs = list(dict.fromkeys(runs["config_id"]))
@@ -166,7 +169,7 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> None:
         for _, row in group.drop_duplicates(["mode", "executor"]).iterrows():
             label = _label(row)
             line, marker = styles.get(label, ("-", "."))
-            ax.plot(json.loads(row["train_counter"]), json.loads(row["train_losses"]),
+            ax.plot(_listed(row["train_counter"]), _listed(row["train_losses"]),
                     linestyle=line, marker=marker, markersize=5,
                     color=MODE_COLORS.get(label, "grey"),
                     label="Covalent " + label if label != "plain" else label)
@@ -340,10 +343,12 @@ def plot_history(history: pd.DataFrame, path: Path) -> None:
 def _environment_table(runs: pd.DataFrame) -> str:
     latest = runs.sort_values("timestamp").iloc[-1]
     env = {col: latest[col] for col in ENV_COLUMNS}
-    env["torch threads (inside tasks)"] = ", ".join(
-        f"{_label(r)}: {int(r['torch_threads'])}"
-        for _, r in runs.drop_duplicates(["mode", "executor"]).iterrows()
-    )
+    if "torch_threads" in runs and runs["torch_threads"].notna().any():
+        env["torch threads (inside tasks)"] = ", ".join(
+            f"{_label(r)}: {int(r['torch_threads'])}"
+            for _, r in runs.drop_duplicates(["mode", "executor"]).iterrows()
+            if pd.notna(r["torch_threads"])
+        )
     startup = runs["server_startup_s"].dropna()
     if len(startup):
         env["Covalent server start-up (s, not counted as overhead)"] = f"{startup.iloc[-1]:.1f}"
@@ -430,30 +435,69 @@ def detail_configs(summary: pd.DataFrame) -> list[str]:
     """Configurations that get the per-configuration plots and tables."""
     single = summary[summary["concurrency"] <= 1]
     ids = list(dict.fromkeys(single["config_id"]))
-    if len(ids) <= MAX_DETAIL:
-        return ids
+    if len(ids) <= MAX_DETAIL or not {"shape", "data_path", "models"} <= set(single):
+        return ids[:MAX_DETAIL]
     core = single[(single["shape"] == "tutorial") & (single["data_path"] == "tutorial")
                   & (single["models"] <= 1)]
     return list(dict.fromkeys(core["config_id"]))[:MAX_DETAIL]
 
 
+def _same_work(summary: pd.DataFrame) -> str:
+    """One sentence on whether both modes did the same work."""
+    if not summary["deterministic"].astype(bool).all():
+        odd = ", ".join(summary.loc[~summary["deterministic"].astype(bool), "config_id"].unique())
+        return (f"**Same work: not checkable** for {odd}: its plain runs returned different "
+                "values from one round to the next, so the workflow is not deterministic and "
+                "plain and Covalent outputs cannot be compared value for value.")
+    if summary["same_output"].astype(bool).all():
+        return ("**Same work: yes.** Every run of both modes returned the same value "
+                "(equal output digests).")
+    bad = ", ".join(f"{r.config_id} [{r.executor}]"
+                    for r in summary[~summary["same_output"].astype(bool)].itertuples())
+    return f"**Same work: NO** for {bad}: Covalent returned other values than plain."
+
+
+def _probing(summary: pd.DataFrame) -> str:
+    """Where tasks could not be timed from inside, say so: their time counts as
+    orchestration."""
+    notes = []
+    for r in summary.itertuples():
+        text = str(r.tasks_probed or "")
+        for item in text.split():
+            probed, _, rest = item.partition("/")
+            tasks = rest.partition("+")[0]
+            if probed.isdigit() and tasks.isdigit() and int(probed) < int(tasks):
+                notes.append(f"{r.config_id} [{r.executor}]: {probed} of {tasks} task nodes")
+    if not notes:
+        return ""
+    return ("Tasks timed from inside: " + "; ".join(sorted(set(notes))) + ". The time of a "
+            "task that was not probed counts as orchestration, not in-task time.")
+
+
 def write_page(
     runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
-    matrix: list[str] | None = None, detail: pd.DataFrame | None = None, pertask: str = "",
+    matrix: list[str] | None = None, detail: pd.DataFrame | None = None,
+    scaling: list[str] | None = None,
 ) -> Path:
     sessions = ", ".join(sorted(set(summary["session_id"].dropna()) | set(runs["session_id"])))
+    outputs = [f"{mode}_{m}" for m in numeric_outputs(runs) for mode in ("plain", "covalent")
+               if f"{mode}_{m}" in summary]
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
                      "overhead_s", "overhead_pct", "plain_rounds", "covalent_rounds",
-                     "plain_accuracy", "covalent_accuracy", "same_weights", "comparable"]]
+                     *outputs[:4], "same_output", "comparable"]]
+    workloads = ", ".join(dict.fromkeys(summary["workload"].astype(str)))
     lines = [
-        "# What does Covalent cost? MNIST tutorial, plain vs Covalent",
+        f"# What does Covalent cost? {workloads}, plain vs Covalent",
         "",
-        "The Covalent MNIST tutorial's workflow run as plain Python functions and as a "
-        "Covalent lattice on a real server, same seed and thread count. Wall time is the "
-        "client's view: for Covalent, from the dispatch call until the result is downloaded. "
+        "The workflow run as plain Python functions (the lattice's own function, electrons as "
+        "plain calls) and as a Covalent lattice on a real server. Wall time is the client's "
+        "view: for Covalent, from the dispatch call until the result is downloaded. "
         "Overhead = median Covalent wall − median plain wall over the measured rounds "
-        "(warm-up rounds excluded). `same_weights`: every run of both modes ended with "
-        "bit-identical model weights. `comparable`: same torch thread count and device.",
+        "(warm-up rounds excluded). `same_output`: every run of both modes returned the same "
+        "value (equal digests). `comparable`: same torch thread count and device, where the "
+        "workload reports them.",
+        "",
+        _same_work(summary),
         "",
         f"Sessions: {sessions}",
         "",
@@ -462,6 +506,9 @@ def write_page(
         table.to_markdown(index=False, floatfmt=".2f"),
         "",
     ]
+    probing = _probing(summary)
+    lines += [probing, ""] if probing else []
+    lines += [*scaling, ""] if scaling else []
     lines += [*matrix, ""] if matrix else []
     detail = summary if detail is None else detail
     if len(detail) < len(summary):
@@ -488,8 +535,6 @@ def write_page(
                   cold_rows.to_markdown(index=False, floatfmt=".2f")]
     if (out_dir / "history.png").exists():
         lines += ["", "## Overhead across commits", "", "![history](history.png)"]
-    if pertask:
-        lines += ["", pertask]
     lines += ["", "## Environment", "", _environment_table(runs), ""]
     page = out_dir / "README.md"
     page.write_text("\n".join(lines))
@@ -505,19 +550,20 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if runs.empty:
         raise NoRecordsError(f"{in_dir}: runs.csv has no completed, measured (non-warm-up) runs")
     phases = load_phases(in_dir)
-    full_summary = summarize(all_runs, phases)
-    full_summary.to_csv(out_dir / SUMMARY_CSV, index=False, float_format="%.4f")
-    fits = overhead_fits(all_runs, phases)
-    fits.to_csv(out_dir / FITS_CSV, index=False, float_format="%.6g")
+    full_summary, fits = write_summary(out_dir, in_dir)
     # A plot this data can't make must not linger from an earlier report.
-    for stale in [*PLOTS.values(), *MATRIX_PLOTS.values()]:
+    for stale in [*PLOTS.values(), *MATRIX_PLOTS.values(), *SCALING_PLOTS.values()]:
         (out_dir / stale).unlink(missing_ok=True)
-    matrix = matrix_section(full_summary, fits, out_dir)
+    mnist = full_summary[full_summary["workload"] == "mnist"]
+    matrix = matrix_section(mnist, fits[fits["workload"] == "mnist"], out_dir) \
+        if len(mnist) else []
+    scaling = scaling_section(full_summary, fits, out_dir)
     keep = detail_configs(full_summary)
     summary = full_summary[full_summary["config_id"].isin(keep)]
     runs = runs[runs["config_id"].isin(keep)]
     plot_wall_time(runs, out_dir / PLOTS["wall_time"])
-    plot_loss_curves(runs, out_dir / PLOTS["loss_curves"])
+    if "train_losses" in runs and runs["train_losses"].notna().any():
+        plot_loss_curves(runs, out_dir / PLOTS["loss_curves"])
     if phases is not None:
         plot_breakdown(with_breakdown(runs, phases), out_dir / PLOTS["breakdown"])
         plot_timeline(runs, phases, out_dir / PLOTS["timeline"])
@@ -526,13 +572,12 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
             plot_overhead_ci(summary, out_dir / PLOTS["overhead_ci"])
     if not summary.empty:
         plot_overhead(summary, runs, out_dir / PLOTS["overhead"])
-        plot_accuracy(summary, out_dir / PLOTS["accuracy"])
+        if "plain_accuracy" in summary and summary["plain_accuracy"].notna().any():
+            plot_accuracy(summary, out_dir / PLOTS["accuracy"])
     history = in_dir / HISTORY_CSV
     if history.is_file() and history.stat().st_size:
         plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / "history.png")
-    # The per-task micro-benchmark (python -m bench.pertask) joins the page if it ran here.
-    pertask = pertask_section(in_dir, out_dir)
-    return write_page(runs, full_summary, out_dir, phases, matrix, summary, pertask)
+    return write_page(runs, full_summary, out_dir, phases, matrix, summary, scaling)
 
 
 def main(argv: list[str] | None = None) -> int:

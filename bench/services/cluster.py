@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from bench.server import (
+from bench.services.server import (
     KEEP_STATE_ENV,
     _kill,
     _process_tree,

@@ -1,0 +1,260 @@
+"""Benchmark profiles: what to run and how, read from bench/config/<name>.toml.
+
+A profile names a workload (`workload = "mnist"`, `"chain"`, `"fanout"` or a lattice as
+"MODULE:ATTR"; default mnist), run settings (rounds, warm-up rounds, executors,
+concurrency, dispatch timeout), a [params] table of the workload's parameters, and
+optional [[matrix]] tables: each expands its lists into one scenario per combination, and
+the profile is the union of them (so a sweep of K models need not be crossed with every
+data size). A matrix table may also set run settings of its own, e.g. fewer rounds for
+its expensive part.
+
+Overrides: `--bench-set key=value` sets a run setting or a parameter everywhere;
+`--bench-arg key=value` sets a parameter, and a list value expands into one scenario per
+element. `--bench-workload` replaces the profile's workload: its run settings still apply,
+its parameters and matrix don't.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from bench.workloads import Workload, WorkloadError, workload_for
+
+CONFIG_DIR = Path(__file__).parent
+# The profile used when --bench-workload names a lattice and no profile is given.
+LATTICE_PROFILE = "lattice"
+DEFAULT_PROFILE = "tutorial"
+# Settings of how a workload is run (not what it computes); `name` labels a matrix part.
+RUN_KEYS = ("rounds", "warmup_rounds", "executors", "concurrency", "timeout_s")
+WORKLOAD_KEYS = ("workload", "inputs", "digest")
+PROFILE_KEYS = ("description", *WORKLOAD_KEYS, *RUN_KEYS)
+MATRIX_KEYS = ("name", "workload", *RUN_KEYS)
+TABLES = ("params", "matrix")
+# The server's own executors, and `external`: a Dask cluster outside the server.
+EXECUTORS = ("local", "dask", "external")
+DEFAULTS: dict[str, Any] = {"rounds": 3, "warmup_rounds": 1, "executors": ["local", "dask"],
+                            "concurrency": 1, "timeout_s": 3600.0}
+
+
+class ProfileError(ValueError):
+    """A profile or override is invalid; the message lists what is valid."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One configuration of a workload and how to run it: the unit the suite measures."""
+
+    workload: Workload
+    params: Mapping[str, Any]
+    executors: tuple[str, ...]
+    rounds: int
+    warmup_rounds: int
+    concurrency: int = 1  # workflows run at once (Covalent) / one after another (plain)
+    part: str = ""  # the matrix table it came from
+    timeout_s: float = DEFAULTS["timeout_s"]
+    id: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        cid = self.workload.config_id(self.params)
+        object.__setattr__(self, "id", cid + (f"-n{self.concurrency}"
+                                              if self.concurrency > 1 else ""))
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    scenarios: tuple[Scenario, ...]
+
+    @property
+    def workloads(self) -> tuple[Workload, ...]:
+        seen: dict[int, Workload] = {}
+        for s in self.scenarios:
+            seen.setdefault(id(s.workload), s.workload)
+        return tuple(seen.values())
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def parse_override(text: str, option: str = "--bench-set") -> tuple[str, Any]:
+    """'epochs=1' -> ('epochs', 1); values are TOML literals, bare words are strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ProfileError(f"{option} expects KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def load_profile(
+    name: str | None,
+    overrides: Sequence[str] = (),
+    args: Sequence[str] = (),
+    workload: str | None = None,
+    inputs: str | None = None,
+    digest: str | None = None,
+    data_dir: str = "",
+) -> Profile:
+    """A shipped profile by name, or any profile file by its path (ending in .toml)."""
+    name = name or (LATTICE_PROFILE if workload else DEFAULT_PROFILE)
+    path = Path(name) if name.endswith(".toml") else CONFIG_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ProfileError(
+            f"unknown profile {name!r}; available: {', '.join(available_profiles())} "
+            f"(or the path of a .toml file)"
+        )
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: invalid TOML: {exc}") from exc
+    if workload:  # the profile's run settings, the user's lattice
+        doc = {k: v for k, v in doc.items() if k in PROFILE_KEYS}
+        doc.update(workload=workload, inputs=inputs, digest=digest)
+        doc = {k: v for k, v in doc.items() if v is not None}
+    elif inputs or digest:
+        raise ProfileError("--bench-inputs and --bench-digest go with --bench-workload")
+    return profile_from_doc(path.stem, doc, overrides, args, data_dir, where=str(path))
+
+
+def _table(doc: Mapping[str, Any], key: str, where: str) -> Any:
+    value = doc.get(key)
+    if key == "params" and value is not None and not isinstance(value, dict):
+        raise ProfileError(f"{where}: [params] must be a table of parameter = value, "
+                           f"got {type(value).__name__}")
+    if key == "matrix" and value is not None:
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(m, dict) for m in items):
+            raise ProfileError(f"{where}: [[matrix]] entries must be tables")
+    return value
+
+
+def profile_from_doc(
+    name: str, doc: Mapping[str, Any], overrides: Sequence[str] = (), args: Sequence[str] = (),
+    data_dir: str = "", where: str = "",
+) -> Profile:
+    """A Profile from a parsed TOML document (what load_profile reads from a file)."""
+    where = where or f"profile {name!r}"
+    unknown = set(doc) - set(PROFILE_KEYS) - set(TABLES)
+    if unknown:
+        raise ProfileError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: "
+                           f"{', '.join(PROFILE_KEYS)} and the tables [params], [[matrix]]")
+    run = {k: doc[k] for k in RUN_KEYS if k in doc}
+    params = dict(_table(doc, "params", where) or {})
+    raw_matrices = _table(doc, "matrix", where) or [{}]
+    matrices = [dict(m) for m in (raw_matrices if isinstance(raw_matrices, list)
+                                  else [raw_matrices])]
+    cache: dict[str, Workload] = {}
+
+    def workload_named(name: str) -> Workload:
+        if name not in cache:
+            try:
+                cache[name] = workload_for(name, doc.get("inputs"), doc.get("digest"))
+            except WorkloadError as exc:
+                raise ProfileError(str(exc)) from exc
+        return cache[name]
+
+    main = str(doc.get("workload", "mnist"))
+    parts = [(workload_named(str(m.pop("workload", main))), m) for m in matrices]
+
+    def check_param(w: Workload, key: str, origin: str) -> None:
+        if key not in w.defaults() and not w.open_ended():
+            raise ProfileError(
+                f"{origin}: unknown key {key!r}; run settings: {', '.join(RUN_KEYS)}; "
+                f"parameters of workload {w.name!r}: {', '.join(w.defaults()) or '(none)'}"
+            )
+
+    def check_everywhere(key: str, origin: str) -> None:
+        for w in {id(w): w for w, _ in parts}.values():
+            check_param(w, key, origin)
+
+    for key in params:
+        check_everywhere(key, f"{where} [params]")
+    for w, matrix in parts:
+        for key in set(matrix) - set(MATRIX_KEYS):
+            check_param(w, key, f"{where} [[matrix]] {matrix.get('name', '')}".rstrip())
+    for text in overrides:
+        key, value = parse_override(text, "--bench-set")
+        if key in RUN_KEYS:
+            run[key] = value
+            for _, matrix in parts:
+                matrix.pop(key, None)
+        else:
+            check_everywhere(key, f"--bench-set {text}")
+            params[key] = value
+            for _, matrix in parts:  # a single value replaces a swept one
+                matrix.pop(key, None)
+    swept_args: dict[str, list[Any]] = {}
+    for text in args:
+        key, value = parse_override(text, "--bench-arg")
+        check_everywhere(key, f"--bench-arg {text}")
+        if isinstance(value, list):
+            swept_args[key] = value
+        else:
+            params[key] = value
+        for _, matrix in parts:
+            matrix.pop(key, None)
+
+    scenarios: dict[str, Scenario] = {}
+    for workload, matrix in parts:
+        matrix = {**matrix, **swept_args}
+        base = {**params}
+        if data_dir and "data_dir" in workload.defaults():
+            base["data_dir"] = data_dir
+        part = str(matrix.pop("name", ""))
+        settings = {**DEFAULTS, **run, **{k: matrix.pop(k) for k in RUN_KEYS if k in matrix}}
+        rounds, warmup, executors, timeout_s = _run_settings(where, settings)
+        keys = list(matrix)
+        for values in itertools.product(
+            *(_as_list(matrix[k]) for k in keys), _as_list(settings["concurrency"])
+        ):
+            *swept, concurrency = values
+            try:
+                full = workload.check({**base, **dict(zip(keys, swept, strict=True))})
+            except WorkloadError as exc:
+                raise ProfileError(f"{where}: {exc}") from exc
+            if not isinstance(concurrency, int) or isinstance(concurrency, bool) or (
+                concurrency < 1
+            ):
+                raise ProfileError(
+                    f"{where}: concurrency must be an integer >= 1, got {concurrency!r}"
+                )
+            scenario = Scenario(workload, full, executors, rounds, warmup, concurrency, part,
+                                timeout_s)
+            scenarios.setdefault(scenario.id, scenario)  # the same one in two parts runs once
+    workload = parts[0][0]
+    description = str(doc.get("description", "")) or workload.description
+    return Profile(name, description, tuple(scenarios.values()))
+
+
+def _run_settings(where: str, settings: dict[str, Any]
+                  ) -> tuple[int, int, tuple[str, ...], float]:
+    rounds, warmup = settings["rounds"], settings["warmup_rounds"]
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ProfileError(f"{where}: rounds must be an integer >= 1, got {rounds!r}")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ProfileError(f"{where}: warmup_rounds must be an integer >= 0, got {warmup!r}")
+    timeout_s = settings["timeout_s"]
+    if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s <= 0:
+        raise ProfileError(f"{where}: timeout_s must be a number of seconds > 0, "
+                           f"got {timeout_s!r}")
+    executors = _as_list(settings["executors"])
+    bad = [e for e in executors if e not in EXECUTORS]
+    if bad or not executors:
+        raise ProfileError(
+            f"{where}: invalid executors {bad or executors}; valid: {', '.join(EXECUTORS)}"
+        )
+    return rounds, warmup, tuple(executors), float(timeout_s)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]

@@ -1,0 +1,334 @@
+"""The one module that touches Covalent's private or version-specific API.
+
+Everything the harness needs from Covalent beyond `ct.dispatch` / `ct.get_result` goes
+through here: dispatching a lattice with its tasks probed (without editing them), running
+a lattice as plain Python with the same probes, status names, the result manager and its
+manifest (serialized sizes), node errors, graph walking and the server's CLI. Supporting
+another Covalent release means changing this module only.
+
+Checked against covalent 0.240.0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import cloudpickle
+import covalent as ct
+from covalent._results_manager.results_manager import ResultManager
+from covalent._shared_files.context_managers import active_lattice_manager
+from covalent._workflow.electron import Electron, _build_sublattice_graph
+from covalent._workflow.lattice import Lattice
+from covalent._workflow.transport import encode_metadata
+from covalent._workflow.transportable_object import TransportableObject
+
+__all__ = [
+    "CLI_SNIPPET",
+    "SERVER_EXECUTORS",
+    "TERMINAL",
+    "GraphNode",
+    "cancel",
+    "dispatch",
+    "epoch",
+    "executor_for",
+    "fetch_result",
+    "graph_nodes",
+    "is_lattice",
+    "node_runs",
+    "output_sizes",
+    "pickle_by_value",
+    "run_plain",
+    "status",
+    "status_name",
+    "stock_wait",
+    "task_errors",
+]
+
+TaskWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+# The server's own executors; an external Dask cluster is named by its scheduler address.
+SERVER_EXECUTORS = ("local", "dask")
+DASK_SCHEME = "tcp://"
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "POSTPROCESSING_FAILED"})
+# The CLI as run by a given interpreter, so the server it launches (`sys.executable app.py`)
+# runs in that interpreter's environment.
+CLI_SNIPPET = (
+    "import sys; from covalent_dispatcher._cli.cli import cli; sys.exit(cli(prog_name='covalent'))"
+)
+# Node names Covalent generates around the user's tasks (graph building, postprocessing).
+GENERATED_PREFIXES = (":parameter:", ":electron_list:", ":electron_dict:", ":postprocess:",
+                      ":sublattice:")
+SUBLATTICE_PREFIX = ":sublattice:"
+
+
+def is_lattice(obj: Any) -> bool:
+    return isinstance(obj, Lattice)
+
+
+def status_name(value: Any) -> str:
+    """'COMPLETED', 'FAILED', ...: Covalent reports a Status or a StatusEnum depending on path."""
+    return str(value).removeprefix("StatusEnum.")
+
+
+def executor_for(executor: Any) -> Any:
+    """'local' or 'dask' (the server's own), 'tcp://host:port' (that Dask scheduler), or a
+    ready Covalent executor object, passed through."""
+    if not isinstance(executor, str):
+        return executor
+    if executor in SERVER_EXECUTORS:
+        return executor
+    if executor.startswith(DASK_SCHEME) and executor.removeprefix(DASK_SCHEME):
+        return ct.executor.DaskExecutor(scheduler_address=executor)
+    raise ValueError(
+        f"executor must be one of {', '.join(SERVER_EXECUTORS)} or a Dask scheduler address "
+        f"{DASK_SCHEME}host:port, got {executor!r}"
+    )
+
+
+def epoch(moment: datetime | None) -> float | None:
+    """A server timestamp as seconds since the epoch (Covalent stores UTC, sometimes naive)."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def pickle_by_value(module: Any) -> None:
+    """Ship a module's functions by value: the server and workers cannot import a file only
+    the client sees (cloudpickle pickles module functions by reference otherwise)."""
+    cloudpickle.register_pickle_by_value(module)
+
+
+def by_value_modules() -> set[str]:
+    return set(cloudpickle.list_registry_pickle_by_value())
+
+
+def lattice_function(lattice: Lattice) -> Callable[..., Any]:
+    """The plain function a lattice wraps."""
+    return lattice.workflow_function.get_deserialized()
+
+
+# --- building and probing graphs ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _electron_calls(wrap: TaskWrapper | None) -> Iterator[None]:
+    """While active, electrons called outside a graph build run `wrap(fn)` (plain runs), and
+    electrons called during a build get their metadata back afterwards.
+
+    Covalent writes the lattice's defaults (executor ...) into a module-level electron when
+    a graph is built, so the next lattice would inherit the previous one's executor."""
+    original = Electron.__call__
+
+    def call(self: Electron, *args: Any, **kwargs: Any) -> Any:
+        if active_lattice_manager.get_active_lattice() is None:
+            fn = self.function
+            if wrap is None or isinstance(fn, Lattice):  # a sublattice: its electrons are probed
+                return fn(*args, **kwargs)
+            return wrap(fn)(*args, **kwargs)
+        saved = copy.deepcopy(self.metadata)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.metadata = saved
+
+    Electron.__call__ = call  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Electron.__call__ = original  # type: ignore[method-assign]
+
+
+class _ProbedLattice(Lattice):
+    """A lattice whose graph, once built, has every task's function wrapped by `_bench_wrap`.
+
+    A sublattice's build node gets a wrapper that makes the sublattice a _ProbedLattice
+    too, so the tasks of the sub-dispatch it submits from the worker are probed as well."""
+
+    _bench_wrap: TaskWrapper | None = None
+
+    def build_graph(self, *args: Any, **kwargs: Any) -> None:
+        with _electron_calls(None):
+            super().build_graph(*args, **kwargs)
+        wrap = self._bench_wrap
+        if wrap is None:
+            return
+        graph = self.transport_graph
+        for node_id in graph._graph.nodes:
+            name = graph.get_node_value(node_id, "name")
+            if name.startswith(GENERATED_PREFIXES[:-1]):
+                continue
+            function = graph.get_node_value(node_id, "function")
+            if function is None:
+                continue
+            fn = function.get_deserialized()
+            if fn is _build_sublattice_graph:
+                probed: Callable[..., Any] = _SublatticeBuild(wrap)
+            else:
+                probed = wrap(fn)
+            graph.set_node_value(node_id, "function", TransportableObject(probed))
+
+
+class _SublatticeBuild:
+    """The sublattice build task, with the sublattice's own tasks probed by `wrap`."""
+
+    __name__ = _build_sublattice_graph.__name__
+
+    def __init__(self, wrap: TaskWrapper) -> None:
+        self.wrap = wrap
+
+    def __call__(self, sub: Lattice, *args: Any, **kwargs: Any) -> Any:
+        return _build_sublattice_graph(_probed(sub, self.wrap), *args, **kwargs)
+
+
+def _probed(lattice: Lattice, wrap: TaskWrapper | None, executor: Any = None) -> Lattice:
+    probed = copy.deepcopy(lattice)
+    probed.__class__ = _ProbedLattice
+    # Pickled again now: a module registered by value after the lattice was made (at import)
+    # must travel by value in the workflow function too.
+    probed.workflow_function = TransportableObject(lattice_function(lattice))
+    probed._bench_wrap = wrap
+    if executor is not None:
+        # The default for tasks that name no executor of their own, and for the workflow.
+        target = executor_for(executor)
+        probed.metadata.update(encode_metadata({"executor": target,
+                                                "workflow_executor": target}))
+    return probed
+
+
+def dispatch(
+    lattice: Lattice,
+    executor: Any,
+    address: str,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    wrap: TaskWrapper | None = None,
+) -> str:
+    """Build, upload and start `lattice(*args, **kwargs)` on the server at `address`, its
+    tasks (and sublattices' tasks) wrapped by `wrap`; returns the dispatch id."""
+    probed = _probed(lattice, wrap, executor)
+    return ct.dispatch(probed, dispatcher_addr=address)(*args, **(kwargs or {}))
+
+
+def run_plain(
+    lattice: Lattice, args: tuple = (), kwargs: dict | None = None,
+    wrap: TaskWrapper | None = None,
+) -> Any:
+    """The lattice's own function called directly, its electrons as plain calls (as Covalent
+    itself allows), each task wrapped by `wrap`."""
+    fn = lattice_function(lattice)
+    with _electron_calls(wrap):
+        return fn(*args, **(kwargs or {}))
+
+
+class GraphNode(dict):
+    """One node of a built graph: id, name and kind (task, parameter, list, dict, unpack,
+    postprocess, sublattice)."""
+
+
+def _kind(name: str) -> str:
+    for prefix, kind in ((":parameter:", "parameter"), (":electron_list:", "list"),
+                         (":electron_dict:", "dict"), (":postprocess:", "postprocess"),
+                         (SUBLATTICE_PREFIX, "sublattice")):
+        if name.startswith(prefix):
+            return kind
+    return "unpack" if name.endswith("]") and "()[" in name else "task"
+
+
+def graph_nodes(lattice: Lattice, *args: Any, **kwargs: Any) -> list[GraphNode]:
+    """The nodes of the graph `lattice(*args, **kwargs)` builds on the client (no server)."""
+    built = _probed(lattice, None)
+    built.build_graph(*args, **kwargs)
+    graph = built.transport_graph._graph
+    return [GraphNode(id=n, name=d["name"], kind=_kind(d["name"]))
+            for n, d in graph.nodes(data=True)]
+
+
+def transport_graph(lattice: Lattice, *args: Any, **kwargs: Any) -> Any:
+    """The networkx graph `lattice(*args, **kwargs)` builds on the client (no server)."""
+    built = _probed(lattice, None)
+    built.build_graph(*args, **kwargs)
+    return built.transport_graph.get_internal_graph_copy()
+
+
+# --- following a dispatch -------------------------------------------------------------------
+
+
+def status(dispatch_id: str, address: str) -> str:
+    reply = ct.get_result(dispatch_id, status_only=True, dispatcher_addr=address)
+    return status_name(reply["status"])
+
+
+def cancel(dispatch_id: str, address: str) -> None:
+    ct.cancel(dispatch_id, dispatcher_addr=address)
+
+
+def fetch_result(dispatch_id: str, address: str, results_dir: str) -> Any:
+    """The finished Result: the workflow's output and node metadata, no node outputs."""
+    return ct.get_result(dispatch_id, dispatcher_addr=address, results_dir=results_dir,
+                         intermediate_outputs=False)
+
+
+def stock_wait(dispatch_id: str, address: str) -> None:
+    """What `ct.get_result(wait=True)` does before downloading: poll, sleep 1 s, repeat."""
+    with tempfile.TemporaryDirectory(prefix="covalent-bench-stock-") as results_dir:
+        ResultManager.from_dispatch_id(dispatch_id, results_dir, wait=True,
+                                       dispatcher_addr=address)
+
+
+def output_sizes(dispatch_id: str, address: str, results_dir: str) -> dict[int, int]:
+    """Serialized bytes of each node's output, from the dispatch manifest."""
+    manager = ct.get_result_manager(dispatch_id, results_dir, dispatcher_addr=address)
+    nodes = manager._manifest["lattice"]["transport_graph"]["nodes"]
+    return {node["id"]: node["assets"]["output"].get("size") or 0 for node in nodes}
+
+
+def node_runs(result: Any) -> list[dict[str, Any]]:
+    """Each executed node of a Result: id, name, kind, status, start and end (epoch s),
+    and the sub-dispatch id of a sublattice."""
+    rows = []
+    for node in result.get_all_node_results():
+        rows.append({
+            "id": node["node_id"], "name": node["node_name"], "kind": _kind(node["node_name"]),
+            "status": status_name(node["status"]), "start": epoch(node["start_time"]),
+            "end": epoch(node["end_time"]), "sub_dispatch_id": node.get("sub_dispatch_id"),
+        })
+    return rows
+
+
+def task_errors(result: Any, address: str | None, results_dir: str | None) -> list[str]:
+    """'name: error' for each failed task; errors are assets, fetched only when needed."""
+    failed = [n for n in result.get_all_node_results() if status_name(n["status"]) == "FAILED"]
+    manager = None
+    if address and failed:
+        manager = ct.get_result_manager(result.dispatch_id, results_dir, dispatcher_addr=address)
+    lines = []
+    for node in failed:
+        # The local and dask executors leave the traceback in stderr, not in error.
+        error = node.get("error") or node.get("stderr")
+        if not error and manager is not None:
+            graph = manager.result_object.lattice.transport_graph
+            for key in ("error", "stderr"):
+                manager.download_node_asset(node["node_id"], key)
+                manager.load_node_asset(node["node_id"], key)
+                error = error or graph.get_node_value(node["node_id"], key)
+        last = (str(error or "").strip().splitlines() or ["no error text"])[-1]
+        lines.append(f"{node['node_name']}: {last}")
+    return lines
+
+
+def result_value(result: Any) -> Any:
+    return result.result
+
+
+def result_times(result: Any) -> tuple[float | None, float | None]:
+    """The server's RUNNING -> terminal span of a Result, as epoch seconds."""
+    return epoch(result.start_time), epoch(result.end_time)
+
+
+def result_error(result: Any) -> str:
+    return str(result.error or "")

@@ -1,0 +1,305 @@
+"""One workload configuration in one mode -> one RunRecord: timings, outcome and phases.
+
+The Covalent path times the client's own view of a run: the dispatch call, waiting for a
+terminal status (polled every POLL_S, not the stock 1 s sleep, which would quantise wall
+times to about a second), and downloading the result. Tasks in both modes are wrapped by
+a probe that records their own time (bench.measure.probes), so a run's wall time splits
+into phases: client submit, wait until the server runs it, each task's node span and
+in-task time, completion detection, result retrieval. This is the harness's one
+dispatch -> poll -> download loop; every workload goes through it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import records as R
+from bench.measure import covalent_api as api
+from bench.measure.probes import read_probes, task_probe
+from bench.records import RunRecord
+from bench.workloads import Workload
+
+POLL_S = 0.05
+DEFAULT_TIMEOUT_S = 3600.0
+
+
+def _phase(phase: str, start: float, end: float, task: str = "", **extra: Any) -> dict:
+    return {"phase": phase, "task": task, "start_s": start, "duration_s": end - start, **extra}
+
+
+def _in_task_phases(probes: list[dict], t0: float) -> list[dict]:
+    return [
+        _phase(
+            R.IN_TASK, p["start"] - t0, p["end"] - t0, p["task"], cpu_s=p["cpu_s"],
+            sys_cpu_s=p["sys_cpu_s"], page_faults=p["page_faults"],
+            task_env=";".join(f"{k}={v}" for k, v in p["env"].items() if v),
+            pid=p["pid"], threads=p["threads"], maxrss_mb=round(p["maxrss_mb"], 1),
+        )
+        for p in probes
+    ]
+
+
+class CpuMeter:
+    """CPU seconds used by a set of processes (the Covalent server's tree) over a span.
+
+    On a plain run this is the idle server's tax on the machine; on a Covalent run it
+    also holds the tasks that ran in the server's pool or Dask workers."""
+
+    def __init__(self, processes: list[psutil.Process]) -> None:
+        self._start = {p.pid: self._cpu(p) for p in processes}
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        try:
+            t = proc.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            return 0.0
+
+    def seconds(self, processes: list[psutil.Process]) -> float:
+        """CPU since start, over the processes alive then and those started since."""
+        return sum(self._cpu(p) - self._start.get(p.pid, 0.0) for p in processes)
+
+
+def _client_rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _outcome_into(record: RunRecord, workload: Workload, value: Any,
+                  params: Mapping[str, Any]) -> None:
+    try:
+        record.outcome = workload.outcome(value, params)
+    except Exception as exc:  # the run happened; what it returned is not what was expected
+        record.status, record.error = R.ERROR, f"outcome: {_error_text(exc)}"
+
+
+def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str | Path
+                  ) -> RunRecord:
+    """One plain run: the lattice's function called directly, tasks probed. A failure is a
+    FAILED record with its error, not an exception."""
+    run_id = uuid.uuid4().hex[:12]
+    args, kwargs = workload.inputs(params)
+    lattice = workload.lattice(params)
+    t0 = time.time()
+    start = time.perf_counter()
+    record = RunRecord("plain", "", 0.0, run_id=run_id, status="COMPLETED")
+    try:
+        value = api.run_plain(lattice, args, kwargs, wrap=task_probe(probe_dir, run_id))
+    except Exception as exc:
+        value = None
+        record.status, record.error = "FAILED", _error_text(exc)
+    record.wall_s = time.perf_counter() - start
+    if record.status == "COMPLETED":
+        _outcome_into(record, workload, value, params)
+    probes = read_probes(probe_dir, run_id)
+    record.timings["client_rss_mb"] = _client_rss_mb()
+    record.phases = _in_task_phases(probes, t0)
+    record.tasks_probed = f"{len(probes)}/{len(probes)}"
+    return record
+
+
+@dataclass
+class _Dispatched:
+    """A dispatch in flight: its ids, clocks and the stock-waiter thread beside it."""
+
+    run_id: str
+    dispatch_id: str
+    t0: float  # wall clock at the run's start, to place server timestamps on our axis
+    start: float  # perf_counter at the run's start
+    submitted: float
+    stock_seen: list[float] = field(default_factory=list)
+    stock: threading.Thread | None = None
+    status: str = ""
+    done: float = 0.0
+    error: str = ""
+
+
+def _stock_wait(dispatch_id: str, address: str, seen: list[float]) -> None:
+    try:
+        api.stock_wait(dispatch_id, address)
+        seen.append(time.perf_counter())
+    except Exception:  # the measured path reports failures; this column just stays empty
+        pass
+
+
+def _submit(workload: Workload, params: Mapping[str, Any], executor: Any, address: str,
+            probe_dir: str | Path) -> _Dispatched:
+    run_id = uuid.uuid4().hex[:12]
+    args, kwargs = workload.inputs(params)
+    lattice = workload.lattice(params)
+    t0 = time.time()
+    start = time.perf_counter()
+    try:
+        dispatch_id = api.dispatch(lattice, executor, address, args, kwargs,
+                                   wrap=task_probe(probe_dir, run_id))
+    except Exception as exc:
+        run = _Dispatched(run_id, "", t0, start, time.perf_counter(), status=R.ERROR,
+                          error=f"dispatch: {_error_text(exc)}")
+        run.done = run.submitted
+        return run
+    run = _Dispatched(run_id, dispatch_id, t0, start, time.perf_counter())
+    run.stock = threading.Thread(target=_stock_wait, args=(dispatch_id, address, run.stock_seen),
+                                 daemon=True)
+    run.stock.start()
+    return run
+
+
+def _await_all(runs: list[_Dispatched], address: str, timeout_s: float) -> None:
+    """Poll every POLL_S until each dispatch is terminal; note when each was seen so. A
+    dispatch past `timeout_s` is cancelled on the server and marked TIMEOUT."""
+    pending = [r for r in runs if not r.status]
+    since = time.perf_counter()
+    while pending:
+        time.sleep(POLL_S)
+        for run in list(pending):
+            run.status = api.status(run.dispatch_id, address)
+            if run.status in api.TERMINAL:
+                run.done = time.perf_counter()
+                pending.remove(run)
+        if pending and time.perf_counter() - since > timeout_s:
+            for run in pending:
+                try:
+                    api.cancel(run.dispatch_id, address)
+                except Exception:  # the row says TIMEOUT either way
+                    pass
+                run.status, run.done = R.TIMEOUT, time.perf_counter()
+                run.error = (f"still {run.status or 'not started'} after the dispatch timeout "
+                             f"of {timeout_s:.0f} s; cancelled (raise it with "
+                             f"--bench-set timeout_s=SECONDS)")
+            return
+
+
+def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], label: str,
+             address: str, probe_dir: str | Path) -> RunRecord:
+    """Download the result and turn the run's clocks into timings and phases."""
+    record = RunRecord("covalent", label, run.done - run.start, run_id=run.run_id,
+                       dispatch_id=run.dispatch_id, status=run.status, error=run.error)
+    record.timings["submit_s"] = run.submitted - run.start
+    if run.status in (R.ERROR, R.TIMEOUT):
+        record.phases = [_phase(R.SUBMIT, 0.0, record.timings["submit_s"])]
+        return record
+    with tempfile.TemporaryDirectory(prefix="covalent-bench-result-") as results_dir:
+        retrieve_start = time.perf_counter()
+        try:
+            result = api.fetch_result(run.dispatch_id, address, results_dir)
+        except Exception as exc:
+            record.status, record.error = R.ERROR, f"download: {_error_text(exc)}"
+            return record
+        end = time.perf_counter()
+        if run.status == "COMPLETED":
+            _outcome_into(record, workload, api.result_value(result), params)
+        else:
+            detail = "; ".join(api.task_errors(result, address, results_dir))
+            record.error = detail or api.result_error(result) or "no task error recorded"
+        sizes = api.output_sizes(run.dispatch_id, address, results_dir)  # after the clock
+    if run.stock is not None:
+        run.stock.join(timeout=5)
+
+    start, t0 = run.start, run.t0
+    rel = {"submitted": run.submitted - start, "done": run.done - start,
+           "retrieve": retrieve_start - start, "end": end - start}
+    record.wall_s = rel["end"]
+    record.timings.update(retrieve_s=rel["end"] - rel["retrieve"], client_rss_mb=_client_rss_mb())
+    if run.stock_seen:  # stock detection, then the same download as ours
+        record.timings["stock_wall_s"] = (run.stock_seen[0] - start
+                                          + record.timings["retrieve_s"])
+    phases = [_phase(R.SUBMIT, 0.0, rel["submitted"])]
+    server_start, server_end = api.result_times(result)
+    if server_start is not None and server_end is not None:
+        s0, s1 = server_start - t0, server_end - t0
+        record.timings["server_s"] = s1 - s0
+        phases += [
+            _phase(R.UNTIL_RUNNING, rel["submitted"], s0),
+            _phase(R.SERVER, s0, s1),
+            _phase(R.COMPLETION_DETECT, s1, rel["done"]),
+        ]
+    tasks = subs = 0
+    for node in api.node_runs(result):
+        if node["kind"] == "parameter" or node["start"] is None:
+            continue
+        tasks += node["kind"] == "task"
+        subs += node["kind"] == "sublattice"
+        phases.append(_phase(R.NODE, node["start"] - t0, (node["end"] or node["start"]) - t0,
+                             node["name"], bytes=sizes.get(node["id"])))
+    probes = read_probes(probe_dir, run.run_id)
+    phases += _in_task_phases(probes, t0)
+    # A sublattice's tasks run in a sub-dispatch: probed, but not nodes of this graph.
+    record.tasks_probed = f"{len(probes)}/{tasks}" + (f"+{subs} sublattice" if subs else "")
+    if rel["retrieve"] > rel["done"]:  # in a batch, others' downloads came first
+        phases.append(_phase(R.QUEUED_FOR_RETRIEVE, rel["done"], rel["retrieve"]))
+    phases.append(_phase(R.RETRIEVE, rel["retrieve"], rel["end"]))
+    record.phases = phases
+    return record
+
+
+def measure_covalent_batch(
+    workload: Workload,
+    params: Mapping[str, Any],
+    label: str,
+    address: str,
+    probe_dir: str | Path,
+    server: Any = None,
+    concurrency: int = 1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    dispatch_to: Any = None,
+) -> list[RunRecord]:
+    """`concurrency` dispatches submitted back to back, awaited together, then downloaded.
+
+    `label` is the records' executor ('local', 'dask', 'external'); `dispatch_to` what the
+    lattice runs on if that differs (an external cluster's executor). Each record's wall_s
+    runs from its own dispatch call to its result in hand; latency_s from the batch's start;
+    batch_wall_s is the whole batch (the same on every record)."""
+    meter = CpuMeter(server.processes()) if server is not None else None
+    batch_start = time.perf_counter()
+    target = label if dispatch_to is None else dispatch_to
+    runs = [_submit(workload, params, target, address, probe_dir) for _ in range(concurrency)]
+    _await_all(runs, address, timeout_s)
+    records = []
+    for run in sorted(runs, key=lambda r: r.done):  # first finished, first fetched
+        record = _collect(run, workload, params, label, address, probe_dir)
+        record.timings["latency_s"] = time.perf_counter() - batch_start
+        record.timings["slot"] = runs.index(run)  # order of submission
+        records.append(record)
+    _finish_batch(records, batch_start, meter, server)
+    return sorted(records, key=lambda r: r.timings["slot"])
+
+
+def measure_plain_batch(
+    workload: Workload, params: Mapping[str, Any], probe_dir: str | Path, server: Any = None,
+    concurrency: int = 1,
+) -> list[RunRecord]:
+    """`concurrency` plain runs, one after another (what a user without Covalent does)."""
+    meter = CpuMeter(server.processes()) if server is not None else None
+    batch_start = time.perf_counter()
+    records = []
+    for slot in range(concurrency):
+        record = measure_plain(workload, params, probe_dir)
+        record.timings["latency_s"] = time.perf_counter() - batch_start
+        record.timings["slot"] = slot
+        records.append(record)
+    _finish_batch(records, batch_start, meter, server)
+    return records
+
+
+def _finish_batch(
+    records: list[RunRecord], batch_start: float, meter: CpuMeter | None, server: Any
+) -> None:
+    batch_wall = time.perf_counter() - batch_start
+    server_cpu = meter.seconds(server.processes()) if meter is not None else None
+    for record in records:
+        record.timings["batch_wall_s"] = batch_wall
+        if server_cpu is not None:  # of the whole batch: the server can't tell runs apart
+            record.timings["server_cpu_s"] = server_cpu

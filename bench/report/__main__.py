@@ -1,0 +1,5 @@
+import sys
+
+from bench.report.page import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""How the overhead grows with a swept parameter, for any workload but MNIST (which has its
+own matrix section): orchestration per configuration against the parameter, with the
+fitted line of fits.csv. For the chain and fan-out workloads, the slope against n is the
+cost of one more task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.analysis.decompose import family  # noqa: E402
+
+PLOTS = {"scaling": "scaling.png"}
+COLORS = {"local": "#dd8452", "dask": "#55a868", "external": "#8172b3"}
+
+
+def _fits(fits: pd.DataFrame) -> pd.DataFrame:
+    return fits[(fits["workload"] != "mnist") & (fits["y"] == "orchestration_s")
+                & (fits["x"] != "bytes_moved")]
+
+
+def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
+    groups = list(_fits(fits).groupby(["workload", "x", "family"], sort=False))
+    if not groups:
+        return False
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, ((workload, x, fam), lines) in zip(axes.flat, groups, strict=False):
+        points = summary[summary["workload"] == workload]
+        points = points[family(points, x) == fam]
+        for fit in lines.itertuples():
+            mine = points[points["executor"] == fit.executor].sort_values(x)
+            colour = COLORS.get(fit.executor, "grey")
+            xs = pd.to_numeric(mine[x])
+            ax.errorbar(xs, mine["orchestration_s"],
+                        yerr=[mine["orchestration_s"] - mine["orchestration_s_ci_low"],
+                              mine["orchestration_s_ci_high"] - mine["orchestration_s"]],
+                        fmt="o", color=colour, capsize=3,
+                        label=f"{fit.executor}: {fit.slope_s_per_unit * 1000:.1f} ms per {x}")
+            scale = 1000 if "1000" in str(fit.unit) else 1
+            ax.plot(xs, fit.intercept_s + fit.slope_s_per_unit * xs / scale, color=colour,
+                    alpha=0.6)
+        ax.set_title(f"{workload} ({fam or 'defaults'})", fontsize=9)
+        ax.set_xlabel(x)
+        ax.set_ylabel("orchestration (s)")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle("Orchestration against the swept parameter (median, 95 % CI; fitted line)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def scaling_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[str]:
+    rows = _fits(fits)
+    if rows.empty:
+        return []
+    drawn = plot_scaling(summary, fits, out_dir / PLOTS["scaling"])
+    table = rows.assign(
+        per_unit_ms=(rows["slope_s_per_unit"] * 1000).round(2),
+        stderr_ms=(rows["slope_stderr"] * 1000).round(2),
+    )[["workload", "executor", "x", "family", "points", "intercept_s", "per_unit_ms",
+       "stderr_ms", "r2"]]
+    lines = ["## How the overhead grows", "",
+             "Least-squares lines of orchestration (Covalent wall − the tasks' own time) "
+             "against each swept parameter, over every measured round. For `chain` and "
+             "`fanout`, `per_unit_ms` against `n` is what one more task costs; the intercept "
+             "is the cost of a dispatch with no tasks.", "",
+             table.to_markdown(index=False, floatfmt=".3g")]
+    if drawn:
+        lines += ["", f"![scaling]({PLOTS['scaling']})"]
+    return lines

@@ -1,0 +1,87 @@
+"""The benchmark suite: `pytest bench --benchmark-only [--bench-profile NAME]
+[--bench-workload MODULE:ATTR --bench-arg KEY=VALUE ...]`.
+
+Each scenario of the profile (a workload configuration, run singly or N at a time) runs
+plain and on every Covalent executor through pytest-benchmark's pedantic mode, one call per
+round (a run takes seconds to minutes; pytest-benchmark's calibration would multiply that).
+By default rounds are interleaved (plain, local, dask, plain, ...: one benchmark per round);
+`--bench-order grouped` runs the warm-up and measured rounds of a mode in one benchmark.
+Every run, warm-up and failed ones included, is appended to runs.csv as soon as it ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from bench.measure.runner import measure_covalent_batch, measure_plain_batch
+from bench.records import environment
+from bench.services.cluster import DaskCluster
+from bench.services.server import CovalentServer
+from bench.suites.plugin import BenchSession, Case
+
+# Columns that go into pytest-benchmark's JSON next to its own statistics.
+EXTRA_COLUMNS = (
+    "round", "slot", "warmup", "wall_s", "latency_s", "batch_wall_s", "output_digest",
+    "outputs", "dispatch_id", "status", "submit_s", "server_s", "retrieve_s", "stock_wall_s",
+    "server_cpu_s", "error",
+)
+
+
+class RunFailedError(RuntimeError):
+    """A run ended other than COMPLETED; its row (with the reason) is already written."""
+
+
+def test_workload(
+    benchmark: Any,
+    case: Case,
+    bench_session: BenchSession,
+    covalent_server: CovalentServer,  # up for plain runs too: they pay the idle server's tax
+    external_cluster: DaskCluster | None,
+) -> None:
+    profile, scenario = bench_session.profile, case.scenario
+    workload, params, n = scenario.workload, scenario.params, scenario.concurrency
+    rounds = itertools.count(case.round or 0)
+    rows: list[dict] = []
+
+    def one_run() -> None:
+        i = next(rounds)
+        probes = bench_session.probe_dir
+        if case.mode == "plain":
+            records = measure_plain_batch(workload, params, probes, covalent_server, n)
+        else:
+            target = external_cluster.executor() if case.executor == "external" else None
+            records = measure_covalent_batch(
+                workload, params, case.executor, covalent_server.address, probes,
+                covalent_server, n, timeout_s=scenario.timeout_s, dispatch_to=target,
+            )
+        for record in records:
+            rows.append(bench_session.record(scenario, record, i, covalent_server))
+        failed = [f"{r.status}: {r.error}" for r in records if r.status != "COMPLETED"]
+        if failed:
+            raise RunFailedError("; ".join(failed))
+
+    benchmark.group = f"{scenario.id}-{case.label}"
+    benchmark.extra_info.update(
+        profile=profile.name,
+        part=scenario.part,
+        workload=workload.name,
+        config_id=scenario.id,
+        concurrency=n,
+        params=workload.dimensions(params),
+        mode=case.mode,
+        executor=case.executor,
+        session_id=bench_session.session_id,
+        server_startup_s=covalent_server.startup_s,
+        environment=environment(),
+    )
+    try:
+        if case.round is None:
+            benchmark.pedantic(
+                one_run, rounds=scenario.rounds, warmup_rounds=scenario.warmup_rounds,
+                iterations=1,
+            )
+        else:
+            benchmark.pedantic(one_run, rounds=1, warmup_rounds=0, iterations=1)
+    finally:
+        benchmark.extra_info["runs"] = [{k: row.get(k) for k in EXTRA_COLUMNS} for row in rows]

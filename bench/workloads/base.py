@@ -1,0 +1,87 @@
+"""What the harness can measure: a workload it runs plain, builds as a lattice, and whose
+outputs it compares, so that both runs are known to have done the same work.
+
+A workload names its parameters (a profile's matrix varies them), builds the lattice and
+its inputs for one set of parameters, and turns the lattice's return value into an
+Outcome: a digest (equal digests = the same work) and the figures worth recording.
+Plain runs call the lattice's own function with its electrons as plain calls, so every
+workload runs the same code both ways (bench.measure.covalent_api.run_plain).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class WorkloadError(ValueError):
+    """A workload or its parameters are invalid; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run produced, reduced to what the harness compares and records."""
+
+    digest: str  # equal digests: the two runs did the same work
+    metrics: dict[str, Any] = field(default_factory=dict)  # runs.csv `outputs` (JSON)
+
+
+class Workload(ABC):
+    """Something the harness runs plain and as a Covalent lattice."""
+
+    name: str = ""
+    description: str = ""
+
+    @abstractmethod
+    def defaults(self) -> dict[str, Any]:
+        """Every parameter and its default; None for one the user must give."""
+
+    def open_ended(self) -> bool:
+        """Whether it takes parameters beyond defaults() (a lattice with **kwargs)."""
+        return False
+
+    def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The full parameters of one configuration (defaults filled in), or WorkloadError."""
+        unknown = set(params) - set(self.defaults())
+        if unknown and not self.open_ended():
+            raise WorkloadError(
+                f"unknown parameter(s) {', '.join(sorted(unknown))} for workload {self.name!r}; "
+                f"its parameters: {', '.join(self.defaults()) or '(none)'}"
+            )
+        return {**self.defaults(), **params}
+
+    def config_id(self, params: Mapping[str, Any]) -> str:
+        """The configuration's one name in CSV rows, benchmark ids and plots: the workload and
+        the parameters that differ from their defaults."""
+        defaults = self.defaults()
+        parts = [f"{k}={_short(v)}" for k, v in params.items() if defaults.get(k) != v]
+        return "-".join([self.name, *parts])
+
+    def dimensions(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters as runs.csv records them (JSON-friendly)."""
+        return dict(params)
+
+    def prepare(self, params: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Make what the runs need before any is measured (data files, say); raise
+        WorkloadError with what to do if that is impossible."""
+
+    @abstractmethod
+    def lattice(self, params: Mapping[str, Any]) -> Any:
+        """The Covalent lattice to dispatch (and to call plain)."""
+
+    @abstractmethod
+    def inputs(self, params: Mapping[str, Any]) -> tuple[tuple, dict]:
+        """Fresh positional and keyword arguments for one run of the lattice."""
+
+    @abstractmethod
+    def outcome(self, value: Any, params: Mapping[str, Any]) -> Outcome:
+        """The Outcome of the lattice's return value."""
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str)
