@@ -8,10 +8,10 @@ import os
 import time
 from typing import Any
 
-import bench.runner
+from bench.measure import covalent_api
 
 DELAY_S = float(os.environ.get("SLOW_DISPATCH_S", "3"))
-_real_dispatch = bench.runner.dispatch
+_real_dispatch = covalent_api.dispatch
 
 
 def _slow_dispatch(*args: Any, **kwargs: Any) -> str:
@@ -19,4 +19,4 @@ def _slow_dispatch(*args: Any, **kwargs: Any) -> str:
     return _real_dispatch(*args, **kwargs)
 
 
-bench.runner.dispatch = _slow_dispatch
+covalent_api.dispatch = _slow_dispatch

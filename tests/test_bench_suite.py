@@ -14,12 +14,17 @@ import pandas as pd
 import psutil
 import pytest
 
-from bench.analysis import SUMMARY_COLUMNS
-from bench.records import PHASE_COLUMNS, RUN_COLUMNS
+from bench.analysis.decompose import SUMMARY_COLUMNS
+from bench.records import IN_TASK, PHASE_COLUMNS, RUN_COLUMNS, SUBMIT, load_runs
 from bench.report import PLOTS
 from bench.report import main as report_main
 
 REPO = Path(__file__).resolve().parents[1]
+# What the MNIST suite recorded per run before workloads became first-class.
+MNIST_COLUMNS = ("epochs", "batch_size_train", "shape", "data_path", "models", "threads",
+                 "accuracy", "accuracies", "test_loss", "weights_sha256", "torch_threads",
+                 "resolved_device", "train_losses", "train_counter", "wall_s", "submit_s",
+                 "server_s", "retrieve_s", "stock_wall_s", "server_cpu_s", "dispatch_id")
 
 
 @pytest.mark.slow
@@ -38,9 +43,10 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Covalent overhead" in proc.stdout
 
-    runs = pd.read_csv(out / "runs.csv")
-    assert tuple(runs.columns) == RUN_COLUMNS
-    runs["executor"] = runs["executor"].fillna("")
+    assert tuple(pd.read_csv(out / "runs.csv").columns) == RUN_COLUMNS
+    runs = load_runs(out)  # each parameter and output a column of its own
+    # The MNIST suite's columns are what they were before workloads became first-class.
+    assert set(MNIST_COLUMNS) <= set(runs.columns), set(MNIST_COLUMNS) - set(runs.columns)
     # 1 warm-up + 2 measured rounds per mode, all completed, all the same work.
     for mode, executor in [("plain", ""), ("covalent", "local"), ("covalent", "dask")]:
         rows = runs[(runs["mode"] == mode) & (runs["executor"] == executor)]
@@ -48,22 +54,25 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
         assert (rows["status"] == "COMPLETED").all()
         assert rows[["wall_s", "accuracy", "test_loss", "torch_threads"]].notna().all().all()
     assert runs["weights_sha256"].nunique() == 1
+    assert (runs["output_digest"] == runs["weights_sha256"]).all()
     cov = runs[runs["mode"] == "covalent"]
     assert cov["dispatch_id"].notna().all() and (cov["submit_s"] > 0).all()
     assert (runs["covalent"] == "0.240.0").all() and runs["git_commit"].notna().all()
 
     phases = pd.read_csv(out / "phases.csv")
     assert tuple(phases.columns) == PHASE_COLUMNS
-    in_task = phases[phases["phase"] == "in_task"].groupby("run_id")["task"].apply(sorted)
+    in_task = phases[phases["phase"] == IN_TASK].groupby("run_id")["task"].apply(sorted)
     assert set(in_task.index) == set(runs["run_id"])
     assert all(t == ["data_loader", "data_loader", "test", "train_model"] for t in in_task)
     cov_ids = set(cov["run_id"])
-    assert cov_ids <= set(phases[phases["phase"] == "submit"]["run_id"])
+    assert cov_ids <= set(phases[phases["phase"] == SUBMIT]["run_id"])
+    assert (cov["tasks_probed"] == "4/4").all()
 
     summary = pd.read_csv(out / "summary.csv")
-    assert tuple(summary.columns) == SUMMARY_COLUMNS
+    assert tuple(summary.columns[:len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
     assert sorted(summary["executor"]) == ["dask", "local"]
-    assert summary["same_weights"].all() and summary["comparable"].all()
+    assert summary["same_output"].all() and summary["comparable"].all()
+    assert summary["deterministic"].all()
     assert (summary["plain_accuracy"] == summary["covalent_accuracy"]).all()
     expected_overhead = summary["covalent_median_s"] - summary["plain_median_s"]
     assert (summary["overhead_s"] - expected_overhead).abs().max() < 1e-3
@@ -98,7 +107,7 @@ description = "a small matrix on synthetic data"
 rounds = 1
 warmup_rounds = 0
 executors = ["local"]
-[workflow]
+[params]
 epochs = 1
 test_subset = 128
 threads = 1
@@ -133,7 +142,7 @@ def test_matrix_profile_end_to_end(synthetic_root, covalent_server, tmp_path) ->
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
-    runs = pd.read_csv(out / "runs.csv")
+    runs = load_runs(out)
     assert (runs["status"] == "COMPLETED").all()
     burst = runs[runs["concurrency"] == 3]
     # Every dispatch of the burst is accounted for: 3 plain + 3 Covalent, one row each.
@@ -146,16 +155,19 @@ def test_matrix_profile_end_to_end(synthetic_root, covalent_server, tmp_path) ->
     for _, rows in runs.groupby("config_id"):
         assert rows["weights_sha256"].nunique() == 1
     single = runs[(runs["models"] == 1)]
-    assert single.groupby("train_subset")["weights_sha256"].nunique().eq(1).all()
+    assert single.groupby("train_samples")["weights_sha256"].nunique().eq(1).all()
     sweep = runs[runs["models"] == 2]
-    assert sweep["accuracies"].map(lambda a: len(json.loads(a))).eq(2).all()
+    assert sweep["accuracies"].map(len).eq(2).all()
 
     summary = pd.read_csv(out / "summary.csv")
     row = summary[summary["concurrency"] == 3].iloc[0]
     assert (row["dispatches"], row["dispatches_ok"]) == (3, 3)
     assert row["covalent_per_min"] > 0 and row["covalent_latency_max_s"] > 0
     fits = pd.read_csv(out / "fits.csv")
-    assert set(fits[fits["x"] == "train_samples"]["shape"]) == {"tutorial", "lean"}
+    by_samples = fits[fits["x"] == "train_samples"]
+    assert {f.split(", ")[0] for f in by_samples["family"]} >= {"epochs=1"}
+    assert by_samples["family"].str.contains("shape=tutorial").any()
+    assert by_samples["family"].str.contains("shape=lean").any()
 
     assert report_main(["--in", str(out)]) == 0
     page = (out / "README.md").read_text()

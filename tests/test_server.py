@@ -1,4 +1,4 @@
-"""bench.server against real Covalent servers: start, serve, stop, attach, fail clearly.
+"""bench.services.server against real Covalent servers: start, serve, stop, attach, fail clearly.
 
 Starts two servers in all (one shared by the module, one owned by the lifecycle test) plus
 two that fail on purpose within seconds.
@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from bench.server import (
+from bench.services.server import (
     SERVER_ENV,
     CovalentServer,
     CovalentServerError,

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.analysis import as_batches, fit_line, median_ci, paired_rounds
+from bench.analysis.decompose import as_batches, paired_rounds
+from bench.analysis.stats import fit_line, median_ci
 
 
 def test_bootstrap_ci_covers_a_known_overhead() -> None:
@@ -51,7 +52,7 @@ def test_fit_recovers_a_known_constant_and_slope() -> None:
 
 def test_a_batch_is_one_row_judged_by_its_makespan() -> None:
     base = {"session_id": "s", "config_id": "c-n3", "mode": "covalent", "executor": "local",
-            "round": 0, "concurrency": 3, "batch_wall_s": 9.0, "weights_sha256": "w"}
+            "round": 0, "concurrency": 3, "batch_wall_s": 9.0, "output_digest": "w"}
     runs = pd.DataFrame([
         {**base, "run_id": "a", "slot": 0, "wall_s": 4.0, "latency_s": 5.0,
          "status": "COMPLETED"},

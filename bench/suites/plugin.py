@@ -193,6 +193,15 @@ def profile_from(config: pytest.Config) -> Profile:
     return profile
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A profile, workload or argument given on the command line is checked here, so that a
+    mistake is one line (pytest's usage error), not a collection traceback."""
+    opt = config.getoption
+    if any(opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
+                                  "--bench-set", "--bench-inputs", "--bench-digest")):
+        profile_from(config)
+
+
 def _usable_out_dir(path: Path) -> Path:
     """The output directory, made and proven writable before anything is measured."""
     try:

@@ -110,9 +110,13 @@ class LatticeWorkload(Workload):
         for option, fn_ in (("--bench-inputs", self._inputs), ("--bench-digest", self._digest)):
             if fn_ is not None and not callable(fn_):
                 raise WorkloadError(f"{option} must name a function, got {type(fn_).__name__}")
-        if not _server_can_import(module.__name__.partition(".")[0]):
+        self.by_value = not _server_can_import(module.__name__.partition(".")[0])
+        if self.by_value:
             covalent_api.pickle_by_value(module)
-        self.by_value = module.__name__ in covalent_api.by_value_modules()
+            # Lattices pickle their function when they are made, at import: made again now,
+            # they (and the sublattices inside them) carry the module by value.
+            module.__spec__.loader.exec_module(module)  # type: ignore[union-attr]
+            self._lattice = resolve(ref)[1]
 
     def defaults(self) -> dict[str, Any]:
         return {name: (None if p.default is inspect.Parameter.empty else p.default)
