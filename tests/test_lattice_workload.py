@@ -97,7 +97,8 @@ def test_user_lattice_with_sublattice_and_fanout_does_the_same_work(
     assert set(runs["output_digest"]) == {expected}, "plain and Covalent returned the same"
     # Every task was timed from inside, the sublattice's own tasks included.
     cov = runs[runs["mode"] == "covalent"]
-    assert set(cov["tasks_probed"]) == {"10/6+1 sublattice"}  # 5 squares + apply; inner: 3 squares + total
+    # 5 squares + apply here; the sublattice: 3 squares + total.
+    assert set(cov["tasks_probed"]) == {"10/6+1 sublattice"}
     phases = load_phases(out)
     tasks = phases[(phases["phase"] == "in_task") & phases["run_id"].isin(cov["run_id"])]
     assert sorted(tasks.groupby("run_id").size().unique()) == [10]

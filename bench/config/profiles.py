@@ -17,12 +17,11 @@ its parameters and matrix don't.
 from __future__ import annotations
 
 import itertools
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from bench.workloads import Workload, WorkloadError, workload_for
 

@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench import records as R  # noqa: E402
 from bench.analysis.decompose import (  # noqa: E402
     ORCHESTRATION_PARTS,
     SEGMENTS,
@@ -277,11 +278,11 @@ def plot_timeline(runs: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
     config_id, rnd = last.index[0], last.iloc[0]
     chosen = runs[(runs["config_id"] == config_id) & (runs["round"] == rnd)]
     lanes, y = [], 0
-    n_lanes = sum(1 + phases[(phases["run_id"] == r) & phases["phase"].isin(["node", "in_task"])]
+    n_lanes = sum(1 + phases[(phases["run_id"] == r) & phases["phase"].isin([R.NODE, R.IN_TASK])]
                   ["task"].nunique() for r in chosen["run_id"])
     fig, ax = plt.subplots(figsize=(11, 1.5 + 0.22 * n_lanes))
-    client_colours = {"submit": "#dd8452", "until_running": "#c44e52",
-                      "completion_detect": "#8172b3", "retrieve": "#937860"}
+    client_colours = {R.SUBMIT: "#dd8452", R.UNTIL_RUNNING: "#c44e52",
+                      R.COMPLETION_DETECT: "#8172b3", R.RETRIEVE: "#937860"}
     for _, run in chosen.iterrows():
         ph = phases[phases["run_id"] == run["run_id"]]
         label = "plain" if run["mode"] == "plain" else f"Covalent {run['executor']}"
@@ -290,8 +291,8 @@ def plot_timeline(runs: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
         for _, p in ph[ph["phase"].isin(list(client_colours))].iterrows():
             ax.barh(y, p["duration_s"], left=p["start_s"], color=client_colours[p["phase"]])
         y += 1
-        nodes = ph[ph["phase"] == "node"].sort_values("start_s")
-        tasks = ph[ph["phase"] == "in_task"].sort_values("start_s")
+        nodes = ph[ph["phase"] == R.NODE].sort_values("start_s")
+        tasks = ph[ph["phase"] == R.IN_TASK].sort_values("start_s")
         names = list(dict.fromkeys([*tasks["task"], *nodes["task"]]))
         for name in names:
             for _, p in nodes[nodes["task"] == name].iterrows():
@@ -418,17 +419,35 @@ def _task_work_table(summary: pd.DataFrame) -> str:
         + table.to_markdown(index=False))
 
 
-def _bytes_table(runs: pd.DataFrame, phases: pd.DataFrame) -> str:
-    """Serialized output size of each task node (Covalent's manifest): what its out-edges
-    carry. The tutorial's data_loader outputs carry the data set itself."""
-    nodes = phases[(phases["phase"] == "node") & phases["run_id"].isin(runs["run_id"])]
-    nodes = nodes[~nodes["task"].str.startswith(":")]
-    table = (nodes.groupby(["config_id", "executor", "task"], sort=False)["bytes"]
-             .agg(["min", "max"]).div(2**20).round(2).reset_index()
-             .rename(columns={"min": "output MiB (min)", "max": "output MiB (max)"}))
-    return ("Serialized output per task node (base64 cloudpickle, from the dispatch "
-            "manifest; the two data_loader nodes are the train and test loaders):\n\n"
-            + table.to_markdown(index=False))
+def _task_table(runs: pd.DataFrame, phases: pd.DataFrame) -> str:
+    """Per task: calls per run, its own time per call (measured inside the task) in each
+    mode, its node's server-side span per call, and its serialized output (the manifest)."""
+    rows = phases[phases["run_id"].isin(runs["run_id"])
+                  & phases["phase"].isin([R.IN_TASK, R.NODE])].copy()
+    rows = rows[~rows["task"].astype(str).str.startswith(":") | (rows["phase"] == R.IN_TASK)]
+    if rows.empty:
+        return ""
+    rows["where"] = rows["executor"].fillna("").replace("", "plain")
+    per_run = rows[rows["phase"] == R.IN_TASK].groupby(["config_id", "task", "run_id"]).size()
+    calls = per_run.groupby(["config_id", "task"]).max().rename("calls per run")
+    parts = [calls]
+    for phase, title in ((R.IN_TASK, "in-task s"), (R.NODE, "node span s")):
+        sel = rows[rows["phase"] == phase]
+        if sel.empty:
+            continue
+        med = sel.groupby(["config_id", "task", "where"])["duration_s"].median().unstack()
+        parts.append(med.rename(columns=lambda w, t=title: f"{t} ({w})"))
+    nodes = rows[rows["phase"] == R.NODE]
+    if "bytes" in nodes and nodes["bytes"].notna().any():
+        parts.append(nodes.groupby(["config_id", "task"])["bytes"].max().div(2**20)
+                     .rename("output MiB"))
+    table = pd.concat(parts, axis=1).reset_index()
+    return ("Per task (medians per call over the measured rounds): its own time, measured "
+            "inside the task in each mode; under Covalent, its node's span on the server "
+            "(staging, (de)serialization and the task); and its serialized output (base64 "
+            "cloudpickle, from the dispatch manifest). Tasks of a sublattice run in its "
+            "sub-dispatch: they have in-task times but no node of their own here.\n\n"
+            + table.to_markdown(index=False, floatfmt=".3f"))
 
 
 def detail_configs(summary: pd.DataFrame) -> list[str]:
@@ -527,7 +546,8 @@ def write_page(
                       index=False, floatfmt=".2f")]
         work = _task_work_table(summary)
         lines += ["", work] if work else []
-        lines += ["", _bytes_table(runs, phases)] if phases is not None else []
+        tasks = _task_table(runs, phases) if phases is not None else ""
+        lines += ["", tasks] if tasks else []
         cold_rows = summary[["config_id", "executor", "cold_plain_s", "cold_covalent_s",
                              "plain_median_s", "covalent_median_s"]]
         lines += ["", "Cold runs (the warm-up round right after the server started; "
