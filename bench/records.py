@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
+import logging
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,7 +57,11 @@ PHASES = (SUBMIT, UNTIL_RUNNING, SERVER, NODE, IN_TASK, COMPLETION_DETECT, QUEUE
 
 # Run statuses beside Covalent's own (COMPLETED, FAILED, CANCELLED, POSTPROCESSING_FAILED).
 TIMEOUT = "TIMEOUT"  # the dispatch outlived the run's timeout and was cancelled
-ERROR = "ERROR"  # the harness could not dispatch or follow the run
+ERROR = "ERROR"  # the harness could not dispatch or follow the run (server gone ...)
+INTERRUPTED = "INTERRUPTED"  # Ctrl-C or SIGTERM during the run
+# Flags (runs.csv `flags`): a completed run whose measurement saw something else happen.
+# Flagged runs are kept out of the statistics unless asked for (--include-flagged).
+WORKER_RESTART = "worker_restart"  # a process of the server's tree died during the run
 
 RUN_COLUMNS = (
     "timestamp",
@@ -76,6 +83,7 @@ RUN_COLUMNS = (
     "output_digest",  # the same-work check: equal digests, equal work (bench.workloads)
     "outputs",  # JSON: what the workload reports of its output (MNIST: accuracy, loss ...)
     "tasks_probed",  # tasks timed from inside / tasks that ran (server nodes; plain: probes)
+    "flags",  # what else happened during the run (WORKER_RESTART:n); empty for a clean run
     "dispatch_id",
     "status",
     "submit_s",  # the dispatch call: graph build, serialization, upload
@@ -126,6 +134,7 @@ class RunRecord:
     phases: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
     tasks_probed: str = ""
+    flags: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,7 @@ def run_row(context: RunContext, record: RunRecord) -> dict[str, Any]:
         "output_digest": out.digest if out else None,
         "outputs": out.metrics if out else None,
         "tasks_probed": record.tasks_probed,
+        "flags": record.flags,
         "dispatch_id": record.dispatch_id,
         "status": record.status,
         "error": record.error,
@@ -231,14 +241,24 @@ class SchemaMismatchError(RuntimeError):
     pass
 
 
+# The last field an append gives a row that a crash left torn (the file did not end with a
+# line end), so that the readers recognize the row and drop it, however many fields it had.
+TORN_MARK = "<torn: cut off mid-write; ended by a later append>"  # no comma, quote, line end
+
+
 class CsvAppender:
-    """Appends rows to one CSV file of a fixed schema, header first, flushed per row."""
+    """Appends rows to one CSV file of a fixed schema, header first. Each row is one write,
+    flushed and fsynced, so a crash loses at most the row being written; the next append
+    ends such a torn row (TORN_MARK) instead of gluing its own row onto it."""
 
     def __init__(self, path: str | os.PathLike, columns: tuple[str, ...]) -> None:
         self.path, self.columns = Path(path), columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size:
-            with self.path.open(newline="") as f:
+            if _torn_header(self.path, columns):
+                self.path.write_bytes(b"")  # a crash while writing the header: nothing measured
+                return
+            with self.path.open(newline="", encoding="utf-8", errors="replace") as f:
                 header = tuple(next(csv.reader(f), ()))
             if header != columns:
                 raise SchemaMismatchError(
@@ -251,15 +271,47 @@ class CsvAppender:
             unknown = set(row) - set(self.columns)
             if unknown:
                 raise KeyError(f"not in the {self.path.name} schema: {sorted(unknown)}")
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            if new:
-                writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _cell(row.get(k)) for k in self.columns})
-            f.flush()
-            os.fsync(f.fileno())
+        lines = [_csv_line([_cell(row.get(k)) for k in self.columns]) for row in rows]
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            lines.insert(0, _csv_line(self.columns))
+        elif ending := _torn_ending(self.path):
+            lines.insert(0, ending)
+        with self.path.open("a", newline="", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _csv_line(values: Any) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()
+
+
+def _torn_header(path: Path, columns: tuple[str, ...]) -> bool:
+    """Whether the file is nothing but the start of its header: a crash while writing it."""
+    header = _csv_line(columns).encode()
+    if path.stat().st_size >= len(header):
+        return False
+    return header.startswith(path.read_bytes())
+
+
+def _torn_ending(path: Path) -> str:
+    """What ends the file's last line if a crash left it torn ("" if it is whole)."""
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        if last == b"\n":
+            return ""
+        f.seek(0)
+        quotes = sum(chunk.count(b'"') for chunk in iter(lambda: f.read(1 << 20), b""))
+    # The csv module doubles a quote inside a field, so quotes pair up in whole rows: an odd
+    # count means the cut fell inside a quoted field, which must be closed first.
+    inside = quotes % 2 == 1
+    if last == b"\r" and not inside:
+        return "\n"  # cut between \r and \n: the row itself is whole
+    return ('"' if inside else "") + "," + TORN_MARK + "\r\n"
 
 
 def runs_writer(out_dir: str | os.PathLike) -> CsvAppender:
@@ -274,20 +326,59 @@ def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, list | tuple | dict):
-        return json.dumps(value)
+        return json.dumps(value, default=_json_default)
     return value
+
+
+def _json_default(value: Any) -> Any:
+    """A parameter JSON cannot hold (a function such as a default loss_fn): its name."""
+    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    module = getattr(value, "__module__", None)
+    if name:
+        return f"{module}.{name}" if module else name
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
 class NoRecordsError(FileNotFoundError):
     pass
 
 
+class RecordsSchemaError(ValueError):
+    """A records file that lacks columns this version needs to read it."""
+
+    def __init__(self, path: str | os.PathLike, missing: list[str],
+                 advice: str = "move it away or choose another --bench-out") -> None:
+        self.path, self.missing = Path(path), tuple(missing)
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8
+                                          else "")
+        super().__init__(f"{self.path} lacks columns: {shown} (written by an older version, "
+                         f"or cut off?); {advice}")
+
+
+log = logging.getLogger(__name__)
+
 # Columns holding JSON objects whose keys become columns of the frame the analysis reads.
 JSON_COLUMNS = ("params", "outputs")
+# What the readers cannot do without: a file lacking one of these is refused
+# (RecordsSchemaError). Other columns an older version did not write yet are simply absent.
+RUNS_NEEDED = ("timestamp", "session_id", "run_id", "profile", "workload", "config_id",
+               "params", "mode", "executor", "round", "warmup", "wall_s", "output_digest",
+               "status")
+PHASES_NEEDED = ("run_id", "phase", "start_s", "duration_s")
+# Columns that hold numbers (or nothing): another value there means a damaged row.
+RUN_NUMBERS = ("round", "concurrency", "slot", "wall_s", "latency_s", "batch_wall_s",
+               "submit_s", "server_s", "retrieve_s", "stock_wall_s", "server_cpu_s",
+               "client_rss_mb", "server_startup_s", "server_workers",
+               "server_threads_per_worker", "cpu_count")
+PHASE_NUMBERS = ("round", "start_s", "duration_s", "cpu_s", "sys_cpu_s", "page_faults", "bytes",
+                 "pid", "threads", "maxrss_mb")
 
 
 def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
-    """runs.csv as a frame, each parameter and output a column of its own."""
+    """runs.csv as a frame, each parameter and output a column of its own.
+
+    Damaged rows (torn by a crash mid-write, cut off, unparsable) are dropped and logged;
+    `frame.attrs["dropped"]` lists them as (line number, reason), `dropped_note` words them."""
     import pandas as pd
 
     path = Path(in_dir) / RUNS_CSV
@@ -296,23 +387,147 @@ def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
             f"no run records at {path}. Run the benchmarks first, e.g.\n"
             f"  pytest bench --benchmark-only --bench-profile smoke --bench-out {in_dir}"
         )
-    runs = pd.read_csv(path, dtype={"executor": str, "dispatch_id": str, "error": str,
-                                    "params": str, "outputs": str, "output_digest": str,
-                                    "tasks_probed": str})
+    runs = read_checked(
+        path, RUNS_NEEDED, numbers=RUN_NUMBERS, booleans=("warmup", "git_dirty"),
+        json_objects=JSON_COLUMNS,
+        dtype={"executor": str, "dispatch_id": str, "error": str, "params": str, "outputs": str,
+               "output_digest": str, "tasks_probed": str},
+    )
+    attrs = dict(runs.attrs)
     runs["executor"] = runs["executor"].fillna("")
-    runs["concurrency"] = runs["concurrency"].fillna(1)
+    runs["concurrency"] = runs["concurrency"].fillna(1) if "concurrency" in runs else 1
     for column in JSON_COLUMNS:
+        if column not in runs:
+            continue
         decoded = runs[column].map(lambda t: json.loads(t) if isinstance(t, str) and t else {})
         expanded = pd.DataFrame(decoded.tolist(), index=runs.index)
         new = [c for c in expanded.columns if c not in runs.columns]
         runs = pd.concat([runs, expanded[new]], axis=1)
+    runs.attrs.update(attrs)
     return runs
 
 
 def load_phases(in_dir: str | os.PathLike) -> pd.DataFrame | None:
-    import pandas as pd
-
+    """phases.csv as a frame (None if there is none); damaged rows dropped as in load_runs."""
     path = Path(in_dir) / PHASES_CSV
     if not path.is_file() or path.stat().st_size == 0:
         return None
-    return pd.read_csv(path, dtype={"executor": str, "task": str})
+    return read_checked(path, PHASES_NEEDED, numbers=PHASE_NUMBERS, booleans=("warmup",),
+                        dtype={"executor": str, "task": str})
+
+
+def read_checked(
+    path: str | os.PathLike, needed: tuple[str, ...], *, numbers: tuple[str, ...] = (),
+    booleans: tuple[str, ...] = (), json_objects: tuple[str, ...] = (),
+    dtype: Mapping[str, Any] | None = None,
+    advice: str = "move it away or choose another --bench-out", warn: bool = True,
+) -> pd.DataFrame:
+    """A CSV file as a frame, without the rows a crash or an editor damaged.
+
+    Raises RecordsSchemaError if the header lacks a `needed` column. A row is dropped if it
+    has another number of fields than the header, ends in TORN_MARK, is the last one and
+    lacks its line end (cut off), or holds something else than a number in `numbers`, than
+    True/False in `booleans` or than a JSON object in `json_objects` (empty cells are fine).
+    The frame's attrs: "source" (the path) and "dropped" ([(line number, reason)]); unless
+    `warn` is false, the dropped lines are also logged as a warning."""
+    import pandas as pd
+
+    path = Path(path)
+    raw = path.read_bytes()
+    # A cut can split a multi-byte character: decode leniently; that row is dropped anyway.
+    reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""))
+    header = next(reader, [])
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise RecordsSchemaError(path, missing, advice)
+    kinds = {**dict.fromkeys(numbers, "number"), **dict.fromkeys(booleans, "bool"),
+             **dict.fromkeys(json_objects, "json")}
+    checks = [(i, name, kinds[name]) for i, name in enumerate(header) if name in kinds]
+    good: list[list[str]] = []
+    dropped: list[tuple[int, str]] = []
+    last, kept = 0, False  # the last record's first line, and whether it was kept
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            dropped.append((start, f"not readable as CSV ({exc})"))
+            last, kept = start, False
+            continue
+        if not fields:
+            continue  # an empty line holds no record
+        last, problem = start, _row_problem(fields, len(header), checks)
+        kept = problem is None
+        if kept:
+            good.append(fields)
+            continue
+        if reader.line_num > start:
+            problem += f", over lines {start}-{reader.line_num}"
+        dropped.append((start, problem))
+    if last and not raw.endswith((b"\n", b"\r")):  # the last row lacks its line end
+        if kept:
+            good.pop()
+        else:
+            dropped.pop()
+        dropped.append((last, "cut off at the end of the file, no line end: a crash "
+                              "mid-write?"))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(good)
+    text.seek(0)
+    frame = pd.read_csv(text, dtype=dtype)
+    frame.attrs.update(source=str(path), dropped=dropped)
+    if dropped and warn:
+        log.warning(dropped_note(frame))
+    return frame
+
+
+def dropped_note(frame: pd.DataFrame) -> str:
+    """One line saying which damaged lines a reader dropped from its file ("" if none)."""
+    dropped = frame.attrs.get("dropped", [])
+    if not dropped:
+        return ""
+    n = len(dropped)
+    return (f"{frame.attrs.get('source', 'records')}: dropped {n} damaged line"
+            f"{'s' if n > 1 else ''}, kept {len(frame)} rows; {damage(dropped)}")
+
+
+def damage(dropped: list[tuple[int, str]], shown: int = 3) -> str:
+    """(line, reason) pairs in a few words: "line 4: ...; line 9: ...; and 2 more"."""
+    text = "; ".join(f"line {line}: {why}" for line, why in dropped[:shown])
+    return text + (f"; and {len(dropped) - shown} more" if len(dropped) > shown else "")
+
+
+def _row_problem(fields: list[str], width: int, checks: list[tuple[int, str, str]]) -> str | None:
+    """Why a CSV record is no whole row of its file, or None."""
+    if fields[-1] == TORN_MARK:
+        return "cut off mid-write by a crash, ended by a later append"
+    if len(fields) != width:
+        return f"{len(fields)} fields where the header has {width}"
+    for i, name, kind in checks:
+        value = fields[i]
+        if not value:
+            continue
+        if kind == "number" and not _is_number(value):
+            return f"{name} is not a number: {value[:40]!r}"
+        if kind == "bool" and value.lower() not in ("true", "false"):
+            return f"{name} is not True or False: {value[:40]!r}"
+        if kind == "json":
+            try:
+                obj = json.loads(value)
+            except ValueError:
+                return f"{name} is broken JSON: {value[:40]!r}"
+            if not isinstance(obj, dict):
+                return f"{name} is not a JSON object: {value[:40]!r}"
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "_" not in text  # float() takes 1_000, a CSV reader does not

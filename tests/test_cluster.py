@@ -105,13 +105,6 @@ def test_covalent_on_external_cluster_does_the_same_work(
     assert metrics["torch_threads"] == plain.threads == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench/services/cluster.py: REPO_ROOT = Path(__file__).resolve().parents[1] is "
-    "bench/ since the module moved to bench/services/; workers get cwd and PYTHONPATH bench/ "
-    "(the repository's modules import there only through the editable install). Fix: "
-    "parents[2]; then remove this mark.",
-)
 def test_workers_run_in_the_repository(tmp_path: Path) -> None:
     """Workers unpickle tasks by reference: they run in the repository root, on PYTHONPATH."""
 

@@ -130,12 +130,6 @@ def test_covalent_run_breaks_down_into_phases(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench/measure/covalent_api.py _ProbedLattice.build_graph also probes Covalent's "
-    "generated unpack nodes (':train_model()[0]' ...): 8 probes for 4 tasks. Fix: skip every "
-    "node whose _kind(name) is not 'task' or 'sublattice'; then remove this mark.",
-)
 def test_only_the_workflows_tasks_are_probed(
     small_config: WorkflowConfig, covalent_server, tmp_path
 ) -> None:

@@ -19,7 +19,7 @@ from bench.workloads.mnist import MnistWorkload
 from mnist_core.config import SHAPES, WorkflowConfig
 from mnist_core.model import new_model
 from mnist_core.tasks import LoaderSpec, data_loader, make_loader, training_log
-from mnist_core.workflow import WorkflowOutput, build_lattice, run_plain, workflow
+from mnist_core.workflow import WorkflowOutput, build_lattice, run_plain, task_set, workflow
 
 TUTORIAL_TASKS = ["data_loader", "data_loader", "train_model", "test"]
 
@@ -191,8 +191,6 @@ def test_plain_runs_are_reproducible(small_config: WorkflowConfig, capsys) -> No
 
 def test_loss_history_rides_on_the_model(small_config: WorkflowConfig) -> None:
     """workflow() returns [(accuracy, loss, model)]; the model carries train_model's log."""
-    from mnist_core.workflow import task_set
-
     model = new_model(small_config.seed)
     ((accuracy, loss, trained),) = workflow(task_set(), model, small_config)
     log = training_log(trained)

@@ -191,6 +191,14 @@ def with_breakdown(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFr
     return joined
 
 
+def flagged(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose measurement saw something else happen (runs.csv `flags`, e.g. a worker
+    restart): they completed, but what they measured is not the workflow alone."""
+    if "flags" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["flags"].notna() & (runs["flags"].astype(str).str.strip() != "")
+
+
 def measured(runs: pd.DataFrame) -> pd.DataFrame:
     """Completed, non-warm-up rows of the latest session that measured each (config, mode)."""
     return _latest(runs[(runs["status"] == "COMPLETED") & (~runs["warmup"].astype(bool))])

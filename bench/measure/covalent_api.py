@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import cloudpickle
 import covalent as ct
+import requests
 from covalent._results_manager.results_manager import ResultManager
 from covalent._shared_files.context_managers import active_lattice_manager
 from covalent._workflow.electron import Electron, _build_sublattice_graph
@@ -112,6 +114,38 @@ def lattice_function(lattice: Lattice) -> Callable[..., Any]:
     return lattice.workflow_function.get_deserialized()
 
 
+# --- every HTTP call to the server gets a timeout ---------------------------------------------
+# Covalent's client calls requests without one: a server whose process died while a forked
+# child keeps its port open would hold the client forever. The timeout applies to calls
+# that pass none, in this process, set per thread by `http_timeout`.
+CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 120.0  # uploads and downloads of large assets
+STATUS_READ_TIMEOUT_S = 10.0  # a status poll answers in milliseconds on a live server
+_timeouts = threading.local()
+_request = requests.Session.request
+
+
+def _request_with_timeout(self: requests.Session, method: str, url: str, **kwargs: Any) -> Any:
+    if kwargs.get("timeout") is None:
+        kwargs["timeout"] = (CONNECT_TIMEOUT_S,
+                             getattr(_timeouts, "read_s", DEFAULT_READ_TIMEOUT_S))
+    return _request(self, method, url, **kwargs)
+
+
+requests.Session.request = _request_with_timeout  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def http_timeout(read_s: float) -> Iterator[None]:
+    """Calls made by this thread inside wait at most `read_s` for an answer."""
+    previous = getattr(_timeouts, "read_s", DEFAULT_READ_TIMEOUT_S)
+    _timeouts.read_s = read_s
+    try:
+        yield
+    finally:
+        _timeouts.read_s = previous
+
+
 # --- building and probing graphs ------------------------------------------------------------
 
 
@@ -160,7 +194,7 @@ class _ProbedLattice(Lattice):
         graph = self.transport_graph
         for node_id in graph._graph.nodes:
             name = graph.get_node_value(node_id, "name")
-            if name.startswith(GENERATED_PREFIXES[:-1]):
+            if _kind(name) not in ("task", "sublattice"):  # generated: not the user's work
                 continue
             function = graph.get_node_value(node_id, "function")
             if function is None:
@@ -259,12 +293,14 @@ def transport_graph(lattice: Lattice, *args: Any, **kwargs: Any) -> Any:
 
 
 def status(dispatch_id: str, address: str) -> str:
-    reply = ct.get_result(dispatch_id, status_only=True, dispatcher_addr=address)
+    with http_timeout(STATUS_READ_TIMEOUT_S):
+        reply = ct.get_result(dispatch_id, status_only=True, dispatcher_addr=address)
     return status_name(reply["status"])
 
 
 def cancel(dispatch_id: str, address: str) -> None:
-    ct.cancel(dispatch_id, dispatcher_addr=address)
+    with http_timeout(STATUS_READ_TIMEOUT_S):
+        ct.cancel(dispatch_id, dispatcher_addr=address)
 
 
 def fetch_result(dispatch_id: str, address: str, results_dir: str) -> Any:

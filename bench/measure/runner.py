@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,26 @@ from bench.workloads import Workload
 
 POLL_S = 0.05
 DEFAULT_TIMEOUT_S = 3600.0
+# A status poll that fails is retried; this many failures in a row with the server still
+# healthy end the wait anyway (the rows say why).
+MAX_POLL_FAILURES = 20
+# What a caller passes to tell whether the server is still there: None, or why it is not.
+Health = Callable[[], "str | None"]
+
+
+class ServerUnavailableError(RuntimeError):
+    """The Covalent server died or stopped answering during a run. `records` holds a row
+    for every run of the batch, with the reason; nothing measured before is lost."""
+
+    def __init__(self, reason: str, records: list[RunRecord] | None = None) -> None:
+        super().__init__(reason)
+        self.records = records or []
+
+
+def attach_records(exc: BaseException, records: list[RunRecord]) -> None:
+    """Hang the batch's records on an interrupt (Ctrl-C, SIGTERM) so the caller can write
+    them before it propagates."""
+    exc.bench_records = records  # type: ignore[attr-defined]
 
 
 def _phase(phase: str, start: float, end: float, task: str = "", **extra: Any) -> dict:
@@ -52,10 +72,26 @@ class CpuMeter:
     """CPU seconds used by a set of processes (the Covalent server's tree) over a span.
 
     On a plain run this is the idle server's tax on the machine; on a Covalent run it
-    also holds the tasks that ran in the server's pool or Dask workers."""
+    also holds the tasks that ran in the server's pool or Dask workers. Processes that were
+    there at the start and are gone at the end died during the span: a Dask worker killed
+    mid-task is restarted and its task rerun, so the run completes but measured a crash."""
 
     def __init__(self, processes: list[psutil.Process]) -> None:
         self._start = {p.pid: self._cpu(p) for p in processes}
+        self._procs = {p.pid: p for p in processes}
+
+    def died(self) -> list[int]:
+        """Pids of the processes present at the start that are gone (or zombies) now."""
+        gone = []
+        for pid, proc in self._procs.items():
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    gone.append(pid)
+            except psutil.NoSuchProcess:
+                gone.append(pid)
+            except psutil.Error:
+                pass
+        return gone
 
     @staticmethod
     def _cpu(proc: psutil.Process) -> float:
@@ -101,6 +137,11 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
     except Exception as exc:
         value = None
         record.status, record.error = "FAILED", _error_text(exc)
+    except BaseException as exc:  # Ctrl-C, SIGTERM: the run gets its row, then it goes on
+        record.wall_s = time.perf_counter() - start
+        record.status, record.error = R.INTERRUPTED, f"interrupted ({type(exc).__name__})"
+        attach_records(exc, [record])
+        raise
     record.wall_s = time.perf_counter() - start
     if record.status == "COMPLETED":
         _outcome_into(record, workload, value, params)
@@ -157,15 +198,31 @@ def _submit(workload: Workload, params: Mapping[str, Any], executor: Any, addres
     return run
 
 
-def _await_all(runs: list[_Dispatched], address: str, timeout_s: float) -> None:
+def _await_all(runs: list[_Dispatched], address: str, timeout_s: float,
+               health: Health | None = None) -> None:
     """Poll every POLL_S until each dispatch is terminal; note when each was seen so. A
-    dispatch past `timeout_s` is cancelled on the server and marked TIMEOUT."""
+    dispatch past `timeout_s` is cancelled on the server and marked TIMEOUT. A poll that
+    fails asks `health`; a server that is gone raises ServerUnavailableError at once."""
     pending = [r for r in runs if not r.status]
     since = time.perf_counter()
+    failures = 0
     while pending:
         time.sleep(POLL_S)
         for run in list(pending):
-            run.status = api.status(run.dispatch_id, address)
+            try:
+                run.status = api.status(run.dispatch_id, address)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                reason = health() if health is not None else None
+                if reason is None and failures < MAX_POLL_FAILURES:
+                    continue
+                reason = reason or (f"{failures} status polls in a row failed, the last with "
+                                    f"{_error_text(exc)}")
+                for late in pending:
+                    late.status, late.done = R.ERROR, time.perf_counter()
+                    late.error = f"server unavailable: {reason}"
+                raise ServerUnavailableError(reason) from exc
             if run.status in api.TERMINAL:
                 run.done = time.perf_counter()
                 pending.remove(run)
@@ -175,11 +232,20 @@ def _await_all(runs: list[_Dispatched], address: str, timeout_s: float) -> None:
                     api.cancel(run.dispatch_id, address)
                 except Exception:  # the row says TIMEOUT either way
                     pass
-                run.status, run.done = R.TIMEOUT, time.perf_counter()
                 run.error = (f"still {run.status or 'not started'} after the dispatch timeout "
                              f"of {timeout_s:.0f} s; cancelled (raise it with "
                              f"--bench-set timeout_s=SECONDS)")
+                run.status, run.done = R.TIMEOUT, time.perf_counter()
             return
+
+
+def _cancel_quietly(runs: list[_Dispatched], address: str) -> None:
+    for run in runs:
+        if run.dispatch_id and run.status not in api.TERMINAL:
+            try:
+                api.cancel(run.dispatch_id, address)
+            except Exception:  # best effort on the way out
+                pass
 
 
 def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], label: str,
@@ -255,18 +321,39 @@ def measure_covalent_batch(
     concurrency: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     dispatch_to: Any = None,
+    health: Health | None = None,
 ) -> list[RunRecord]:
     """`concurrency` dispatches submitted back to back, awaited together, then downloaded.
 
     `label` is the records' executor ('local', 'dask', 'external'); `dispatch_to` what the
     lattice runs on if that differs (an external cluster's executor). Each record's wall_s
     runs from its own dispatch call to its result in hand; latency_s from the batch's start;
-    batch_wall_s is the whole batch (the same on every record)."""
+    batch_wall_s is the whole batch (the same on every record). `health` tells whether the
+    server is still there (see _await_all). Every dispatch gets a record, whatever happens:
+    a dead server raises ServerUnavailableError carrying them; an interrupt carries them on
+    the exception (attach_records)."""
     meter = CpuMeter(server.processes()) if server is not None else None
     batch_start = time.perf_counter()
     target = label if dispatch_to is None else dispatch_to
-    runs = [_submit(workload, params, target, address, probe_dir) for _ in range(concurrency)]
-    _await_all(runs, address, timeout_s)
+    runs: list[_Dispatched] = []
+    try:
+        for _ in range(concurrency):
+            run = _submit(workload, params, target, address, probe_dir)
+            runs.append(run)
+            reason = health() if run.status == R.ERROR and health is not None else None
+            if reason:
+                run.error = f"server unavailable: {reason}"
+                raise ServerUnavailableError(reason)
+        _await_all(runs, address, timeout_s, health)
+    except ServerUnavailableError as exc:
+        exc.records = [_unfinished(run, label, run.error or f"server unavailable: {exc}")
+                       for run in runs]
+        raise
+    except BaseException as exc:  # Ctrl-C, SIGTERM: cancel what runs, keep the rows
+        _cancel_quietly(runs, address)
+        attach_records(exc, [_unfinished(run, label, f"interrupted ({type(exc).__name__})",
+                                         R.INTERRUPTED) for run in runs])
+        raise
     records = []
     for run in sorted(runs, key=lambda r: r.done):  # first finished, first fetched
         record = _collect(run, workload, params, label, address, probe_dir)
@@ -275,6 +362,16 @@ def measure_covalent_batch(
         records.append(record)
     _finish_batch(records, batch_start, meter, server)
     return sorted(records, key=lambda r: r.timings["slot"])
+
+
+def _unfinished(run: _Dispatched, label: str, error: str, status: str = R.ERROR) -> RunRecord:
+    """The record of a dispatch that ended without a result in hand."""
+    now = time.perf_counter()
+    record = RunRecord("covalent", label, (run.done or now) - run.start, run_id=run.run_id,
+                       dispatch_id=run.dispatch_id, status=status, error=error)
+    record.timings["submit_s"] = run.submitted - run.start
+    record.phases = [_phase(R.SUBMIT, 0.0, record.timings["submit_s"])]
+    return record
 
 
 def measure_plain_batch(
@@ -299,7 +396,10 @@ def _finish_batch(
 ) -> None:
     batch_wall = time.perf_counter() - batch_start
     server_cpu = meter.seconds(server.processes()) if meter is not None else None
+    died = meter.died() if meter is not None else []
     for record in records:
         record.timings["batch_wall_s"] = batch_wall
         if server_cpu is not None:  # of the whole batch: the server can't tell runs apart
             record.timings["server_cpu_s"] = server_cpu
+        if died and record.mode == "covalent":
+            record.flags = f"{R.WORKER_RESTART}:{len(died)}"

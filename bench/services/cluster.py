@@ -1,8 +1,10 @@
 """An external Dask cluster for Covalent's DaskExecutor: start one here, or attach to one.
 
 An owned cluster is a `dask scheduler` and `dask worker` processes (each with its nanny)
-started from this interpreter on loopback, each in its own session, so that no terminal's
-Ctrl-C reaches them and only our `finally` stops them, together with everything they spawned.
+started from this interpreter on loopback (their HTTP endpoints too), each in its own session,
+so that no terminal's Ctrl-C reaches them and only our `finally` stops them, together with
+everything they spawned; should this process die first, a watchdog does it
+(bench.services.processes).
 Covalent reaches it as the executor `tcp://127.0.0.1:PORT` (mnist_core.workflow.executor_for).
 
 Covalent's DaskExecutor stages task inputs and outputs as files under its `cache_dir` (the
@@ -30,15 +32,18 @@ from typing import Any
 
 import psutil
 
-from bench.services.server import (
-    KEEP_STATE_ENV,
-    _kill,
-    _process_tree,
-    _server_processes,
-    _signals_deferred,
-    _sigterm_raises,
-    _tail,
+from bench.services.processes import (
+    Watchdog,
+    alive,
+    group_processes,
+    kill,
+    loopback_no_proxy,
+    process_tree,
+    signals_deferred,
+    sigterm_raises,
+    watchdog,
 )
+from bench.services.server import KEEP_STATE_ENV, _tail
 
 __all__ = [
     "SCHEDULER_ENV",
@@ -51,10 +56,13 @@ __all__ = [
 
 SCHEDULER_ENV = "COVALENT_BENCH_DASK_SCHEDULER"
 SCHEME = "tcp://"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 10.0  # for scheduler and workers to exit after SIGTERM
 _CONNECT_TIMEOUT_S = 10.0
 _POLL_S = 0.5  # how often start-up checks whether a process died while waiting for workers
+# Scheduler and workers serve HTTP (/health, /metrics, ...) even with --no-dashboard, by
+# default on every interface: keep it on loopback, on a port of the system's choosing.
+_HTTP_ADDRESS = "127.0.0.1:0"
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +99,7 @@ class DaskCluster:
         """Live processes of the cluster: scheduler, nannies, workers and their children."""
         found: dict[int, psutil.Process] = {}
         for pid in self.pids:
-            found.update((p.pid, p) for p in _process_tree(pid))
+            found.update((p.pid, p) for p in process_tree(pid))
         return list(found.values())
 
 
@@ -128,11 +136,13 @@ def dask_cluster(
     root = Path(tempfile.mkdtemp(prefix="dask-bench-", dir=base_dir))
     launched: list[_Launched] = []
     failed = False
-    with _sigterm_raises():
+    # The watchdog cleans up if this process dies without reaching `finally` (kill -9).
+    with sigterm_raises(), watchdog(keep_dirs=keep) as dog:
+        dog.remove(root)
         try:
             try:
                 cluster = _start(root, workers, threads_per_worker, startup_timeout, env,
-                                 worker_options, launched)
+                                 worker_options, launched, dog)
             except DaskClusterError:
                 failed = True  # keep the logs that the message points to
                 raise
@@ -140,7 +150,7 @@ def dask_cluster(
                      cluster.address, cluster.startup_s, workers, threads_per_worker, root)
             yield cluster
         finally:
-            with _signals_deferred():
+            with signals_deferred():
                 _stop(launched)
                 if keep or failed:
                     log.warning("kept Dask cluster logs in %s", root)
@@ -196,15 +206,15 @@ def cluster_for(address: str | None = None, **start_kwargs: Any) -> Iterator[Das
 
 def _start(root: Path, workers: int, threads: int, timeout: float,
            env: Mapping[str, str] | None, worker_options: Sequence[str],
-           launched: list[_Launched]) -> DaskCluster:
+           launched: list[_Launched], dog: Watchdog) -> DaskCluster:
     """Scheduler, then workers, then wait until all registered; `launched` collects them."""
     t0 = time.perf_counter()
     proc_env = _cluster_env(root, env)
     staging = root / "covalent-staging"
     staging.mkdir()
-    address = _start_scheduler(root, proc_env, launched, timeout)
+    address = _start_scheduler(root, proc_env, launched, timeout, dog)
     for i in range(workers):
-        _start_worker(root, proc_env, launched, address, i, threads, worker_options)
+        _start_worker(root, proc_env, launched, address, i, threads, worker_options, dog)
     _wait_for_workers(address, workers, launched, t0 + timeout, timeout)
     return DaskCluster(
         address=address,
@@ -228,12 +238,17 @@ def _cluster_env(root: Path, extra: Mapping[str, str] | None) -> dict[str, str]:
     env["COVALENT_CONFIG_DIR"] = str(config_dir)
     path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     env["PYTHONPATH"] = os.pathsep.join(path)
+    # Temporary files of Dask and of the tasks stay inside `root`, removed with it.
+    tmp = root / "tmp"
+    tmp.mkdir()
+    env["TMPDIR"] = str(tmp)
     env.update(extra or {})
+    loopback_no_proxy(env)  # tasks talk to a loopback Covalent server
     return env
 
 
 def _launch(name: str, args: list[str], root: Path, env: Mapping[str, str],
-            launched: list[_Launched]) -> _Launched:
+            launched: list[_Launched], dog: Watchdog) -> _Launched:
     log_path = root / f"{name}.log"
     with open(log_path, "wb") as out:
         # Own session: only our `finally` stops it, and its group id finds its children.
@@ -246,20 +261,21 @@ def _launch(name: str, args: list[str], root: Path, env: Mapping[str, str],
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    dog.session(proc.pid)
     item = _Launched(name, proc, log_path)
     launched.append(item)
     return item
 
 
 def _start_scheduler(root: Path, env: Mapping[str, str], launched: list[_Launched],
-                     timeout: float) -> str:
+                     timeout: float, dog: Watchdog) -> str:
     """Start the scheduler on a port it picks itself (no race), read its address back."""
     info_file = root / "scheduler.json"
     item = _launch(
         "scheduler",
         ["distributed.cli.dask_scheduler", "--host=127.0.0.1", "--port=0", "--no-dashboard",
-         f"--scheduler-file={info_file}"],
-        root, env, launched,
+         f"--dashboard-address={_HTTP_ADDRESS}", f"--scheduler-file={info_file}"],
+        root, env, launched, dog,
     )
     deadline = time.perf_counter() + timeout
     while True:
@@ -275,15 +291,15 @@ def _start_scheduler(root: Path, env: Mapping[str, str], launched: list[_Launche
 
 
 def _start_worker(root: Path, env: Mapping[str, str], launched: list[_Launched], address: str,
-                  index: int, threads: int, options: Sequence[str]) -> None:
+                  index: int, threads: int, options: Sequence[str], dog: Watchdog) -> None:
     local = root / f"worker-{index}"
     local.mkdir()
     _launch(
         f"worker-{index}",
         ["distributed.cli.dask_worker", address, "--host=127.0.0.1", "--nworkers=1",
-         f"--nthreads={threads}", "--no-dashboard", f"--name=worker-{index}",
-         f"--local-directory={local}", *options],
-        root, env, launched,
+         f"--nthreads={threads}", "--no-dashboard", f"--dashboard-address={_HTTP_ADDRESS}",
+         f"--name=worker-{index}", f"--local-directory={local}", *options],
+        root, env, launched, dog,
     )
 
 
@@ -352,7 +368,7 @@ def _stop(launched: list[_Launched]) -> None:
         for item in batch:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 item.proc.wait(timeout=max(0.1, deadline - time.perf_counter()))
-    _, alive = psutil.wait_procs(others, timeout=max(0.1, deadline - time.perf_counter()))
+    _, left = psutil.wait_procs(others, timeout=max(0.1, deadline - time.perf_counter()))
     for item in launched:
         if item.proc.returncode is None:  # not reaped, so the group id is still ours
             log.warning("Dask %s did not exit on SIGTERM; killing its process group", item.name)
@@ -360,11 +376,11 @@ def _stop(launched: list[_Launched]) -> None:
                 os.killpg(item.proc.pid, signal.SIGKILL)
             item.proc.wait()
     # Strays spawned after the snapshot or orphaned by their parent.
-    leftover = [p for p in [*alive, *_others(launched)] if _alive(p)]
+    leftover = [p for p in [*left, *_others(launched)] if alive(p)]
     if leftover:
         log.warning("%d Dask processes outlived SIGTERM; killing them: %s", len(leftover),
                     [p.pid for p in leftover])
-        _kill(leftover)
+        kill(leftover)
     log.info("Dask cluster stopped in %.1f s", time.perf_counter() - t0)
 
 
@@ -372,16 +388,9 @@ def _others(launched: list[_Launched]) -> list[psutil.Process]:
     """Descendants of our CLI processes, and whatever else lives in their process groups."""
     found: dict[int, psutil.Process] = {}
     for item in launched:
-        found.update((p.pid, p) for p in _process_tree(item.proc.pid)[1:])
-        found.update((p.pid, p) for p in _server_processes(None, item.proc.pid))
+        found.update((p.pid, p) for p in process_tree(item.proc.pid)[1:])
+        found.update((p.pid, p) for p in group_processes(None, item.proc.pid))
     return list(found.values())
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 # --- small helpers --------------------------------------------------------------------------

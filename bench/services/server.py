@@ -1,9 +1,11 @@
 """The Covalent server's lifecycle: start one isolated server, or attach to a running one.
 
-An owned server gets a fresh state directory (config, database, logs, caches) and a free
-loopback port, runs `covalent start` in its own session, and is stopped on exit with
+An owned server gets a fresh state directory (config, databases, logs, caches, TMPDIR) and a
+free loopback port, runs `covalent start` in its own session, and is stopped on exit with
 `covalent stop` under the *same* environment (any other environment stops someone else's
-server), after which every process of its tree is reaped.
+server), after which every process of its tree is reaped and the state directory removed.
+Everything it listens on is bound to loopback, no proxy variable routes its loopback traffic,
+and a watchdog kills it and removes its state should this process die without doing so.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,20 @@ import requests
 import toml  # covalent writes covalent.conf in its dialect
 
 from bench.measure.covalent_api import CLI_SNIPPET
+from bench.services.processes import (
+    LOOPBACK_HOSTS,
+    Watchdog,
+    alive,
+    exit_status,
+    group_processes,
+    kill,
+    loopback_no_proxy,
+    process_tree,
+    read_pid,
+    signals_deferred,
+    sigterm_raises,
+    watchdog,
+)
 
 __all__ = [
     "KEEP_STATE_ENV",
@@ -37,6 +52,7 @@ __all__ = [
     "CovalentServer",
     "CovalentServerError",
     "attached_server",
+    "client_dispatch_cache",
     "covalent_server",
     "server_for",
 ]
@@ -71,6 +87,70 @@ _STATE_DIRS = {
     "XDG_DATA_HOME": "xdg-data",
 }
 
+CACHE_DB_NAME = "dispatcher_cache.sqlite"  # COVALENT_CACHE_DB_URL, next to the main database
+
+# Put on the PYTHONPATH of an owned server, so every Python process of it loads this first.
+# Covalent's server creates its Dask LocalCluster with no dashboard address, and Dask's default
+# ":8787" listens on all interfaces (no Dask setting moves it; even with the dashboard off the
+# scheduler's HTTP server listens there). This moves it to a free loopback port.
+_SITECUSTOMIZE = """\
+\"\"\"Written by bench.services.server: the server's Dask dashboard listens on loopback only.\"\"\"
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+_ADDRESS = "127.0.0.1:0"
+
+
+def _patch(module):
+    import functools
+    import inspect
+
+    cls = module.LocalCluster
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if "dashboard_address" not in signature.bind_partial(self, *args, **kwargs).arguments:
+            kwargs["dashboard_address"] = _ADDRESS
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+
+
+class _PatchOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name != "distributed.deploy.local":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            try:
+                _patch(module)
+            except Exception as exc:  # never keep the server from starting
+                print(f"bench sitecustomize: LocalCluster not patched: {exc!r}", file=sys.stderr)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+sys.meta_path.insert(0, _PatchOnImport())
+
+# Then run the sitecustomize module that this one hides, if there is one.
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here]
+)
+if _spec is not None and _spec.loader is not None:
+    _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
+"""
+
 log = logging.getLogger(__name__)
 
 
@@ -90,6 +170,7 @@ class CovalentServer:
     pid: int | None = None  # the server's top process: the shell `covalent start` launched
     workers: int | None = None  # Dask cluster size, as the server's config has it
     threads_per_worker: int | None = None
+    main_pid: int | None = None  # the server itself (`python app.py`), the shell's child
 
     @property
     def log_path(self) -> Path | None:
@@ -98,7 +179,25 @@ class CovalentServer:
 
     def processes(self) -> list[psutil.Process]:
         """The server's live process tree: top process and all its descendants."""
-        return [] if self.pid is None else _process_tree(self.pid)
+        return [] if self.pid is None else process_tree(self.pid)
+
+    def check_alive(self, timeout_s: float = 3.0) -> str | None:
+        """None if the server is alive and answers HTTP within `timeout_s`, else a one-line
+        reason. An owned server's main process must be running too (checked first, and
+        without waiting); an attached one only gets the HTTP check."""
+        where = f"Covalent server at {self.address}"
+        if self.owned:
+            for pid in dict.fromkeys(p for p in (self.main_pid, self.pid) if p is not None):
+                if not alive(pid):
+                    note = _exit_note(pid)
+                    return f"{where}: main process {pid} is gone{note} (its log: {self.log_path})"
+        try:
+            _check_answers(self.address, timeout=timeout_s)
+        except requests.Timeout:
+            return f"{where} does not answer within {timeout_s:g} s"
+        except (requests.RequestException, ValueError) as exc:
+            return f"{where} does not answer: {type(exc).__name__}: {_first_line(exc)}"
+        return None
 
 
 @contextlib.contextmanager
@@ -122,12 +221,15 @@ def covalent_server(
         raise ValueError("workers and threads_per_worker size the Dask cluster; drop no_cluster")
     keep = os.environ.get(KEEP_STATE_ENV) == "1"
     args = _start_args(workers, threads_per_worker, no_cluster)
-    with _sigterm_raises():
-        server, server_env, start_proc = _start_on_free_port(args, base_dir, env, startup_timeout)
+    # The watchdog cleans up if this process dies without reaching `finally` (kill -9).
+    with sigterm_raises(), watchdog(keep_dirs=keep) as dog:
+        server, server_env, start_proc = _start_on_free_port(
+            args, base_dir, env, startup_timeout, dog
+        )
         try:
             yield server
         finally:
-            with _signals_deferred():
+            with signals_deferred():
                 _stop(server, server_env, start_proc)
                 _remove_state(server.root, keep)
 
@@ -145,6 +247,32 @@ def attached_server(address: str) -> Iterator[CovalentServer]:
             f"{SERVER_ENV} so that the benchmark starts its own isolated server."
         ) from exc
     yield CovalentServer(address=url, port=port, owned=False)
+
+
+@contextlib.contextmanager
+def client_dispatch_cache(directory: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """Have this process's Covalent client write its dispatch manifests into `directory`
+    (None: a fresh temporary directory, removed on exit), and restore the previous one after.
+
+    `ct.dispatch` writes one manifest per dispatch (~100 KB for a small graph) into
+    `covalent._dispatcher_plugins.local.dispatch_cache_dir` and never deletes it. Covalent
+    sets that path once, at `import covalent`, from `sdk.dispatch_cache_dir` of the client's
+    covalent.conf (written on the first import ever, so it wins) or else from
+    $COVALENT_DISPATCH_CACHE_DIR; every dispatch reads the module attribute anew, which is
+    what is set here, so this works whenever covalent was imported."""
+    from covalent._dispatcher_plugins import local as covalent_local
+
+    made = directory is None
+    path = Path(tempfile.mkdtemp(prefix="covalent-dispatches-")) if made else Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    previous = covalent_local.dispatch_cache_dir
+    covalent_local.dispatch_cache_dir = path
+    try:
+        yield path
+    finally:
+        covalent_local.dispatch_cache_dir = previous
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -186,13 +314,15 @@ def _start_on_free_port(
     base_dir: str | os.PathLike[str] | None,
     extra_env: Mapping[str, str] | None,
     timeout: float,
+    dog: Watchdog,
 ) -> tuple[CovalentServer, dict[str, str], subprocess.Popen[bytes]]:
     """Start a server in a fresh state dir on a free port; retry if the port gets taken."""
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         root = Path(tempfile.mkdtemp(prefix="covalent-bench-", dir=base_dir))
+        dog.remove(root)
         env = _server_env(root, _free_port(), extra_env)
         try:
-            server, proc = _start(root, env, args, timeout)
+            server, proc = _start(root, env, args, timeout, dog)
         except _PortTaken as exc:
             log.warning("%s (attempt %d of %d)", exc, attempt, _PORT_ATTEMPTS)
             continue
@@ -211,7 +341,8 @@ def _free_port() -> int:
 
 
 def _server_env(root: Path, port: int, extra: Mapping[str, str] | None) -> dict[str, str]:
-    """The server's environment: ours, with every covalent path inside `root`."""
+    """The server's environment: ours, with every covalent path and temporary file inside
+    `root`, proxies bypassed for loopback, and Dask's dashboard on loopback."""
     # Inherited COVALENT_* variables describe the caller's own client setup: none apply here.
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVALENT_")}
     for var, sub in _STATE_DIRS.items():
@@ -220,15 +351,30 @@ def _server_env(root: Path, port: int, extra: Mapping[str, str] | None) -> dict[
         env[var] = str(root / sub)
     (root / "db").mkdir()
     env["COVALENT_DATABASE"] = str(root / "db" / "dispatcher_db.sqlite")
+    # Covalent >= 0.239 keeps dispatcher state in a second SQLite database, by default a
+    # NamedTemporaryFile in /tmp that a killed server leaves behind. Both go into `root`:
+    # the database itself, and TMPDIR for the empty temporary file it creates regardless
+    # (and for whatever else the server and its tasks put in temporary files).
+    env["COVALENT_CACHE_DB_URL"] = f"sqlite+pysqlite:///{root / 'db' / CACHE_DB_NAME}"
+    (root / "tmp").mkdir()
+    env["TMPDIR"] = str(root / "tmp")
     env["COVALENT_SVC_PORT"] = str(port)
     # Bind where we connect; "localhost" may resolve to ::1 on some machines.
     env["COVALENT_DISPATCHER_ADDR"] = "127.0.0.1"
     env.update(extra or {})
+    # Whatever `extra` says: `covalent start` polls the server with requests, which would
+    # send even that through HTTP_PROXY and then wait forever (the server's tasks fetch their
+    # inputs from it too), and the hook keeps the Dask dashboard on loopback.
+    loopback_no_proxy(env)
+    hooks = root / "pyhooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
 def _start(
-    root: Path, env: dict[str, str], args: list[str], timeout: float
+    root: Path, env: dict[str, str], args: list[str], timeout: float, dog: Watchdog
 ) -> tuple[CovalentServer, subprocess.Popen[bytes]]:
     """Run `covalent start` until the server answers; on any failure leave nothing running."""
     cmd = [sys.executable, "-c", _CLI, "start", f"--port={env['COVALENT_SVC_PORT']}", *args]
@@ -246,12 +392,15 @@ def _start(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    dog.session(proc.pid)  # the server and its Dask cluster live in this session
     try:
         _wait_for_cli(proc, root, timeout)
         server = _read_back(root, env, startup_s=time.perf_counter() - t0)
+        if server.pid is not None:
+            dog.tree(server.pid)  # in case some part of it leaves the session
     except BaseException as exc:
-        with _signals_deferred():
-            _kill_start(proc, _read_pid(root / _STATE_DIRS["COVALENT_CACHE_DIR"] / "ui.pid"))
+        with signals_deferred():
+            _kill_start(proc, read_pid(root / _STATE_DIRS["COVALENT_CACHE_DIR"] / "ui.pid"))
             # Keep the state of a real failure for inspection, as the error message says.
             inspect = isinstance(exc, CovalentServerError) and not isinstance(exc, _PortTaken)
             if not inspect:
@@ -265,9 +414,9 @@ def _wait_for_cli(proc: subprocess.Popen[bytes], root: Path, timeout: float) -> 
     """Wait for `covalent start` to return, which it does once the server answers HTTP."""
     deadline = time.perf_counter() + timeout
     pidfile = root / _STATE_DIRS["COVALENT_CACHE_DIR"] / "ui.pid"
-    while (status := _exit_status(proc.pid)) is None:
-        top = _read_pid(pidfile)
-        if top is not None and not _alive(top):
+    while (status := exit_status(proc.pid)) is None:
+        top = read_pid(pidfile)
+        if top is not None and not alive(top):
             # `covalent start` would poll a dead server forever.
             raise _start_error(
                 "the server process exited during start-up",
@@ -307,8 +456,8 @@ def _read_back(root: Path, env: Mapping[str, str], startup_s: float) -> Covalent
             root,
             "read the server log above.",
         ) from exc
-    pid = _read_pid(Path(env["COVALENT_CACHE_DIR"]) / "ui.pid")
-    if pid is None or not _listens_on(_process_tree(pid), port):
+    pid = read_pid(Path(env["COVALENT_CACHE_DIR"]) / "ui.pid")
+    if pid is None or not _listens_on(process_tree(pid), port):
         raise _start_error(
             f"{address} answers, but not from this server's processes",
             root,
@@ -327,6 +476,7 @@ def _read_back(root: Path, env: Mapping[str, str], startup_s: float) -> Covalent
         threads_per_worker=(
             int(dask["threads_per_worker"]) if cluster and "threads_per_worker" in dask else None
         ),
+        main_pid=_main_pid(pid),
     )
 
 
@@ -350,28 +500,33 @@ def _stop(
 ) -> None:
     """`covalent stop` this server, then make sure every one of its processes is gone."""
     t0 = time.perf_counter()
-    procs = _server_processes(server.pid, start_proc.pid)
-    _run_cli(["stop", "--no-header", "--no-footer"], env)
-    _, alive = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
-    if alive:
+    procs = group_processes(server.pid, start_proc.pid)
+    main = server.main_pid if server.main_pid is not None else server.pid
+    if main is not None and alive(main):
+        _run_cli(["stop", "--no-header", "--no-footer"], env)
+        _, left = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
+    else:  # `covalent stop` has nothing to stop, and orphans would not exit by themselves
+        log.warning("%s: main process %s is gone; killing the rest", server.address, main)
+        left = procs
+    if left:
         log.warning(
             "%d processes of %s outlived `covalent stop`; killing them: %s",
-            len(alive),
+            len(left),
             server.address,
-            [p.pid for p in alive],
+            [p.pid for p in left],
         )
-        _kill(alive)
+        kill(left)
     _kill_start(start_proc, server.pid)  # strays started after the snapshot; reaps it
     log.info("Covalent server %s stopped in %.1f s", server.address, time.perf_counter() - t0)
 
 
 def _kill_start(proc: subprocess.Popen[bytes], top_pid: int | None) -> None:
     """Kill `covalent start`'s process group and the server tree, then reap `covalent start`."""
-    procs = _server_processes(top_pid, proc.pid)
+    procs = group_processes(top_pid, proc.pid)
     if proc.returncode is None:  # not reaped yet, so the group id is still this server's
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-    _kill(procs)
+    kill(procs)
     proc.wait()
 
 
@@ -411,115 +566,6 @@ def _remove_state(root: Path | None, keep: bool) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# --- processes ------------------------------------------------------------------------------
-
-
-def _process_tree(pid: int) -> list[psutil.Process]:
-    """`pid` and all its descendants (empty if it is gone)."""
-    try:
-        top = psutil.Process(pid)
-        return [top, *top.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _server_processes(top_pid: int | None, pgid: int) -> list[psutil.Process]:
-    """The server's tree, plus strays (e.g. orphaned Dask workers) left in its process group."""
-    found = {p.pid: p for p in _process_tree(top_pid)} if top_pid is not None else {}
-    for proc in psutil.process_iter():
-        # The group leader is our unreaped `covalent start`: psutil would reap it when waiting.
-        if proc.pid in found or proc.pid == pgid:
-            continue
-        with contextlib.suppress(OSError, psutil.Error):
-            if os.getpgid(proc.pid) == pgid:
-                found[proc.pid] = proc
-    return list(found.values())
-
-
-def _kill(procs: list[psutil.Process]) -> None:
-    """SIGTERM, then SIGKILL what is left; log anything that survives even that."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
-        _, procs = psutil.wait_procs(procs, timeout=5.0)
-        if not procs:
-            return
-    log.error("processes survived SIGKILL: %s", [p.pid for p in procs])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _exit_status(pid: int) -> int | None:
-    """Exit status of our child `pid` if it has exited, without reaping it (WNOWAIT)."""
-    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    if info is None:
-        return None
-    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-
-
-def _read_pid(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):  # missing, or being written
-        return None
-
-
-# --- signals --------------------------------------------------------------------------------
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Handle SIGTERM as Ctrl-C while a server is up, so that `finally` stops it.
-
-    KeyboardInterrupt, not SystemExit: pytest records a SystemExit inside a test as that
-    test's failure and goes on with the next one, so `kill` would not stop a benchmark."""
-    if not _in_main_thread():  # signal handlers can only be set there
-        yield
-        return
-
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM during clean-up, so that a second Ctrl-C cannot orphan the server."""
-    if not _in_main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda s, _f: held.append(s))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-    # Reached only when no exception is already on its way out.
-    if signal.SIGINT in held:
-        raise KeyboardInterrupt
-    if held:
-        raise SystemExit(128 + signal.SIGTERM)
-
-
 # --- small helpers --------------------------------------------------------------------------
 
 
@@ -540,16 +586,39 @@ def _parse_address(address: str) -> tuple[str, int]:
     return text, port
 
 
-def _check_answers(address: str) -> None:
+def _check_answers(address: str, timeout: float = _HTTP_TIMEOUT_S) -> None:
     """Raise unless a Covalent server answers at `address` (a cheap, read-only request)."""
-    response = requests.get(
-        f"{address}/api/v2/dispatches",
-        params={"count": 1, "status_only": True},
-        timeout=_HTTP_TIMEOUT_S,
-    )
+    with requests.Session() as session:
+        # A proxy from the environment must not route loopback traffic (NO_PROXY may lack it).
+        session.trust_env = urlsplit(address).hostname not in LOOPBACK_HOSTS
+        response = session.get(
+            f"{address}/api/v2/dispatches",
+            params={"count": 1, "status_only": True},
+            timeout=timeout,
+        )
     response.raise_for_status()
     if "dispatches" not in response.json():  # ValueError too if the body is not JSON
         raise ValueError(f"{address} answers, but not as a Covalent server")
+
+
+def _main_pid(top: int) -> int | None:
+    """The server process proper: `python app.py`, the child of the shell that `covalent
+    start` launched (its forked Dask processes show the same command line, one level down)."""
+    with contextlib.suppress(psutil.Error):
+        shell = psutil.Process(top)
+        for proc in [shell, *shell.children()]:
+            if "app.py" in proc.cmdline():
+                return proc.pid
+    return None
+
+
+def _exit_note(pid: int) -> str:
+    """" (exit N)" if `pid` is our child and has exited (rarely: the server is a grandchild)."""
+    try:
+        status = exit_status(pid)
+    except ChildProcessError:
+        return ""
+    return "" if status is None else f" (exit {status})"
 
 
 def _listens_on(procs: list[psutil.Process], port: int) -> bool:

@@ -11,10 +11,18 @@ Every run, warm-up and failed ones included, is appended to runs.csv as soon as 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import time
 from typing import Any
 
-from bench.measure.runner import measure_covalent_batch, measure_plain_batch
+import pytest
+
+from bench.measure.runner import (
+    ServerUnavailableError,
+    measure_covalent_batch,
+    measure_plain_batch,
+)
 from bench.records import environment
 from bench.services.cluster import DaskCluster
 from bench.services.server import CovalentServer
@@ -47,16 +55,39 @@ def test_workload(
     def one_run() -> None:
         i = next(rounds)
         probes = bench_session.probe_dir
-        if case.mode == "plain":
-            records = measure_plain_batch(workload, params, probes, covalent_server, n)
-        else:
-            target = external_cluster.executor() if case.executor == "external" else None
-            records = measure_covalent_batch(
-                workload, params, case.executor, covalent_server.address, probes,
-                covalent_server, n, timeout_s=scenario.timeout_s, dispatch_to=target,
-            )
-        for record in records:
-            rows.append(bench_session.record(scenario, record, i, covalent_server))
+
+        started = time.monotonic()
+
+        def write(records: list) -> None:
+            for record in records:
+                rows.append(bench_session.record(scenario, record, i, covalent_server))
+                if bench_session.progress is not None:
+                    bench_session.progress.run_done(
+                        scenario.id, case.label, i, scenario.warmup_rounds + scenario.rounds,
+                        i < scenario.warmup_rounds, record.wall_s, record.status,
+                        time.monotonic() - started)
+
+        try:
+            if case.mode == "plain":
+                records = measure_plain_batch(workload, params, probes, covalent_server, n)
+            else:
+                target = external_cluster.executor() if case.executor == "external" else None
+                records = measure_covalent_batch(
+                    workload, params, case.executor, covalent_server.address, probes,
+                    covalent_server, n, timeout_s=scenario.timeout_s, dispatch_to=target,
+                    health=covalent_server.check_alive,
+                )
+        except ServerUnavailableError as exc:
+            write(exc.records)
+            # The server is the session's own: a dead one ends the session, it does not limp on.
+            pytest.exit(f"the Covalent server is gone: {exc}; {len(rows)} rows of this case "
+                        f"and every earlier run are in {bench_session.writer.path}",
+                        returncode=3)
+        except BaseException as exc:  # Ctrl-C, SIGTERM: the interrupted runs get rows too
+            with contextlib.suppress(Exception):  # and the interrupt goes on, whatever
+                write(getattr(exc, "bench_records", []))
+            raise
+        write(records)
         failed = [f"{r.status}: {r.error}" for r in records if r.status != "COMPLETED"]
         if failed:
             raise RunFailedError("; ".join(failed))

@@ -25,11 +25,15 @@ from bench.records import (
     runs_writer,
     utc_now,
 )
-from bench.report.tables import write_summary
 from bench.services.cluster import DaskCluster, cluster_for
-from bench.services.server import CovalentServer, server_for
+from bench.services.processes import loopback_no_proxy
+from bench.services.server import CovalentServer, client_dispatch_cache, server_for
+from bench.suites.progress import Progress
 from bench.workloads import WorkloadError
 from mnist_core.data import resolve_data_dir
+
+# Our own HTTP calls to loopback servers never go through a proxy the environment names.
+loopback_no_proxy(os.environ)
 
 PROFILE_ENV = "BENCH_PROFILE"
 ORDERS = ("interleaved", "grouped")
@@ -121,7 +125,7 @@ def covalent_server(request: pytest.FixtureRequest) -> Iterator[CovalentServer]:
         opt("--covalent-address"),
         workers=opt("--covalent-workers"),
         threads_per_worker=opt("--covalent-threads-per-worker"),
-    ) as server:
+    ) as server, client_dispatch_cache():  # the client's ~110 KB per dispatch, removed after
         yield server
 
 
@@ -148,6 +152,7 @@ class BenchSession:
     writer: CsvAppender
     phases: CsvAppender
     probe_dir: Path  # where task probes leave their per-run records
+    progress: Progress | None = None
     session_id: str = field(
         default_factory=lambda: utc_now().replace(":", "") + "-" + uuid.uuid4().hex[:6]
     )
@@ -174,6 +179,8 @@ class BenchSession:
 _SESSION = pytest.StashKey[BenchSession]()
 _SUMMARY = pytest.StashKey[Any]()
 _PROFILE = pytest.StashKey[Profile]()
+_CASES = pytest.StashKey[list]()
+_PREPARED = pytest.StashKey[bool]()
 
 
 def profile_from(config: pytest.Config) -> Profile:
@@ -193,13 +200,31 @@ def profile_from(config: pytest.Config) -> Profile:
     return profile
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """A profile, workload or argument given on the command line is checked here, so that a
-    mistake is one line (pytest's usage error), not a collection traceback."""
+def _will_benchmark(config: pytest.Config) -> bool:
     opt = config.getoption
-    if any(opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
-                                  "--bench-set", "--bench-inputs", "--bench-digest")):
-        profile_from(config)
+    return bool(opt("benchmark_only", False) or any(
+        opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
+                               "--bench-set", "--bench-inputs", "--bench-digest")))
+
+
+class SetupError(Exception):
+    """Input that makes the benchmark impossible; one line says what and how to fix it."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Everything that can be checked before a server starts is checked here: the profile,
+    workload and arguments, the output directory, the data each workload needs. A mistake is
+    one line (pytest's usage error, exit 4), not a traceback, and nothing has run yet."""
+    if not _will_benchmark(config):
+        return
+    profile = profile_from(config)
+    try:
+        _usable_out_dir(Path(config.getoption("--bench-out")).resolve())
+        for scenario in profile.scenarios:
+            scenario.workload.prepare(scenario.params)
+    except (SetupError, WorkloadError) as exc:
+        raise pytest.UsageError(f"cannot run the benchmark: {exc}") from None
+    config.stash[_PREPARED] = True
 
 
 def _usable_out_dir(path: Path) -> Path:
@@ -209,11 +234,10 @@ def _usable_out_dir(path: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
             pass
     except FileExistsError:
-        raise pytest.UsageError(f"--bench-out {path} is a file; name a directory") from None
+        raise SetupError(f"--bench-out {path} is a file; name a directory") from None
     except OSError as exc:
-        raise pytest.UsageError(
-            f"--bench-out {path} is not writable ({exc.strerror}); choose another directory"
-        ) from None
+        raise SetupError(f"--bench-out {path} is not usable ({exc.strerror}); choose "
+                         f"another directory") from None
     return path
 
 
@@ -221,15 +245,27 @@ def _usable_out_dir(path: Path) -> Path:
 def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
     config = request.config
     profile = profile_from(config)
-    out_dir = _usable_out_dir(Path(config.getoption("--bench-out")).resolve())
-    try:
-        for scenario in profile.scenarios:  # data and inputs checked before any run
-            scenario.workload.prepare(scenario.params)
-    except WorkloadError as exc:
-        pytest.exit(f"cannot run the benchmark: {exc}", returncode=4)
+    out_dir = Path(config.getoption("--bench-out")).resolve()
+    if not config.stash.get(_PREPARED, False):  # run without --benchmark-only
+        try:
+            _usable_out_dir(out_dir)
+            for scenario in profile.scenarios:
+                scenario.workload.prepare(scenario.params)
+        except (SetupError, WorkloadError) as exc:
+            pytest.exit(f"cannot run the benchmark: {exc}", returncode=4)
+    cases = config.stash.get(_CASES, [])
+    planned: dict[str, int] = {}
+    for case in cases:
+        runs = (1 if case.round is not None else case.scenario.rounds
+                + case.scenario.warmup_rounds) * case.scenario.concurrency
+        planned[case.label] = planned.get(case.label, 0) + runs
+    progress = Progress(config.pluginmanager.get_plugin("terminalreporter"), planned)
+    progress.announce(len(cases), len(profile.scenarios),
+                      ", ".join(w.name for w in profile.workloads))
     with tempfile.TemporaryDirectory(prefix="covalent-bench-probes-") as probe_dir:
         session = BenchSession(
             profile, out_dir, runs_writer(out_dir), phases_writer(out_dir), Path(probe_dir),
+            progress,
         )
         config.stash[_SESSION] = session
         yield session
@@ -239,6 +275,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     bench = session.config.stash.get(_SESSION, None)
     if bench is None or bench.rows == 0:
         return
+    from bench.report.tables import write_summary  # plotting stack: only when needed
+
     session.config.stash[_SUMMARY] = write_summary(bench.out_dir)[0]
 
 
@@ -289,4 +327,5 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         else:  # ABAB...: every round runs each mode once before the next round starts
             rounds = range(s.warmup_rounds + s.rounds)
             cases += [Case(s, m, e, r) for r in rounds for m, e in modes]
+    metafunc.config.stash[_CASES] = cases
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

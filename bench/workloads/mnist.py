@@ -16,8 +16,6 @@ from mnist_core.data import (
     check_mnist,
     ensure_mnist,
 )
-from mnist_core.model import new_model
-from mnist_core.workflow import WorkflowOutput, build_lattice
 
 
 class MnistWorkload(Workload):
@@ -63,14 +61,22 @@ class MnistWorkload(Workload):
                     f"in {config.data_dir}; use at most {sizes[split]} (or leave it out for all)"
                 )
 
+    # torch and covalent come with the workflow, imported when a run needs them: the checks
+    # above run before that, in seconds.
     def lattice(self, params: Mapping[str, Any]) -> Any:
+        from mnist_core.workflow import build_lattice
+
         return build_lattice()
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[tuple, dict]:
+        from mnist_core.model import new_model
+
         config = self.config(params)
         return (new_model(config.seed), config), {}
 
     def outcome(self, value: Any, params: Mapping[str, Any]) -> Outcome:
+        from mnist_core.workflow import WorkflowOutput
+
         out = WorkflowOutput.from_raw(value)
         metrics = dataclasses.asdict(out)
         metrics["torch_threads"] = metrics.pop("threads")
