@@ -15,6 +15,20 @@ threshold (default 25 %). Every run appends its verdicts to <in>/history.csv.
 
 `python -m bench.gate --refresh-baseline` deliberately replaces the baseline with the
 latest session's rounds and environment.
+
+The gate judges only what can be judged: at least MIN_ROUNDS (3) measured rounds on each
+side per configuration and executor, and enough that the Mann-Whitney U test can reach
+p < alpha against the baseline's count (3 against 3 cannot: p >= 0.05). Damaged lines of
+the session's runs.csv / phases.csv (a crash mid-write) are dropped with a note; a damaged
+baseline is refused, never half-read.
+
+Exit codes:
+  0  no regression
+  1  regression: significantly AND materially worse than the baseline
+  2  usage error, or nothing to judge: no run records, no baseline, nothing comparable
+  3  cannot judge, bad input: a damaged or too small baseline (rounds.csv cut off or
+     missing columns, environment.json not JSON or missing keys), records missing columns,
+     or too few measured rounds for the test
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -29,8 +44,29 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis.decompose import round_estimates
-from bench.analysis.gate import METRICS, Verdict, judge, speed_scale
-from bench.records import ENV_COLUMNS, CsvAppender, NoRecordsError, load_phases, load_runs, utc_now
+from bench.analysis.gate import (
+    METRICS,
+    MIN_ROUNDS,
+    TooFewRoundsError,
+    Verdict,
+    judge,
+    rounds_needed,
+    rounds_problem,
+    speed_scale,
+)
+from bench.records import (
+    ENV_COLUMNS,
+    CsvAppender,
+    NoRecordsError,
+    RecordsSchemaError,
+    SchemaMismatchError,
+    damage,
+    dropped_note,
+    load_phases,
+    load_runs,
+    read_checked,
+    utc_now,
+)
 
 # A different one of these makes absolute seconds incomparable (relative overhead stays).
 ENV_KEYS = ("covalent", "torch", "python", "cpu_count")
@@ -41,62 +77,186 @@ HISTORY_COLUMNS = (
     "new_ci_high", "baseline_median", "change_pct", "threshold_pct", "p_value", "verdict",
     "speed_scale", *ENV_COLUMNS,
 )
+EXIT_OK, EXIT_REGRESSION, EXIT_NO_INPUT, EXIT_CANNOT_JUDGE = 0, 1, 2, 3
+# Columns of the baseline's rounds.csv: what the gate needs, and what must hold numbers.
+BASELINE_NEEDED = ("config_id", "executor", *METRICS)
+BASELINE_NUMBERS = ("round", "plain_wall_s", "covalent_wall_s", "total_overhead_s",
+                    "orchestration_pct", "compute_inflation_s", "unexplained_s", *METRICS)
+
+
+class CannotJudgeError(Exception):
+    """Input the gate will not judge from (exit 3): a damaged or too small baseline, records
+    missing columns, too few measured rounds."""
+
+
+@dataclasses.dataclass
+class Session:
+    """The latest session of --in, and what reading it had to say."""
+
+    runs: pd.DataFrame
+    phases: pd.DataFrame | None
+    notes: list[str]
 
 
 def latest_session(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["session_id"] == runs["session_id"].max()]
 
 
+def read_session(in_dir: Path) -> Session:
+    """The latest session; damaged lines dropped become notes (the gate's own output, so
+    the records reader's log line is held back), a file missing columns CannotJudgeError."""
+    records_log = logging.getLogger("bench.records")
+    level = records_log.level
+    records_log.setLevel(logging.ERROR)
+    try:
+        runs, phases = load_runs(in_dir), load_phases(in_dir)
+    except RecordsSchemaError as exc:
+        raise CannotJudgeError(str(exc)) from exc
+    finally:
+        records_log.setLevel(level)
+    notes = [note for note in (dropped_note(runs), dropped_note(phases)
+                               if phases is not None else "") if note]
+    if runs.empty:
+        raise NoRecordsError(f"{in_dir}: runs.csv holds no readable run"
+                             + "".join(f"; {note}" for note in notes))
+    return Session(latest_session(runs), phases, notes)
+
+
 def environment_of(runs: pd.DataFrame) -> dict[str, str]:
     last = runs.sort_values("timestamp").iloc[-1]
-    return {k: str(last[k]) for k in ENV_COLUMNS}
+    return {k: str(last[k]) if k in last else "" for k in ENV_COLUMNS}
 
 
 def _thresholds(default: float, overrides: list[str]) -> dict[str, float]:
     out = dict.fromkeys(METRICS, default)
     for item in overrides:
         metric, sep, value = item.partition("=")
-        if not sep or metric not in METRICS:
-            raise SystemExit(f"--threshold-for expects METRIC=PERCENT with METRIC in "
-                             f"{', '.join(METRICS)}; got {item!r}")
-        out[metric] = float(value)
+        try:
+            if not sep or metric not in METRICS:
+                raise ValueError
+            out[metric] = float(value)
+        except ValueError:
+            raise ValueError(f"--threshold-for expects METRIC=PERCENT with METRIC in "
+                             f"{', '.join(METRICS)}; got {item!r}") from None
     return out
 
 
-def refresh_baseline(in_dir: Path, baseline: Path) -> Path:
-    runs = latest_session(load_runs(in_dir))
-    rounds = round_estimates(runs, load_phases(in_dir))
+def _groups(rounds: pd.DataFrame):
+    return rounds.groupby(["config_id", "executor"], sort=False)
+
+
+def _small_groups(rounds: pd.DataFrame) -> list[str]:
+    """'config [executor] has n rounds, ...' for each group with fewer than MIN_ROUNDS."""
+    return [f"{config_id} [{executor}] has {len(group)} round{'s' * (len(group) != 1)}, fewer "
+            f"than the {MIN_ROUNDS} the gate needs" for (config_id, executor), group
+            in _groups(rounds) if len(group) < MIN_ROUNDS]
+
+
+def _unjudgeable(new: pd.DataFrame, base: pd.DataFrame, metrics: list[str],
+                 alpha: float) -> list[str]:
+    """'config [executor]: why' for each group of the session whose rounds (with a value of
+    every metric judged) are too few to judge against the baseline's (rounds_problem)."""
+    out = []
+    for (config_id, executor), group in _groups(new):
+        ref = base[(base["config_id"] == config_id) & (base["executor"] == executor)]
+        if ref.empty:
+            continue
+        problem = rounds_problem(int(group[metrics].notna().all(axis=1).sum()),
+                                 int(ref[metrics].notna().all(axis=1).sum()), alpha)
+        if problem:
+            out.append(f"{config_id} [{executor}]: {problem}")
+    return out
+
+
+def refresh_baseline(in_dir: Path, baseline: Path, alpha: float = 0.05
+                     ) -> tuple[Path, list[str]]:
+    session = read_session(in_dir)
+    runs, notes = session.runs, list(session.notes)
+    rounds = round_estimates(runs, session.phases)
     if rounds.empty:
         raise NoRecordsError(f"{in_dir}: no measured plain + Covalent rounds to take as baseline")
+    short = _small_groups(rounds)
+    if short:
+        raise CannotJudgeError(f"will not take a baseline the gate cannot judge against: "
+                               f"{'; '.join(short)}; run at least {MIN_ROUNDS} measured "
+                               f"rounds (--bench-set rounds=N; the smoke profile runs 5)")
+    for (config_id, executor), group in _groups(rounds):
+        if (need := rounds_needed(len(group), alpha)) > len(group):
+            notes.append(f"{config_id} [{executor}]: against {len(group)} baseline rounds "
+                         f"a session needs {need} to be judged at alpha {alpha:g}")
     baseline.mkdir(parents=True, exist_ok=True)
     rounds.to_csv(baseline / ROUNDS_CSV, index=False, float_format="%.5f")
     env = {**environment_of(runs), "session_id": str(runs["session_id"].iloc[0]),
            "profile": str(runs["profile"].iloc[0]), "taken": utc_now()}
     (baseline / ENV_JSON).write_text(json.dumps(env, indent=2) + "\n")
-    return baseline
+    return baseline, notes
 
 
-def check(
-    in_dir: Path, baseline: Path, thresholds: dict[str, float], alpha: float
-) -> tuple[list[Verdict], list[str]]:
-    """Verdicts for every comparable metric, and notes (environment, missing configs)."""
-    if not (baseline / ROUNDS_CSV).is_file():
+def load_baseline(baseline: Path, in_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """The baseline's rounds and environment, whole, or CannotJudgeError saying what is wrong."""
+    rounds_path, env_path = baseline / ROUNDS_CSV, baseline / ENV_JSON
+    if not rounds_path.is_file():
         raise NoRecordsError(
             f"no baseline at {baseline}. Take one deliberately with\n"
             f"  python -m bench.gate --refresh-baseline --in {in_dir} --baseline {baseline}"
         )
-    runs = latest_session(load_runs(in_dir))
-    new = round_estimates(runs, load_phases(in_dir))
-    base = pd.read_csv(baseline / ROUNDS_CSV, dtype={"executor": str})
-    base_env = json.loads((baseline / ENV_JSON).read_text())
+    fix = (f"restore it (git checkout -- {baseline}) or take a new one (python -m bench.gate "
+           f"--refresh-baseline --in {in_dir} --baseline {baseline})")
+    try:
+        rounds = read_checked(rounds_path, BASELINE_NEEDED, numbers=BASELINE_NUMBERS,
+                              dtype={"config_id": str, "executor": str}, advice=fix,
+                              warn=False)
+    except RecordsSchemaError as exc:
+        raise CannotJudgeError(f"damaged baseline: {exc}") from exc
+    dropped = rounds.attrs["dropped"]
+    if dropped:
+        raise CannotJudgeError(f"damaged baseline: {rounds_path} has {len(dropped)} bad "
+                               f"line{'s' * (len(dropped) > 1)} ({damage(dropped)}); {fix}")
+    if rounds.empty:
+        raise CannotJudgeError(f"damaged baseline: {rounds_path} holds no rounds; {fix}")
+    rounds["executor"] = rounds["executor"].fillna("")
+    short = _small_groups(rounds)
+    if short:
+        raise CannotJudgeError(f"baseline too small: {rounds_path}: {'; '.join(short)} per "
+                               f"configuration and executor (cut off?); {fix}")
+    if not env_path.is_file():
+        raise CannotJudgeError(f"damaged baseline: {baseline} has {ROUNDS_CSV} but no "
+                               f"{ENV_JSON}; {fix}")
+    try:
+        env = json.loads(env_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CannotJudgeError(f"damaged baseline: {env_path} is not valid JSON ({exc}); "
+                               f"{fix}") from exc
+    if not isinstance(env, dict):
+        raise CannotJudgeError(f"damaged baseline: {env_path} is not a JSON object; {fix}")
+    missing = [k for k in ENV_KEYS if k not in env]
+    if missing:
+        raise CannotJudgeError(f"damaged baseline: {env_path} lacks keys: "
+                               f"{', '.join(missing)}; {fix}")
+    return rounds, env
+
+
+def check(
+    session: Session, base: pd.DataFrame, base_env: dict, thresholds: dict[str, float],
+    alpha: float,
+) -> tuple[list[Verdict], list[str]]:
+    """Verdicts for every comparable metric, and notes (environment, missing configs).
+    CannotJudgeError if a configuration has too few rounds to judge."""
+    runs = session.runs
+    new = round_estimates(runs, session.phases)
     env = environment_of(runs)
-    notes, metrics = [], list(METRICS)
+    notes, metrics = list(session.notes), list(METRICS)
+    if new.empty:
+        return [], notes
     differs = {k: (base_env.get(k), env[k]) for k in ENV_KEYS if str(base_env.get(k)) != env[k]}
     if differs:
         metrics = ["total_overhead_pct"]
         notes.append("environment differs from the baseline's ("
                      + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in differs.items())
                      + "): comparing relative overhead only")
+    short = _unjudgeable(new, base, metrics, alpha)
+    if short:
+        raise CannotJudgeError(f"too few rounds: {'; '.join(short)}")
     verdicts = []
     for (config_id, executor), group in new.groupby(["config_id", "executor"], sort=False):
         ref = base[(base["config_id"] == config_id) & (base["executor"] == executor)]
@@ -109,15 +269,25 @@ def check(
             scale = 1.0
             if metric == "orchestration_s" and "plain_wall_s" in ref:
                 scale = speed_scale(group["plain_wall_s"], ref["plain_wall_s"])
-            v = judge(group[metric] * scale, ref[metric], metric, thresholds[metric], alpha,
-                      config_id, executor)
+            try:
+                v = judge(group[metric] * scale, ref[metric], metric, thresholds[metric],
+                          alpha, config_id, executor)
+            except TooFewRoundsError as exc:  # _unjudgeable() caught these: a safety net
+                raise CannotJudgeError(f"too few rounds: {exc}") from exc
             verdicts.append(dataclasses.replace(v, **walls, speed_scale=scale))
     return verdicts, notes
 
 
-def record_history(in_dir: Path, verdicts: list[Verdict], runs: pd.DataFrame) -> None:
+def history_writer(in_dir: Path) -> CsvAppender:
+    try:
+        return CsvAppender(in_dir / HISTORY_CSV, HISTORY_COLUMNS)
+    except SchemaMismatchError as exc:
+        raise CannotJudgeError(f"{exc} (history.csv of an older version?)") from exc
+
+
+def record_history(history: CsvAppender, verdicts: list[Verdict], runs: pd.DataFrame) -> None:
     env, session = environment_of(runs), str(runs["session_id"].iloc[0])
-    CsvAppender(in_dir / HISTORY_CSV, HISTORY_COLUMNS).append(*(
+    history.append(*(
         {"date": utc_now(), "session_id": session, "config_id": v.config_id,
          "executor": v.executor, "metric": v.metric, "new_median": v.new[0],
          "new_ci_low": v.new[1], "new_ci_high": v.new[2], "baseline_median": v.baseline[0],
@@ -140,6 +310,13 @@ def table(verdicts: list[Verdict]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
+def _write_page(in_dir: Path, body: str, notes: list[str]) -> None:
+    """<in>/gate.md, for CI's job summary; whatever the outcome, an old one must not linger."""
+    if in_dir.is_dir():
+        (in_dir / "gate.md").write_text("## Covalent overhead vs baseline\n\n"
+                                        + "".join(f"- {n}\n" for n in notes) + "\n" + body + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,32 +331,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh-baseline", action="store_true",
                         help="replace the baseline with the latest session (deliberate)")
     args = parser.parse_args(argv)
+    if not 0 < args.alpha < 1:
+        parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
+    try:
+        thresholds = _thresholds(args.threshold, args.threshold_for)
+    except ValueError as exc:
+        parser.error(str(exc))
+    notes: list[str] = []
     try:
         if args.refresh_baseline:
-            print(f"baseline written: {refresh_baseline(args.in_dir, args.baseline)}")
-            return 0
-        verdicts, notes = check(args.in_dir, args.baseline,
-                                _thresholds(args.threshold, args.threshold_for), args.alpha)
-        runs = latest_session(load_runs(args.in_dir))
+            path, notes = refresh_baseline(args.in_dir, args.baseline, args.alpha)
+            for note in notes:
+                print(f"note: {note}")
+            print(f"baseline written: {path}")
+            return EXIT_OK
+        base, base_env = load_baseline(args.baseline, args.in_dir)
+        session = read_session(args.in_dir)
+        notes = session.notes
+        history = history_writer(args.in_dir)
+        verdicts, notes = check(session, base, base_env, thresholds, args.alpha)
     except NoRecordsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_NO_INPUT
+    except CannotJudgeError as exc:
+        for note in notes:
+            print(f"note: {note}")
+        print(f"error: cannot judge: {exc}", file=sys.stderr)
+        if not args.refresh_baseline:
+            _write_page(args.in_dir, f"**Cannot judge**: {exc}", notes)
+        return EXIT_CANNOT_JUDGE
     for note in notes:
         print(f"note: {note}")
     if verdicts:
         text = table(verdicts)
         print(text)
-        (args.in_dir / "gate.md").write_text(
-            "## Covalent overhead vs baseline\n\n" + "".join(f"- {n}\n" for n in notes)
-            + "\n" + text + "\n")
-        record_history(args.in_dir, verdicts, runs)
+        _write_page(args.in_dir, text, notes)
+        record_history(history, verdicts, session.runs)
     regressions = [v for v in verdicts if v.verdict == "regression"]
     for v in regressions:
         print(f"REGRESSION: {v.message()}", file=sys.stderr)
     if not verdicts:
         print("error: nothing comparable with the baseline", file=sys.stderr)
-        return 2
-    return 1 if regressions else 0
+        return EXIT_NO_INPUT
+    return EXIT_REGRESSION if regressions else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
         assert (out / file).stat().st_size > 10_000, file
     page = (out / "README.md").read_text()
     assert "## Summary" in page and "overhead_s" in page and "0.240.0" in page
-    assert "## Where the time goes" in page and "Serialized output per task node" in page
+    assert "## Where the time goes" in page and "Per task (medians per call" in page
+    assert page.startswith("# ") and "## Findings" in page and (out / "index.html").is_file()
     for file in PLOTS.values():
         assert f"]({file})" in page
 

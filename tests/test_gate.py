@@ -99,12 +99,13 @@ ENV = {"python": "3.11.7", "covalent": "0.240.0", "torch": "2.14.1", "cpu_count"
        "timestamp": "2026-01-01T00:00:00+00:00", "session_id": "s1", "profile": "p"}
 
 
-def _session(out: Path, plain_s: float, covalent_s: float, in_task_s: float) -> None:
+def _session(out: Path, plain_s: float, covalent_s: float, in_task_s: float,
+             rounds: int = 5) -> None:
     """A tiny session of 5 rounds in the real schema, built through the records writers."""
     from bench.records import phases_writer, runs_writer
 
     runs, phases = runs_writer(out), phases_writer(out)
-    for rnd in range(5):
+    for rnd in range(rounds):
         for mode, executor, wall, task in (("plain", "", plain_s, 0.9 * plain_s),
                                            ("covalent", "local", covalent_s, in_task_s)):
             run_id = f"{mode}{rnd}"
@@ -160,3 +161,162 @@ def test_other_environment_compares_relative_overhead_only(tmp_path, capsys) -> 
     out = capsys.readouterr().out
     assert "environment differs" in out and "cpu_count: 16 -> 2" in out
     assert "total_overhead_pct" in out and "orchestration_s" not in out
+
+
+# --- Input the gate cannot judge from: exit 3, one line saying what and what to do ----------
+
+
+@pytest.fixture
+def baseline(tmp_path) -> Path:
+    """A baseline of 5 rounds taken from a synthetic session, as --refresh-baseline takes it."""
+    _session(tmp_path / "base", plain_s=10.0, covalent_s=14.0, in_task_s=10.0)
+    assert gate_main(["--in", str(tmp_path / "base"), "--baseline", str(tmp_path / "bl"),
+                      "--refresh-baseline"]) == 0
+    return tmp_path / "bl"
+
+
+def _gate(session: Path, baseline: Path, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = gate_main(["--in", str(session), "--baseline", str(baseline)])
+    return code, capsys.readouterr().err
+
+
+def _first_lines(text: str, n: int) -> str:
+    return "".join(text.splitlines(keepends=True)[:n])
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    pytest.param(lambda text: text[:-20], "rounds.csv has 1 bad line (line 6: cut off at the end "
+                 "of the file, no line end: a crash mid-write?)", id="cut-mid-row"),
+    pytest.param(lambda text: _first_lines(text, 3),
+                 "baseline too small: ", id="cut-after-two-rounds"),
+    pytest.param(lambda text: text[:40], "rounds.csv lacks columns: config_id, executor, "
+                 "orchestration_s, total_overhead_pct (written by an older version, or cut "
+                 "off?)", id="header-cut"),
+    pytest.param(lambda text: text + "7,not-a-number\n", "(line 7: 2 fields where the header "
+                 "has 11)", id="torn-row-appended"),
+    pytest.param(lambda text: text.replace("local\n", "local\n4,x,y,z,w,1,2,3,4,c,local\n", 1),
+                 "(line 3: plain_wall_s is not a number: 'x')", id="garbage-row"),
+])
+def test_a_damaged_baseline_is_refused_with_exit_3(tmp_path, baseline, capsys, damage,
+                                                    says) -> None:
+    _session(tmp_path / "new", plain_s=10.0, covalent_s=20.0, in_task_s=10.0)
+    rounds = baseline / "rounds.csv"
+    rounds.write_text(damage(rounds.read_text()))
+    code, err = _gate(tmp_path / "new", baseline, capsys)
+    assert code == 3
+    assert err.startswith("error: cannot judge: ") and says in err and err.count("\n") == 1
+    assert f"restore it (git checkout -- {baseline}) or take a new one" in err
+    assert "REGRESSION" not in err and not (tmp_path / "new" / "history.csv").exists()
+    assert "**Cannot judge**" in (tmp_path / "new" / "gate.md").read_text()
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    pytest.param('{"python": "3.11.7", "covalent": ', "environment.json is not valid JSON "
+                 "(Expecting value: line 1 column 34 (char 33))", id="cut-off"),
+    pytest.param("\x00\x00\x00", "environment.json is not valid JSON", id="zeroed"),
+    pytest.param('["covalent"]', "environment.json is not a JSON object", id="not-an-object"),
+    pytest.param('{"python": "3.11.7"}', "environment.json lacks keys: covalent, torch, "
+                 "cpu_count", id="keys-missing"),
+    pytest.param(None, "has rounds.csv but no environment.json", id="missing"),
+])
+def test_a_corrupt_baseline_environment_is_refused_with_exit_3(tmp_path, baseline, capsys,
+                                                                content, says) -> None:
+    _session(tmp_path / "new", plain_s=10.0, covalent_s=14.0, in_task_s=10.0)
+    env = baseline / "environment.json"
+    if content is None:
+        env.unlink()
+    else:
+        env.write_text(content)
+    code, err = _gate(tmp_path / "new", baseline, capsys)
+    assert code == 3 and err.startswith("error: cannot judge: damaged baseline: ")
+    assert says in err and err.count("\n") == 1
+
+
+def test_a_session_of_one_measured_round_is_refused_not_a_regression(
+    tmp_path, baseline, capsys
+) -> None:
+    # Much slower, but one round: its CI is a point, Mann-Whitney U p >= 1/6. Once this was
+    # called a REGRESSION at p = 0.17; it can't be judged at all.
+    _session(tmp_path / "new", plain_s=10.0, covalent_s=20.0, in_task_s=10.0, rounds=1)
+    code, err = _gate(tmp_path / "new", baseline, capsys)
+    assert code == 3
+    assert err == ("error: cannot judge: too few rounds: c [local]: 1 measured round against "
+                   "the baseline's 5, too few to judge: with 1, Mann-Whitney U cannot reach "
+                   "p < 0.05 (at best p = 0.167); run at least 3 (--bench-set rounds=3)\n")
+    assert not (tmp_path / "new" / "history.csv").exists()
+
+
+def test_too_few_rounds_for_the_test_are_refused() -> None:
+    from bench.analysis.gate import MIN_ROUNDS, TooFewRoundsError, rounds_problem
+
+    assert MIN_ROUNDS == 3
+    base = pd.Series(rng.normal(4.0, 0.2, 5))
+    with pytest.raises(TooFewRoundsError, match=r"c \[local\] orchestration_s: 1 measured"):
+        judge(base[:1] + 2.0, base, "orchestration_s", 25, 0.05, "c", "local")
+    assert "the gate needs at least 3" in rounds_problem(2, 5, 0.05)  # p could be 1/21 ...
+    assert "at best p = 0.050" in rounds_problem(3, 3, 0.05)  # 1/C(6,3): never below 0.05
+    assert rounds_problem(3, 4, 0.05) is None and rounds_problem(4, 3, 0.05) is None
+    assert "the baseline has 2 rounds" in rounds_problem(5, 2, 0.05)
+    # NaN rounds (no phases for a run) do not count.
+    with pytest.raises(TooFewRoundsError):
+        judge(pd.Series([5.0, None, None]), base, "orchestration_s", 25, 0.05)
+
+
+def test_a_baseline_too_small_to_judge_against_is_not_taken(tmp_path, capsys) -> None:
+    _session(tmp_path, plain_s=10.0, covalent_s=14.0, in_task_s=10.0, rounds=2)
+    assert gate_main(["--in", str(tmp_path), "--baseline", str(tmp_path / "bl"),
+                      "--refresh-baseline"]) == 3
+    assert "will not take a baseline" in capsys.readouterr().err
+    assert not (tmp_path / "bl").exists()
+
+
+def test_a_torn_session_line_is_dropped_with_a_note_and_the_rest_judged(
+    tmp_path, baseline, capsys
+) -> None:
+    new = tmp_path / "new"
+    _session(new, plain_s=10.0, covalent_s=14.0, in_task_s=10.0)
+    runs = new / "runs.csv"
+    runs.write_bytes(runs.read_bytes()[:-30])  # the last Covalent run, cut mid-write
+    capsys.readouterr()
+    assert gate_main(["--in", str(new), "--baseline", str(baseline)]) == 0
+    captured = capsys.readouterr()
+    assert f"note: {runs}: dropped 1 damaged line, kept 9 rows; line 11: cut off" in captured.out
+    assert captured.err == ""  # said once, as the gate's note
+    assert "dropped 1 damaged line" in (new / "gate.md").read_text()
+
+
+def test_records_missing_columns_are_refused_with_exit_3(tmp_path, baseline, capsys) -> None:
+    new = tmp_path / "new"
+    _session(new, plain_s=10.0, covalent_s=14.0, in_task_s=10.0)
+    runs = pd.read_csv(new / "runs.csv")
+    runs.drop(columns=["wall_s"]).to_csv(new / "runs.csv", index=False)
+    code, err = _gate(new, baseline, capsys)
+    assert code == 3 and f"{new / 'runs.csv'} lacks columns: wall_s (written by" in err
+
+
+def test_usage_errors_exit_2(tmp_path, capsys) -> None:
+    for argv in (["--threshold-for", "nope=3"], ["--threshold-for", "orchestration_s=x"],
+                 ["--alpha", "1.5"]):
+        with pytest.raises(SystemExit) as raised:
+            gate_main(["--in", str(tmp_path), *argv])
+        assert raised.value.code == 2
+    assert "--threshold-for expects METRIC=PERCENT" in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_codes(capsys) -> None:
+    with pytest.raises(SystemExit):
+        gate_main(["--help"])
+    out = capsys.readouterr().out
+    for text in ("Exit codes:", "1  regression", "2  usage error", "3  cannot judge"):
+        assert text in out
+
+
+def test_records_with_no_readable_row_are_no_records(tmp_path, baseline, capsys) -> None:
+    from bench.records import RUN_COLUMNS
+
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "runs.csv").write_text(",".join(RUN_COLUMNS) + "\r\n2026-01-01,s1,r0,p")
+    code, err = _gate(new, baseline, capsys)
+    assert code == 2 and "runs.csv holds no readable run; " in err and "line 2: cut off" in err

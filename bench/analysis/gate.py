@@ -3,6 +3,7 @@ than the baseline's? (The command around it, with files and history: bench.gate.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -11,6 +12,53 @@ from scipy import stats
 from bench.analysis.stats import median_ci
 
 METRICS = ("orchestration_s", "total_overhead_pct")
+
+# The fewest measured rounds the gate judges on either side (session and baseline). When every
+# new round is worse than every baseline round, the one-sided Mann-Whitney U test gives its
+# smallest p: 1 / C(n + m, n) for n new and m baseline rounds (scipy's exact method, which it
+# uses below 8 rounds without ties). At alpha 0.05 one round never gets there against fewer than 20
+# baseline rounds (1/6 against 5), two only against 5 or more (1/21 = 0.048, barely), three
+# against 4 or more (1/35). So 3 is the smallest n that can reach p < alpha against the
+# baselines the profiles take (4-5 measured rounds). Below it the gate's other criterion,
+# CIs that do not overlap, is no safeguard either: one round's CI is a point (a session of
+# one round was once called a REGRESSION at p = 0.17), two rounds' is just their range.
+# Pairs of at least MIN_ROUNDS that still cannot reach alpha (3 against 3: p >= 0.05) are
+# refused too, by rounds_problem().
+MIN_ROUNDS = 3
+
+
+class TooFewRoundsError(ValueError):
+    """A sample too small for the test to ever call a difference significant."""
+
+
+def best_p_value(n_new: int, n_base: int) -> float:
+    """The smallest one-sided Mann-Whitney U p that n_new rounds can reach against n_base."""
+    return 1 / math.comb(n_new + n_base, n_new)
+
+
+def rounds_needed(n_base: int, alpha: float) -> int:
+    """The fewest new rounds (at least MIN_ROUNDS) that can reach p < alpha against n_base."""
+    n = MIN_ROUNDS
+    while best_p_value(n, n_base) >= alpha and n < 10_000:
+        n += 1
+    return n
+
+
+def rounds_problem(n_new: int, n_base: int, alpha: float) -> str | None:
+    """Why n_new measured rounds cannot be judged against the baseline's n_base, or None."""
+    if n_base < MIN_ROUNDS:
+        return (f"the baseline has {n_base} round{'s' * (n_base != 1)}, fewer than the "
+                f"{MIN_ROUNDS} the gate needs; take a new baseline with more rounds")
+    need = rounds_needed(n_base, alpha)
+    if n_new >= need:
+        return None
+    best = best_p_value(n_new, n_base)
+    why = (f"with {n_new}, Mann-Whitney U cannot reach p < {alpha:g} (at best "
+           f"p = {best:.3f})" if best >= alpha else
+           f"the gate needs at least {MIN_ROUNDS}: with fewer, a median's confidence interval "
+           f"is a point or a range")
+    return (f"{n_new} measured round{'s' * (n_new != 1)} against the baseline's {n_base}, too "
+            f"few to judge: {why}; run at least {need} (--bench-set rounds={need})")
 
 
 @dataclass(frozen=True)
@@ -43,7 +91,14 @@ def judge(
     new: pd.Series, base: pd.Series, metric: str, threshold_pct: float, alpha: float,
     config_id: str = "", executor: str = "",
 ) -> Verdict:
-    """Regression = significantly worse AND worse by more than the threshold."""
+    """Regression = significantly worse AND worse by more than the threshold.
+
+    Raises TooFewRoundsError if the samples (without NaN) are too small to ever be
+    significant (see MIN_ROUNDS)."""
+    new, base = new.dropna(), base.dropna()
+    problem = rounds_problem(len(new), len(base), alpha)
+    if problem:
+        raise TooFewRoundsError(f"{config_id} [{executor}] {metric}: {problem}")
     new_ci, base_ci = median_ci(new), median_ci(base)
     p = float(stats.mannwhitneyu(new, base, alternative="greater").pvalue)
     significant = p < alpha or new_ci[1] > base_ci[2]

@@ -1,6 +1,7 @@
 """The configuration matrix read across configurations: overhead against workload size
 per graph shape (with the fitted lines of fits.csv), bytes moved per shape, the K-model
-sweep against the ideal parallel line, concurrent dispatches, and the findings in words.
+sweep against the ideal parallel line, concurrent dispatches, and the findings in words
+(the page's blocks, bench.report.blocks).
 
 Reads summary.csv's rows (bench.analysis.summarize) and fits.csv's (overhead_fits) only.
 """
@@ -19,12 +20,26 @@ import pandas as pd  # noqa: E402
 
 from bench.analysis.decompose import family  # noqa: E402
 from bench.analysis.stats import fit_line  # noqa: E402
+from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
 
 PLOTS = {
     "scaling": "matrix_scaling.png",
     "bytes": "matrix_bytes.png",
     "sweep": "matrix_sweep.png",
     "concurrency": "matrix_concurrency.png",
+}
+CAPTIONS = {  # one line per plot: what to look at
+    "scaling": "Overhead against training samples per graph shape and executor (top: seconds "
+               "with 95 % CI and the fitted line, dashed; bottom: % of plain): a line that "
+               "heads below zero is where Covalent would pay off.",
+    "bytes": "MiB Covalent serializes per run, by graph shape and training size: the shapes "
+             "with the tallest bars move the most data between tasks.",
+    "sweep": "K models trained plain one after another (solid) vs under Covalent (dashed), "
+             "with the ideal parallel line (dotted): Covalent pays off where its dashed line "
+             "drops below the solid one.",
+    "concurrency": "N workflows dispatched at once: throughput (left, higher is better) and "
+                   "latency (right, the band reaches the slowest) against plain one after "
+                   "another.",
 }
 SHAPE_ORDER = ("tutorial", "lean", "per-epoch", "monolithic")
 
@@ -347,8 +362,8 @@ def findings(summary: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
     return out
 
 
-def matrix_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[str]:
-    """Plots written to out_dir and the page's lines; empty when there is no matrix."""
+def matrix_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[Block]:
+    """Plots written to out_dir and the page's blocks; empty when there is no matrix."""
     if summary["config_id"].nunique() < 2:
         return []
     made = {
@@ -359,14 +374,17 @@ def matrix_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> 
     }
     if not any(made.values()):
         return []
-    lines = ["## Across the matrix: where Covalent pays off and where it costs", ""]
-    lines += [f"- {line}" for line in findings(summary, fits)]
-    lines += ["", *[f"![{name}]({PLOTS[name]})" for name, ok in made.items() if ok]]
+    blocks: list[Block] = [
+        Heading("Across the matrix: where Covalent pays off and where it costs"),
+        Bullets(tuple(findings(summary, fits))),
+        *[Figure(PLOTS[name], CAPTIONS[name], name) for name, ok in made.items() if ok],
+    ]
     if len(fits):
-        lines += ["", "Fitted lines (`fits.csv`; least squares over every measured round):", "",
-                  fits.to_markdown(index=False, floatfmt=".4g")]
+        blocks += [Text("Fitted lines (`fits.csv`; least squares over every measured round):"),
+                   Table(fits, floatfmt=".4g")]
     rounds = sorted(set(summary["covalent_rounds"].astype(int)))
-    lines += ["", f"Measured rounds per configuration: {', '.join(map(str, rounds))} "
-              "(see each row's `covalent_rounds`); with few rounds the CIs are wide: read the "
-              "fitted lines and the consistent signs rather than single medians."]
-    return lines
+    blocks.append(Text(
+        f"Measured rounds per configuration: {', '.join(map(str, rounds))} (see each row's "
+        "`covalent_rounds`); with few rounds the CIs are wide: read the fitted lines and the "
+        "consistent signs rather than single medians."))
+    return blocks

@@ -20,15 +20,45 @@ from bench.analysis.decompose import (  # noqa: E402
     ORCHESTRATION_PARTS,
     SEGMENTS,
     as_batches,
+    flagged,
     measured,
     numeric_outputs,
     with_breakdown,
 )
+from bench.analysis.findings import (  # noqa: E402
+    CHEAPEST,
+    INFLATION,
+    LARGEST_PART,
+    OVERHEAD,
+    PAYOFF,
+    PRECISION,
+    SAME_WORK,
+    findings,
+)
 from bench.analysis.stats import CONFIDENCE  # noqa: E402
 from bench.gate import HISTORY_CSV  # noqa: E402
-from bench.records import ENV_COLUMNS, NoRecordsError, load_phases, load_runs  # noqa: E402
+from bench.records import (  # noqa: E402
+    ENV_COLUMNS,
+    NoRecordsError,
+    RecordsSchemaError,
+    dropped_note,
+    load_phases,
+    load_runs,
+)
+from bench.report.blocks import (  # noqa: E402
+    Block,
+    Figure,
+    Findings,
+    Heading,
+    Table,
+    Text,
+    to_markdown,
+)
+from bench.report.html import write_html  # noqa: E402
+from bench.report.matrix import CAPTIONS as MATRIX_CAPTIONS  # noqa: E402
 from bench.report.matrix import PLOTS as MATRIX_PLOTS  # noqa: E402
 from bench.report.matrix import matrix_section  # noqa: E402
+from bench.report.scaling import CAPTIONS as SCALING_CAPTIONS  # noqa: E402
 from bench.report.scaling import PLOTS as SCALING_PLOTS  # noqa: E402
 from bench.report.scaling import scaling_section  # noqa: E402
 from bench.report.tables import write_summary  # noqa: E402
@@ -47,6 +77,42 @@ PLOTS = {
     "overhead_parts": "overhead_parts.png",
     "overhead_ci": "overhead_ci.png",
     "timeline": "timeline.png",
+}
+CAPTIONS = {  # one line per plot: what to look at
+    "wall_time": "Each dot is one measured round, each bar the median: compare the Covalent "
+                 "bars with plain's, and look for rounds far from their median.",
+    "overhead": "Covalent − plain median wall time per configuration, whiskers spanning the "
+                "rounds: the bar's height is what Covalent costs per run.",
+    "accuracy": "Test accuracy of both modes side by side: equal bars mean both did the same "
+                "training.",
+    "loss_curves": "Training loss per logged batch: identical runs overlap, so one visible "
+                   "line per configuration is the good case.",
+    "breakdown": "Median wall time split into segments, one bar per mode: blue is the tasks' "
+                 "own compute, warm colours are orchestration; compare each bar with plain's.",
+    "overhead_parts": "The overhead split into its named parts (stacked, negative parts below "
+                      "zero), the diamond marking the total: the tallest block is the part to "
+                      "work on.",
+    "overhead_ci": "Total overhead, orchestration and compute inflation with their 95 % "
+                   "bootstrap CIs: a whisker that crosses zero means no measurable effect.",
+    "timeline": "One round on one time axis: the gaps between the blue task bars are time "
+                "Covalent spends around the tasks (staging, scheduling, hand-off).",
+}
+HISTORY_PLOT = "history.png"
+HISTORY_CAPTION = ("Each gate run's overhead across commits with its CI: red crosses are "
+                   "regressions, the dashed line the baseline.")
+# The plot that opens the page beside the findings: the first of these the report drew;
+# for a sweep of several configurations, its overhead-against-parameter plot comes first.
+KEY_PLOTS = ("overhead_parts.png", "overhead_ci.png", "overhead.png", "wall_time.png")
+KEY_PLOTS_SWEEP = ("matrix_scaling.png", "scaling.png", *KEY_PLOTS)
+# Which plot shows each finding (the first that exists).
+TOPIC_PLOTS = {
+    OVERHEAD: ("overhead_ci.png", "overhead.png"),
+    LARGEST_PART: ("overhead_parts.png", "breakdown.png"),
+    INFLATION: ("overhead_ci.png", "breakdown.png"),
+    CHEAPEST: ("matrix_scaling.png", "scaling.png", "overhead.png"),
+    PAYOFF: ("matrix_scaling.png", "matrix_sweep.png", "scaling.png"),
+    SAME_WORK: ("accuracy.png", "loss_curves.png"),
+    PRECISION: ("overhead_ci.png",),
 }
 FAMILY_STYLE = {  # estimator: label, colour
     "total_overhead_s": ("total (Covalent − plain)", "#555555"),
@@ -188,25 +254,34 @@ def plot_breakdown(runs: pd.DataFrame, path: Path) -> None:
     """Median of each wall-time segment, stacked, per configuration and mode."""
     keys = runs.drop_duplicates(["config_id", "mode", "executor"])
     fig, ax = plt.subplots(figsize=(11, 1.4 + 0.7 * len(keys)))
-    labels = []
+    labels: list[str] = []
+    ends: list[float] = []
     for i, (_, key) in enumerate(keys.iterrows()):
         group = runs[(runs["config_id"] == key["config_id"]) & (runs["executor"] ==
                                                                  key["executor"])]
         left = 0.0
         for seg in SEGMENTS:
-            value = group[seg].fillna(0).median()
+            # A negative median (the rest, where the named segments overlap) would be drawn
+            # backwards over the others: the stack shows the positive segments only.
+            value = max(group[seg].fillna(0).median(), 0.0)
             name, colour = SEGMENT_STYLE[seg]
             ax.barh(i, value, left=left, color=colour, label=name if i == 0 else None)
             left += value
-        ax.annotate(f"{group['wall_s'].median():.1f} s", (left, i), va="center",
-                    xytext=(4, 0), textcoords="offset points", fontsize=8)
+        # The label (the median wall) goes past the bar's end, wherever the medians add up.
+        wall = group["wall_s"].median()
+        end = max(left, wall)
+        ax.annotate(f"{wall:.1f} s", (end, i), va="center", xytext=(4, 0),
+                    textcoords="offset points", fontsize=8)
+        ends.append(end)
         labels.append(f"{_label(key)}\n{_wrap_id(key['config_id'], 30)}")
     ax.set_yticks(range(len(keys)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("seconds (medians of measured rounds)")
     ax.set_title("Where the wall time goes")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.margins(x=0.12)
+    # Room for the longest bar's label inside the axes (margins() stops at the stacked
+    # segments' sticky edges, and the label would land on the legend).
+    ax.set_xlim(0, max(ends) * 1.12 if max(ends) > 0 else 1.0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -341,19 +416,19 @@ def plot_history(history: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _environment_table(runs: pd.DataFrame) -> str:
+def _environment_table(runs: pd.DataFrame) -> Table:
     latest = runs.sort_values("timestamp").iloc[-1]
-    env = {col: latest[col] for col in ENV_COLUMNS}
+    env = {col: latest[col] for col in ENV_COLUMNS if col in latest}
     if "torch_threads" in runs and runs["torch_threads"].notna().any():
         env["torch threads (inside tasks)"] = ", ".join(
             f"{_label(r)}: {int(r['torch_threads'])}"
             for _, r in runs.drop_duplicates(["mode", "executor"]).iterrows()
             if pd.notna(r["torch_threads"])
         )
-    startup = runs["server_startup_s"].dropna()
+    startup = runs["server_startup_s"].dropna() if "server_startup_s" in runs else []
     if len(startup):
         env["Covalent server start-up (s, not counted as overhead)"] = f"{startup.iloc[-1]:.1f}"
-    return pd.DataFrame({"": list(env), "value": list(env.values())}).to_markdown(index=False)
+    return Table(pd.DataFrame({"": list(env), "value": [str(v) for v in env.values()]}))
 
 
 WHERE_TEXT = (
@@ -369,13 +444,26 @@ WHERE_TEXT = (
     "`stock wall` is what `ct.get_result(wait=True)` (1 s polling) would have shown. "
     "Per-phase rows are in `phases.csv`."
 )
+INTRO_TEXT = (
+    "The workflow run as plain Python functions (the lattice's own function, electrons as "
+    "plain calls) and as a Covalent lattice on a real server. Wall time is the client's "
+    "view: for Covalent, from the dispatch call until the result is downloaded. "
+    "Overhead = median Covalent wall − median plain wall over the measured rounds "
+    "(warm-up rounds excluded). `same_output`: every run of both modes returned the same "
+    "value (equal digests). `comparable`: same torch thread count and device, where the "
+    "workload reports them."
+)
+FINDINGS_NOTE = (
+    "Derived from summary.csv and fits.csv by the rules in `bench/analysis/findings.py`. "
+    "Seconds per run; brackets: 95 % bootstrap CI over paired rounds."
+)
 PART_COLUMNS = ["submit_median_s", "until_running_median_s", "executor_cost_median_s",
                 "scheduling_gaps_median_s", "completion_detect_median_s",
                 "retrieve_median_s", "unexplained_s", "explained_pct", "stock_wall_median_s",
                 "plain_server_cpu_s", "covalent_server_cpu_s"]
 
 
-def _families_table(summary: pd.DataFrame) -> str:
+def _families_table(summary: pd.DataFrame) -> list[Block]:
     def fmt(row: pd.Series, family: str, unit: str) -> str:
         mid, low, high = (row[family], row[f"{family}_ci_low"], row[f"{family}_ci_high"])
         return f"{mid:+.2f} {unit} [{low:+.2f}, {high:+.2f}] (±{(high - low) / 2:.2f})"
@@ -392,14 +480,14 @@ def _families_table(summary: pd.DataFrame) -> str:
                               for _, r in summary.iterrows()],
         "comparable": summary["comparable"],
     })
-    return (f"Overhead families, median of paired rounds [{CONFIDENCE:.0%} bootstrap CI] "
-            f"(± CI half-width):\n\n" + table.to_markdown(index=False))
+    return [Text(f"Overhead families, median of paired rounds [{CONFIDENCE:.0%} bootstrap CI] "
+                 "(± CI half-width):"), Table(table)]
 
 
-def _task_work_table(summary: pd.DataFrame) -> str:
+def _task_work_table(summary: pd.DataFrame) -> list[Block]:
     """What the tasks did, plain -> Covalent: the reading of compute inflation."""
     if summary["covalent_in_task_cpu_s"].isna().all():
-        return ""
+        return []
 
     table = summary[["config_id", "executor"]].copy()
     for title, col, fmt in (("in-task wall s", "in_task_s", ".1f"),
@@ -409,24 +497,23 @@ def _task_work_table(summary: pd.DataFrame) -> str:
         table[title] = [f"{p:{fmt}} → {c:{fmt}}" for p, c in
                         zip(summary[f"plain_{col}"], summary[f"covalent_{col}"], strict=True)]
     table["Covalent tasks' environment"] = summary["covalent_task_env"]
-    return (
+    return [Text(
         "What the tasks did, plain → Covalent (medians per run, summed over tasks). Wall up "
         "with CPU flat is contention; CPU up is the same code doing more work, and with "
         "kernel time and page faults up it is the memory allocator. Dask's nanny starts "
         "every worker with `MALLOC_TRIM_THRESHOLD_=65536`; setting it at all turns off "
         "glibc's dynamic mmap threshold, so every large allocation is mapped and "
-        "page-faulted afresh (remedy: `bench/dask/keep-malloc-defaults.yaml`).\n\n"
-        + table.to_markdown(index=False))
+        "page-faulted afresh (remedy: `bench/dask/keep-malloc-defaults.yaml`)."), Table(table)]
 
 
-def _task_table(runs: pd.DataFrame, phases: pd.DataFrame) -> str:
+def _task_table(runs: pd.DataFrame, phases: pd.DataFrame) -> list[Block]:
     """Per task: calls per run, its own time per call (measured inside the task) in each
     mode, its node's server-side span per call, and its serialized output (the manifest)."""
     rows = phases[phases["run_id"].isin(runs["run_id"])
                   & phases["phase"].isin([R.IN_TASK, R.NODE])].copy()
     rows = rows[~rows["task"].astype(str).str.startswith(":") | (rows["phase"] == R.IN_TASK)]
     if rows.empty:
-        return ""
+        return []
     rows["where"] = rows["executor"].fillna("").replace("", "plain")
     per_run = rows[rows["phase"] == R.IN_TASK].groupby(["config_id", "task", "run_id"]).size()
     calls = per_run.groupby(["config_id", "task"]).max().rename("calls per run")
@@ -442,12 +529,12 @@ def _task_table(runs: pd.DataFrame, phases: pd.DataFrame) -> str:
         parts.append(nodes.groupby(["config_id", "task"])["bytes"].max().div(2**20)
                      .rename("output MiB"))
     table = pd.concat(parts, axis=1).reset_index()
-    return ("Per task (medians per call over the measured rounds): its own time, measured "
-            "inside the task in each mode; under Covalent, its node's span on the server "
-            "(staging, (de)serialization and the task); and its serialized output (base64 "
-            "cloudpickle, from the dispatch manifest). Tasks of a sublattice run in its "
-            "sub-dispatch: they have in-task times but no node of their own here.\n\n"
-            + table.to_markdown(index=False, floatfmt=".3f"))
+    return [Text("Per task (medians per call over the measured rounds): its own time, measured "
+                 "inside the task in each mode; under Covalent, its node's span on the server "
+                 "(staging, (de)serialization and the task); and its serialized output (base64 "
+                 "cloudpickle, from the dispatch manifest). Tasks of a sublattice run in its "
+                 "sub-dispatch: they have in-task times but no node of their own here."),
+            Table(table, floatfmt=".3f")]
 
 
 def detail_configs(summary: pd.DataFrame) -> list[str]:
@@ -459,21 +546,6 @@ def detail_configs(summary: pd.DataFrame) -> list[str]:
     core = single[(single["shape"] == "tutorial") & (single["data_path"] == "tutorial")
                   & (single["models"] <= 1)]
     return list(dict.fromkeys(core["config_id"]))[:MAX_DETAIL]
-
-
-def _same_work(summary: pd.DataFrame) -> str:
-    """One sentence on whether both modes did the same work."""
-    if not summary["deterministic"].astype(bool).all():
-        odd = ", ".join(summary.loc[~summary["deterministic"].astype(bool), "config_id"].unique())
-        return (f"**Same work: not checkable** for {odd}: its plain runs returned different "
-                "values from one round to the next, so the workflow is not deterministic and "
-                "plain and Covalent outputs cannot be compared value for value.")
-    if summary["same_output"].astype(bool).all():
-        return ("**Same work: yes.** Every run of both modes returned the same value "
-                "(equal output digests).")
-    bad = ", ".join(f"{r.config_id} [{r.executor}]"
-                    for r in summary[~summary["same_output"].astype(bool)].itertuples())
-    return f"**Same work: NO** for {bad}: Covalent returned other values than plain."
 
 
 def _probing(summary: pd.DataFrame) -> str:
@@ -493,86 +565,136 @@ def _probing(summary: pd.DataFrame) -> str:
             "task that was not probed counts as orchestration, not in-task time.")
 
 
-def write_page(
+def _figures(out_dir: Path) -> dict[str, Figure]:
+    """Every plot this report drew, by file name, with its caption."""
+    drawn = [(PLOTS, CAPTIONS), (MATRIX_PLOTS, MATRIX_CAPTIONS),
+             (SCALING_PLOTS, SCALING_CAPTIONS), ({"history": HISTORY_PLOT},
+                                                 {"history": HISTORY_CAPTION})]
+    return {file: Figure(file, captions[name], name)
+            for plots, captions in drawn for name, file in plots.items()
+            if (out_dir / file).exists()}
+
+
+def findings_block(summary: pd.DataFrame, fits: pd.DataFrame | None, out_dir: Path
+                   ) -> Findings:
+    """The page's opening: the findings, each pointing at the plot that shows it, beside the
+    key plot."""
+    figures = _figures(out_dir)
+    items = []
+    for finding in findings(summary, fits):
+        fig = next((figures[f] for f in TOPIC_PLOTS.get(finding.topic, ()) if f in figures),
+                   None)
+        items.append((finding.text, fig))
+    order = KEY_PLOTS_SWEEP if summary["config_id"].nunique() > 1 else KEY_PLOTS
+    key = next((figures[f] for f in order if f in figures), None)
+    return Findings(tuple(items), key=key, note=FINDINGS_NOTE)
+
+
+def page_blocks(
     runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
-    matrix: list[str] | None = None, detail: pd.DataFrame | None = None,
-    scaling: list[str] | None = None,
-) -> Path:
+    matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
+    scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
+    notes: list[str] | None = None,
+) -> list[Block]:
+    """The report page as blocks: findings first, then the detailed tables and plots.
+    `notes`: what the records themselves say (damaged lines dropped, runs left out)."""
     sessions = ", ".join(sorted(set(summary["session_id"].dropna()) | set(runs["session_id"])))
     outputs = [f"{mode}_{m}" for m in numeric_outputs(runs) for mode in ("plain", "covalent")
                if f"{mode}_{m}" in summary]
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
                      "overhead_s", "overhead_pct", "plain_rounds", "covalent_rounds",
                      *outputs[:4], "same_output", "comparable"]]
-    workloads = ", ".join(dict.fromkeys(summary["workload"].astype(str)))
-    lines = [
-        f"# What does Covalent cost? {workloads}, plain vs Covalent",
-        "",
-        "The workflow run as plain Python functions (the lattice's own function, electrons as "
-        "plain calls) and as a Covalent lattice on a real server. Wall time is the client's "
-        "view: for Covalent, from the dispatch call until the result is downloaded. "
-        "Overhead = median Covalent wall − median plain wall over the measured rounds "
-        "(warm-up rounds excluded). `same_output`: every run of both modes returned the same "
-        "value (equal digests). `comparable`: same torch thread count and device, where the "
-        "workload reports them.",
-        "",
-        _same_work(summary),
-        "",
-        f"Sessions: {sessions}",
-        "",
-        "## Summary",
-        "",
-        table.to_markdown(index=False, floatfmt=".2f"),
-        "",
+    opening = findings_block(summary, fits, out_dir)
+    blocks: list[Block] = [
+        Heading(page_title(summary), level=1),
+        opening,
+        Text(INTRO_TEXT),
+        Text(f"Sessions: {sessions}"),
+        *[Text(note) for note in notes or []],
+        Heading("Summary"),
+        Table(table),
     ]
     probing = _probing(summary)
-    lines += [probing, ""] if probing else []
-    lines += [*scaling, ""] if scaling else []
-    lines += [*matrix, ""] if matrix else []
+    blocks += [Text(probing)] if probing else []
+    blocks += scaling or []
+    blocks += matrix or []
     detail = summary if detail is None else detail
     if len(detail) < len(summary):
-        lines += ["## Per configuration", "", f"The plots and tables below cover "
-                  f"{detail['config_id'].nunique()} core configurations of "
-                  f"{summary['config_id'].nunique()} (tutorial shape and data path, one model, "
-                  "one dispatch); summary.csv has every row.", ""]
+        blocks += [Heading("Per configuration"), Text(
+            f"The plots and tables below cover {detail['config_id'].nunique()} core "
+            f"configurations of {summary['config_id'].nunique()} (tutorial shape and data "
+            "path, one model, one dispatch); summary.csv has every row.")]
     else:
-        lines += ["## Plots", ""]
+        blocks.append(Heading("Plots"))
+    shown = {opening.key.file} if opening.key else set()
+    blocks += [Figure(file, CAPTIONS[name], name) for name, file in PLOTS.items()
+               if (out_dir / file).exists()]
     summary = detail
-    lines += [f"![{name}]({file})" for name, file in PLOTS.items() if (out_dir / file).exists()]
     if summary["orchestration_s"].notna().any():
-        lines += ["", "## Where the time goes", "", WHERE_TEXT, "", _families_table(summary),
-                  "", "Parts (medians over measured rounds, seconds):", "",
-                  summary[["config_id", "executor", *PART_COLUMNS]].to_markdown(
-                      index=False, floatfmt=".2f")]
-        work = _task_work_table(summary)
-        lines += ["", work] if work else []
-        tasks = _task_table(runs, phases) if phases is not None else ""
-        lines += ["", tasks] if tasks else []
+        blocks += [Heading("Where the time goes"), Text(WHERE_TEXT), *_families_table(summary),
+                   Text("Parts (medians over measured rounds, seconds):"),
+                   Table(summary[["config_id", "executor", *PART_COLUMNS]])]
+        blocks += _task_work_table(summary)
+        blocks += _task_table(runs, phases) if phases is not None else []
         cold_rows = summary[["config_id", "executor", "cold_plain_s", "cold_covalent_s",
                              "plain_median_s", "covalent_median_s"]]
-        lines += ["", "Cold runs (the warm-up round right after the server started; "
-                  "excluded from everything above):", "",
-                  cold_rows.to_markdown(index=False, floatfmt=".2f")]
-    if (out_dir / "history.png").exists():
-        lines += ["", "## Overhead across commits", "", "![history](history.png)"]
-    lines += ["", "## Environment", "", _environment_table(runs), ""]
+        blocks += [Text("Cold runs (the warm-up round right after the server started; "
+                        "excluded from everything above):"), Table(cold_rows)]
+    if (out_dir / HISTORY_PLOT).exists():
+        blocks += [Heading("Overhead across commits"),
+                   Figure(HISTORY_PLOT, HISTORY_CAPTION, "history")]
+    blocks += [Heading("Environment"), _environment_table(runs)]
+    # The key plot opens the page; it is not repeated further down.
+    return [b for b in blocks if not (isinstance(b, Figure) and b.file in shown)]
+
+
+def page_title(summary: pd.DataFrame) -> str:
+    workloads = ", ".join(dict.fromkeys(summary["workload"].astype(str)))
+    return f"What does Covalent cost? {workloads}, plain vs Covalent"
+
+
+def write_page(
+    runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
+    matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
+    scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
+    notes: list[str] | None = None,
+) -> Path:
+    """README.md (for GitHub) and index.html (self-contained, plots embedded) beside it,
+    from the same blocks. Returns the README's path."""
+    blocks = page_blocks(runs, summary, out_dir, phases, matrix, detail, scaling, fits, notes)
     page = out_dir / "README.md"
-    page.write_text("\n".join(lines))
+    page.write_text(to_markdown(blocks))
+    write_html(blocks, out_dir, page_title(summary))
     return page
 
 
-def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                include_flagged: bool = False) -> Path:
     in_dir = Path(in_dir)
     out_dir = Path(out_dir) if out_dir else in_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     all_runs = load_runs(in_dir)
+    phases = load_phases(in_dir)
+    notes = [note for note in (dropped_note(all_runs), dropped_note(phases)
+                               if phases is not None else "") if note]
+    marked = flagged(all_runs)
+    if marked.any():
+        kinds = ", ".join(sorted(set(all_runs.loc[marked, "flags"].astype(str))))
+        notes.append(
+            f"{int(marked.sum())} run(s) flagged ({kinds}: a process of the server's tree died "
+            f"during the run, e.g. a Dask worker restarted and its task ran again) "
+            + ("are included, as asked." if include_flagged else
+               "are left out of every figure; `python -m bench.report --include-flagged` "
+               "keeps them."))
+        if not include_flagged:
+            all_runs = all_runs[~marked]
     runs = measured(as_batches(all_runs))
     if runs.empty:
         raise NoRecordsError(f"{in_dir}: runs.csv has no completed, measured (non-warm-up) runs")
-    phases = load_phases(in_dir)
-    full_summary, fits = write_summary(out_dir, in_dir)
+    full_summary, fits = write_summary(out_dir, in_dir, include_flagged)
     # A plot this data can't make must not linger from an earlier report.
-    for stale in [*PLOTS.values(), *MATRIX_PLOTS.values(), *SCALING_PLOTS.values()]:
+    for stale in [*PLOTS.values(), *MATRIX_PLOTS.values(), *SCALING_PLOTS.values(),
+                  HISTORY_PLOT]:
         (out_dir / stale).unlink(missing_ok=True)
     mnist = full_summary[full_summary["workload"] == "mnist"]
     matrix = matrix_section(mnist, fits[fits["workload"] == "mnist"], out_dir) \
@@ -596,8 +718,9 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
             plot_accuracy(summary, out_dir / PLOTS["accuracy"])
     history = in_dir / HISTORY_CSV
     if history.is_file() and history.stat().st_size:
-        plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / "history.png")
-    return write_page(runs, full_summary, out_dir, phases, matrix, summary, scaling)
+        plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / HISTORY_PLOT)
+    return write_page(runs, full_summary, out_dir, phases, matrix, summary, scaling, fits,
+                      notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -606,10 +729,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory holding runs.csv (default: reports)")
     parser.add_argument("--out", dest="out_dir", default=None,
                         help="where plots and README.md go (default: the input directory)")
+    parser.add_argument("--include-flagged", action="store_true",
+                        help="keep runs flagged in runs.csv (a worker restarted during them) "
+                        "in the statistics; by default they are left out")
     args = parser.parse_args(argv)
     try:
-        page = make_report(args.in_dir, args.out_dir)
-    except NoRecordsError as exc:
+        page = make_report(args.in_dir, args.out_dir, args.include_flagged)
+    except (NoRecordsError, RecordsSchemaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"report written: {page} (plots beside it)")

@@ -14,8 +14,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.analysis.decompose import family  # noqa: E402
+from bench.report.blocks import Block, Figure, Heading, Table, Text  # noqa: E402
 
 PLOTS = {"scaling": "scaling.png"}
+CAPTIONS = {  # one line per plot: what to look at
+    "scaling": "Orchestration against the swept parameter, one colour per executor, with its "
+               "fitted line: the slope is what one more unit costs (for chain and fanout: one "
+               "more task); points off the line are configurations the fit does not explain.",
+}
 COLORS = {"local": "#dd8452", "dask": "#55a868", "external": "#8172b3"}
 
 
@@ -59,7 +65,7 @@ def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def scaling_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[str]:
+def scaling_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[Block]:
     rows = _fits(fits)
     if rows.empty:
         return []
@@ -69,12 +75,14 @@ def scaling_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) ->
         stderr_ms=(rows["slope_stderr"] * 1000).round(2),
     )[["workload", "executor", "x", "family", "points", "intercept_s", "per_unit_ms",
        "stderr_ms", "r2"]]
-    lines = ["## How the overhead grows", "",
-             "Least-squares lines of orchestration (Covalent wall − the tasks' own time) "
+    blocks: list[Block] = [
+        Heading("How the overhead grows"),
+        Text("Least-squares lines of orchestration (Covalent wall − the tasks' own time) "
              "against each swept parameter, over every measured round. For `chain` and "
              "`fanout`, `per_unit_ms` against `n` is what one more task costs; the intercept "
-             "is the cost of a dispatch with no tasks.", "",
-             table.to_markdown(index=False, floatfmt=".3g")]
+             "is the cost of a dispatch with no tasks."),
+        Table(table, floatfmt=".3g"),
+    ]
     if drawn:
-        lines += ["", f"![scaling]({PLOTS['scaling']})"]
-    return lines
+        blocks.append(Figure(PLOTS["scaling"], CAPTIONS["scaling"], "scaling"))
+    return blocks

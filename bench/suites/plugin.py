@@ -259,7 +259,8 @@ def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
         runs = (1 if case.round is not None else case.scenario.rounds
                 + case.scenario.warmup_rounds) * case.scenario.concurrency
         planned[case.label] = planned.get(case.label, 0) + runs
-    progress = Progress(config.pluginmanager.get_plugin("terminalreporter"), planned)
+    progress = Progress(config.pluginmanager.get_plugin("terminalreporter"), planned,
+                        config.pluginmanager.get_plugin("capturemanager"))
     progress.announce(len(cases), len(profile.scenarios),
                       ", ".join(w.name for w in profile.workloads))
     with tempfile.TemporaryDirectory(prefix="covalent-bench-probes-") as probe_dir:

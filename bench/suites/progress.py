@@ -7,6 +7,7 @@ unless pytest runs with `-s`."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections import defaultdict
@@ -27,9 +28,11 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts runs against the plan and estimates what is left from what took how long."""
 
-    def __init__(self, reporter: Any, planned: dict[str, int]) -> None:
-        """`planned`: runs per kind (mode or executor label), over the whole session."""
-        self.reporter = reporter
+    def __init__(self, reporter: Any, planned: dict[str, int], capture: Any = None) -> None:
+        """`planned`: runs per kind (mode or executor label), over the whole session;
+        `capture`: pytest's capture manager, suspended while a line is written (a run ends
+        inside a test, where pytest captures the terminal)."""
+        self.reporter, self.capture = reporter, capture
         self.planned = dict(planned)
         self.total = sum(planned.values())
         self.done: dict[str, list[float]] = defaultdict(list)  # kind -> seconds per run
@@ -48,7 +51,7 @@ class Progress:
             self.walls[(config_id, label)].append(wall_s)
         finished = sum(len(v) for v in self.done.values())
         parts = [f"[{finished:>{len(str(self.total))}}/{self.total}]",
-                 f"round {round_ + 1}/{rounds}{' warm-up' if warmup else ''}",
+                 f"{f'round {round_ + 1}/{rounds}' + (' warm-up' if warmup else ''):<18}",
                  f"{label:<8}", f"wall {wall_s:7.2f} s"]
         if status != "COMPLETED":
             parts.append(status)
@@ -81,5 +84,8 @@ class Progress:
     def _line(self, text: str) -> None:
         if self.reporter is None:
             return
-        self.reporter.ensure_newline()
-        self.reporter.write_line(text)
+        suspended = (self.capture.global_and_fixture_disabled() if self.capture is not None
+                     else contextlib.nullcontext())
+        with suspended:
+            self.reporter.ensure_newline()
+            self.reporter.write_line(text)
