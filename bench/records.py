@@ -84,6 +84,7 @@ RUN_COLUMNS = (
     "outputs",  # JSON: what the workload reports of its output (MNIST: accuracy, loss ...)
     "tasks_probed",  # tasks timed from inside / tasks that ran (server nodes; plain: probes)
     "flags",  # what else happened during the run (WORKER_RESTART:n); empty for a clean run
+    "probes",  # on: tasks timed from inside (every statistic); off: bare, for the probes' cost
     "dispatch_id",
     "status",
     "submit_s",  # the dispatch call: graph build, serialization, upload
@@ -100,7 +101,7 @@ RUN_COLUMNS = (
 )
 # Columns of runs.csv that phases.csv repeats, to join on and filter by.
 RUN_KEYS = ("session_id", "run_id", "profile", "workload", "config_id", "mode", "executor",
-            "round", "warmup")
+            "round", "warmup", "probes")
 # One row per run x phase.
 PHASE_COLUMNS = (
     *RUN_KEYS,
@@ -135,6 +136,7 @@ class RunRecord:
     error: str = ""
     tasks_probed: str = ""
     flags: str = ""
+    probed: bool = True  # False: a bare run (no probes), to measure what the probes cost
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ def run_row(context: RunContext, record: RunRecord) -> dict[str, Any]:
         "outputs": out.metrics if out else None,
         "tasks_probed": record.tasks_probed,
         "flags": record.flags,
+        "probes": "on" if record.probed else "off",
         "dispatch_id": record.dispatch_id,
         "status": record.status,
         "error": record.error,

@@ -87,8 +87,12 @@ def test_server_killed_mid_dispatch_ends_the_session_with_a_row_naming_it(
     proc = _bench(out, state, *args)
     _rows(out / "runs.csv", 1, proc)  # the first plain run is in: local is dispatching now
     time.sleep(3)
-    mains = [p for p in _ours(state) if "app.py" in " ".join(p.cmdline())
-             and p.parent() is not None and "app.py" not in " ".join(p.parent().cmdline())]
+    def is_server(proc: psutil.Process) -> bool:  # `python app.py`, not its shell
+        cmd = proc.cmdline()
+        return "app.py" in cmd and "python" in Path(cmd[0]).name
+
+    mains = [p for p in _ours(state) if is_server(p)
+             and (p.parent() is None or not is_server(p.parent()))]
     assert mains, "no server main process found"
     killed_at = time.monotonic()
     for p in mains:

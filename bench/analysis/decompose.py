@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+from scipy import stats
 
 from bench import records as R
 from bench.analysis.stats import fit_line, median_ci
@@ -199,9 +200,18 @@ def flagged(runs: pd.DataFrame) -> pd.Series:
     return runs["flags"].notna() & (runs["flags"].astype(str).str.strip() != "")
 
 
+def bare(runs: pd.DataFrame) -> pd.Series:
+    """Runs made without probes (runs.csv `probes` = off): only for the probes' own cost."""
+    if "probes" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["probes"].astype(str) == "off"
+
+
 def measured(runs: pd.DataFrame) -> pd.DataFrame:
-    """Completed, non-warm-up rows of the latest session that measured each (config, mode)."""
-    return _latest(runs[(runs["status"] == "COMPLETED") & (~runs["warmup"].astype(bool))])
+    """Completed, non-warm-up, probed rows of the latest session that measured each
+    (config, mode)."""
+    return _latest(runs[(runs["status"] == "COMPLETED") & (~runs["warmup"].astype(bool))
+                        & ~bare(runs)])
 
 
 def cold(runs: pd.DataFrame) -> pd.DataFrame:
@@ -425,3 +435,48 @@ def _compare(
         if total:
             row["explained_pct"] = 100 * (1 - abs(row["unexplained_s"]) / abs(total))
     return row
+
+
+# What the probes cost: probed run - bare run of the same round, per mode (bench.measure.probes
+# says what a probe does). Columns of runs.csv compared, by mode.
+PROBE_COST_METRICS = {"plain": ("wall_s",), "covalent": ("wall_s", "submit_s", "server_s")}
+PROBE_COST_COLUMNS = ("config_id", "executor", "metric", "rounds", "probed_median_s",
+                      "bare_median_s", "cost_s", "cost_ci_low", "cost_ci_high", "cost_pct",
+                      "p_value", "significant")
+
+
+def probe_cost(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, mode and metric: the paired difference probed - bare over the
+    rounds that ran both, its median, 95 % CI and the Wilcoxon signed-rank p (two-sided).
+    Empty unless a profile ran with probes = "compare"."""
+    if not bare(runs).any():
+        return pd.DataFrame(columns=list(PROBE_COST_COLUMNS))
+    done = runs[(runs["status"] == "COMPLETED") & (~runs["warmup"].astype(bool))
+                & (runs["concurrency"] <= 1)]
+    done = done.assign(bare=bare(done))
+    rows = []
+    for (config_id, mode, executor), group in done.groupby(
+            ["config_id", "mode", "executor"], sort=False):
+        probed = group[~group["bare"]].groupby("round").first()
+        plain = group[group["bare"]].groupby("round").first()
+        both = probed.index.intersection(plain.index)
+        for metric in PROBE_COST_METRICS.get(mode, ()):
+            if metric not in group or len(both) == 0:
+                continue
+            a = pd.to_numeric(probed.loc[both, metric], errors="coerce")
+            b = pd.to_numeric(plain.loc[both, metric], errors="coerce")
+            diff = (a - b).dropna()
+            if diff.empty:
+                continue
+            mid, low, high = median_ci(diff)
+            p = float(stats.wilcoxon(diff).pvalue) if len(diff) >= 2 and diff.any() \
+                else float("nan")
+            rows.append({
+                "config_id": config_id, "executor": executor or "plain", "metric": metric,
+                "rounds": len(diff), "probed_median_s": a.median(), "bare_median_s": b.median(),
+                "cost_s": mid, "cost_ci_low": low, "cost_ci_high": high,
+                "cost_pct": 100 * mid / b.median() if b.median() else float("nan"),
+                # Both: with few rounds a bootstrap CI can exclude 0 by luck of 3 signs.
+                "p_value": p, "significant": bool((low > 0 or high < 0) and p < 0.05),
+            })
+    return pd.DataFrame(rows, columns=list(PROBE_COST_COLUMNS))

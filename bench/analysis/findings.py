@@ -60,9 +60,9 @@ REMEDY_FILE = "bench/dask/keep-malloc-defaults.yaml"
 MALLOC_VAR = "MALLOC_TRIM_THRESHOLD_"
 
 # Topics, in the order the sentences come.
-OVERHEAD, LARGEST_PART, INFLATION, CHEAPEST, PAYOFF, SAME_WORK, PRECISION = (
+OVERHEAD, LARGEST_PART, INFLATION, CHEAPEST, PAYOFF, SAME_WORK, PRECISION, PROBE_COST = (
     "overhead", "largest_part", "compute_inflation", "cheapest", "payoff", "same_work",
-    "precision")
+    "precision", "probe_cost")
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,16 @@ class Finding:
     optional: bool = False  # dropped first when there are more than MAX_FINDINGS
 
 
-def findings(summary: pd.DataFrame, fits: pd.DataFrame | None = None) -> list[Finding]:
-    """The page's opening sentences, derived from the summary (and fits) frames."""
+def findings(summary: pd.DataFrame, fits: pd.DataFrame | None = None,
+             probes: pd.DataFrame | None = None) -> list[Finding]:
+    """The page's opening sentences, derived from the summary (and fits, and the probes'
+    cost) frames."""
     if summary is None or summary.empty:
         return []
     fits = fits if fits is not None else pd.DataFrame()
     out = [f for f in (overhead(summary), largest_part(summary), compute_inflation(summary),
                        cheapest(summary), payoff(fits, summary), same_work(summary),
-                       precision(summary)) if f is not None]
+                       precision(summary), probe_cost(probes)) if f is not None]
     while len(out) > MAX_FINDINGS and any(f.optional for f in out):
         out.remove(next(f for f in reversed(out) if f.optional))
     return out[:MAX_FINDINGS]
@@ -555,3 +557,19 @@ def _wide_ci_hint(summary: pd.DataFrame) -> Finding | None:
     return Finding(PRECISION, (
         f"The CIs are wide (up to ±{_num(wide.max(), False)} s on {where}{after}): more "
         f"rounds (`--bench-set rounds={SUGGESTED_ROUNDS}`) narrow them."), optional=True)
+
+
+def probe_cost(cost: pd.DataFrame | None) -> Finding | None:
+    """The harness's own measuring cost, only where it is significant (its CI excludes 0):
+    probed run - bare run of the same round (bench.analysis.decompose.probe_cost)."""
+    if cost is None or cost.empty:
+        return None
+    hits = cost[cost["significant"].astype(bool)]
+    if hits.empty:
+        return None
+    parts = [f"{_x(r.executor)} {r.metric.removesuffix('_s')} {_num(r.cost_s)} s "
+             f"[{_num(r.cost_ci_low)}, {_num(r.cost_ci_high)}] ({r.cost_pct:+.1f} %)"
+             for r in hits.itertuples()]
+    return Finding(PROBE_COST, "The in-task probes themselves cost: " + _join(parts)
+                   + " (probed − bare run of the same round; the figures above include it).",
+                   optional=True)

@@ -30,7 +30,10 @@ CONFIG_DIR = Path(__file__).parent
 LATTICE_PROFILE = "lattice"
 DEFAULT_PROFILE = "tutorial"
 # Settings of how a workload is run (not what it computes); `name` labels a matrix part.
-RUN_KEYS = ("rounds", "warmup_rounds", "executors", "concurrency", "timeout_s")
+RUN_KEYS = ("rounds", "warmup_rounds", "executors", "concurrency", "timeout_s", "probes")
+# probes = "on": every task timed from inside (the decomposition needs it); "compare": each
+# round also runs every mode bare, without probes, interleaved: what the probes cost.
+PROBES = ("on", "compare")
 WORKLOAD_KEYS = ("workload", "inputs", "digest")
 PROFILE_KEYS = ("description", *WORKLOAD_KEYS, *RUN_KEYS)
 MATRIX_KEYS = ("name", "workload", *RUN_KEYS)
@@ -38,7 +41,7 @@ TABLES = ("params", "matrix")
 # The server's own executors, and `external`: a Dask cluster outside the server.
 EXECUTORS = ("local", "dask", "external")
 DEFAULTS: dict[str, Any] = {"rounds": 3, "warmup_rounds": 1, "executors": ["local", "dask"],
-                            "concurrency": 1, "timeout_s": 3600.0}
+                            "concurrency": 1, "timeout_s": 3600.0, "probes": "on"}
 
 
 class ProfileError(ValueError):
@@ -57,6 +60,7 @@ class Scenario:
     concurrency: int = 1  # workflows run at once (Covalent) / one after another (plain)
     part: str = ""  # the matrix table it came from
     timeout_s: float = DEFAULTS["timeout_s"]
+    probes: str = "on"  # see PROBES
     id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +216,9 @@ def profile_from_doc(
         part = str(matrix.pop("name", ""))
         settings = {**DEFAULTS, **run, **{k: matrix.pop(k) for k in RUN_KEYS if k in matrix}}
         rounds, warmup, executors, timeout_s = _run_settings(where, settings)
+        if settings["probes"] not in PROBES:
+            raise ProfileError(f"{where}: probes must be one of {', '.join(PROBES)}, got "
+                               f"{settings['probes']!r}")
         keys = list(matrix)
         for values in itertools.product(
             *(_as_list(matrix[k]) for k in keys), _as_list(settings["concurrency"])
@@ -228,7 +235,7 @@ def profile_from_doc(
                     f"{where}: concurrency must be an integer >= 1, got {concurrency!r}"
                 )
             scenario = Scenario(workload, full, executors, rounds, warmup, concurrency, part,
-                                timeout_s)
+                                timeout_s, settings["probes"])
             scenarios.setdefault(scenario.id, scenario)  # the same one in two parts runs once
     workload = parts[0][0]
     description = str(doc.get("description", "")) or workload.description

@@ -122,18 +122,20 @@ def _outcome_into(record: RunRecord, workload: Workload, value: Any,
         record.status, record.error = R.ERROR, f"outcome: {_error_text(exc)}"
 
 
-def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str | Path
-                  ) -> RunRecord:
-    """One plain run: the lattice's function called directly, tasks probed. A failure is a
-    FAILED record with its error, not an exception."""
+def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str | Path,
+                  probe: bool = True) -> RunRecord:
+    """One plain run: the lattice's function called directly, tasks probed (unless `probe`
+    is False: the bare run that tells what the probes cost). A failure is a FAILED record
+    with its error, not an exception."""
     run_id = uuid.uuid4().hex[:12]
     args, kwargs = workload.inputs(params)
     lattice = workload.lattice(params)
     t0 = time.time()
     start = time.perf_counter()
-    record = RunRecord("plain", "", 0.0, run_id=run_id, status="COMPLETED")
+    record = RunRecord("plain", "", 0.0, run_id=run_id, status="COMPLETED", probed=probe)
     try:
-        value = api.run_plain(lattice, args, kwargs, wrap=task_probe(probe_dir, run_id))
+        value = api.run_plain(lattice, args, kwargs,
+                              wrap=task_probe(probe_dir, run_id) if probe else None)
     except Exception as exc:
         value = None
         record.status, record.error = "FAILED", _error_text(exc)
@@ -148,7 +150,7 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
     probes = read_probes(probe_dir, run_id)
     record.timings["client_rss_mb"] = _client_rss_mb()
     record.phases = _in_task_phases(probes, t0)
-    record.tasks_probed = f"{len(probes)}/{len(probes)}"
+    record.tasks_probed = f"{len(probes)}/{len(probes)}" if probe else ""
     return record
 
 
@@ -166,6 +168,7 @@ class _Dispatched:
     status: str = ""
     done: float = 0.0
     error: str = ""
+    probed: bool = True
 
 
 def _stock_wait(dispatch_id: str, address: str, seen: list[float]) -> None:
@@ -177,7 +180,7 @@ def _stock_wait(dispatch_id: str, address: str, seen: list[float]) -> None:
 
 
 def _submit(workload: Workload, params: Mapping[str, Any], executor: Any, address: str,
-            probe_dir: str | Path) -> _Dispatched:
+            probe_dir: str | Path, probe: bool = True) -> _Dispatched:
     run_id = uuid.uuid4().hex[:12]
     args, kwargs = workload.inputs(params)
     lattice = workload.lattice(params)
@@ -185,13 +188,13 @@ def _submit(workload: Workload, params: Mapping[str, Any], executor: Any, addres
     start = time.perf_counter()
     try:
         dispatch_id = api.dispatch(lattice, executor, address, args, kwargs,
-                                   wrap=task_probe(probe_dir, run_id))
+                                   wrap=task_probe(probe_dir, run_id) if probe else None)
     except Exception as exc:
         run = _Dispatched(run_id, "", t0, start, time.perf_counter(), status=R.ERROR,
-                          error=f"dispatch: {_error_text(exc)}")
+                          error=f"dispatch: {_error_text(exc)}", probed=probe)
         run.done = run.submitted
         return run
-    run = _Dispatched(run_id, dispatch_id, t0, start, time.perf_counter())
+    run = _Dispatched(run_id, dispatch_id, t0, start, time.perf_counter(), probed=probe)
     run.stock = threading.Thread(target=_stock_wait, args=(dispatch_id, address, run.stock_seen),
                                  daemon=True)
     run.stock.start()
@@ -252,7 +255,8 @@ def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], la
              address: str, probe_dir: str | Path) -> RunRecord:
     """Download the result and turn the run's clocks into timings and phases."""
     record = RunRecord("covalent", label, run.done - run.start, run_id=run.run_id,
-                       dispatch_id=run.dispatch_id, status=run.status, error=run.error)
+                       dispatch_id=run.dispatch_id, status=run.status, error=run.error,
+                       probed=run.probed)
     record.timings["submit_s"] = run.submitted - run.start
     if run.status in (R.ERROR, R.TIMEOUT):
         record.phases = [_phase(R.SUBMIT, 0.0, record.timings["submit_s"])]
@@ -303,7 +307,8 @@ def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], la
     probes = read_probes(probe_dir, run.run_id)
     phases += _in_task_phases(probes, t0)
     # A sublattice's tasks run in a sub-dispatch: probed, but not nodes of this graph.
-    record.tasks_probed = f"{len(probes)}/{tasks}" + (f"+{subs} sublattice" if subs else "")
+    record.tasks_probed = (f"{len(probes)}/{tasks}" + (f"+{subs} sublattice" if subs else "")
+                           if run.probed else "")
     if rel["retrieve"] > rel["done"]:  # in a batch, others' downloads came first
         phases.append(_phase(R.QUEUED_FOR_RETRIEVE, rel["done"], rel["retrieve"]))
     phases.append(_phase(R.RETRIEVE, rel["retrieve"], rel["end"]))
@@ -322,6 +327,7 @@ def measure_covalent_batch(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     dispatch_to: Any = None,
     health: Health | None = None,
+    probe: bool = True,
 ) -> list[RunRecord]:
     """`concurrency` dispatches submitted back to back, awaited together, then downloaded.
 
@@ -338,7 +344,7 @@ def measure_covalent_batch(
     runs: list[_Dispatched] = []
     try:
         for _ in range(concurrency):
-            run = _submit(workload, params, target, address, probe_dir)
+            run = _submit(workload, params, target, address, probe_dir, probe)
             runs.append(run)
             reason = health() if run.status == R.ERROR and health is not None else None
             if reason:
@@ -368,7 +374,8 @@ def _unfinished(run: _Dispatched, label: str, error: str, status: str = R.ERROR)
     """The record of a dispatch that ended without a result in hand."""
     now = time.perf_counter()
     record = RunRecord("covalent", label, (run.done or now) - run.start, run_id=run.run_id,
-                       dispatch_id=run.dispatch_id, status=status, error=error)
+                       dispatch_id=run.dispatch_id, status=status, error=error,
+                       probed=run.probed)
     record.timings["submit_s"] = run.submitted - run.start
     record.phases = [_phase(R.SUBMIT, 0.0, record.timings["submit_s"])]
     return record
@@ -376,14 +383,14 @@ def _unfinished(run: _Dispatched, label: str, error: str, status: str = R.ERROR)
 
 def measure_plain_batch(
     workload: Workload, params: Mapping[str, Any], probe_dir: str | Path, server: Any = None,
-    concurrency: int = 1,
+    concurrency: int = 1, probe: bool = True,
 ) -> list[RunRecord]:
     """`concurrency` plain runs, one after another (what a user without Covalent does)."""
     meter = CpuMeter(server.processes()) if server is not None else None
     batch_start = time.perf_counter()
     records = []
     for slot in range(concurrency):
-        record = measure_plain(workload, params, probe_dir)
+        record = measure_plain(workload, params, probe_dir, probe)
         record.timings["latency_s"] = time.perf_counter() - batch_start
         record.timings["slot"] = slot
         records.append(record)

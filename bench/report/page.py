@@ -23,6 +23,7 @@ from bench.analysis.decompose import (  # noqa: E402
     flagged,
     measured,
     numeric_outputs,
+    probe_cost,
     with_breakdown,
 )
 from bench.analysis.findings import (  # noqa: E402
@@ -98,6 +99,15 @@ CAPTIONS = {  # one line per plot: what to look at
                 "Covalent spends around the tasks (staging, scheduling, hand-off).",
 }
 HISTORY_PLOT = "history.png"
+PROBE_COST_CSV = "probe_cost.csv"
+PROBES_TEXT = (
+    "Each round also ran every mode bare, without the in-task probes (profile setting "
+    "`probes = \"compare\"`), interleaved with the probed runs. `cost_s` is the median over "
+    "rounds of probed − bare in the same round, with its 95 % CI and the Wilcoxon signed-rank "
+    "p (two-sided); `significant` when the CI excludes 0 and p < 0.05 (at least 6 rounds). Plain: the probed run against the "
+    "bare task functions; Covalent: submit (the probe wrappers travel in the graph), the "
+    "server's span, and wall time. Every other figure on this page comes from probed runs, "
+    "so it includes this cost.")
 HISTORY_CAPTION = ("Each gate run's overhead across commits with its CI: red crosses are "
                    "regressions, the dashed line the baseline.")
 # The plot that opens the page beside the findings: the first of these the report drew;
@@ -575,13 +585,13 @@ def _figures(out_dir: Path) -> dict[str, Figure]:
             if (out_dir / file).exists()}
 
 
-def findings_block(summary: pd.DataFrame, fits: pd.DataFrame | None, out_dir: Path
-                   ) -> Findings:
+def findings_block(summary: pd.DataFrame, fits: pd.DataFrame | None, out_dir: Path,
+                   probes: pd.DataFrame | None = None) -> Findings:
     """The page's opening: the findings, each pointing at the plot that shows it, beside the
     key plot."""
     figures = _figures(out_dir)
     items = []
-    for finding in findings(summary, fits):
+    for finding in findings(summary, fits, probes):
         fig = next((figures[f] for f in TOPIC_PLOTS.get(finding.topic, ()) if f in figures),
                    None)
         items.append((finding.text, fig))
@@ -594,17 +604,18 @@ def page_blocks(
     runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
     matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
     scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, probes: pd.DataFrame | None = None,
 ) -> list[Block]:
     """The report page as blocks: findings first, then the detailed tables and plots.
-    `notes`: what the records themselves say (damaged lines dropped, runs left out)."""
+    `notes`: what the records themselves say (damaged lines dropped, runs left out);
+    `probes`: the probes' own cost (decompose.probe_cost), when the profile measured it."""
     sessions = ", ".join(sorted(set(summary["session_id"].dropna()) | set(runs["session_id"])))
     outputs = [f"{mode}_{m}" for m in numeric_outputs(runs) for mode in ("plain", "covalent")
                if f"{mode}_{m}" in summary]
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
                      "overhead_s", "overhead_pct", "plain_rounds", "covalent_rounds",
                      *outputs[:4], "same_output", "comparable"]]
-    opening = findings_block(summary, fits, out_dir)
+    opening = findings_block(summary, fits, out_dir, probes)
     blocks: list[Block] = [
         Heading(page_title(summary), level=1),
         opening,
@@ -640,6 +651,9 @@ def page_blocks(
                              "plain_median_s", "covalent_median_s"]]
         blocks += [Text("Cold runs (the warm-up round right after the server started; "
                         "excluded from everything above):"), Table(cold_rows)]
+    if probes is not None and not probes.empty:
+        blocks += [Heading("What the probes cost"), Text(PROBES_TEXT),
+                   Table(probes, floatfmt=".4f")]
     if (out_dir / HISTORY_PLOT).exists():
         blocks += [Heading("Overhead across commits"),
                    Figure(HISTORY_PLOT, HISTORY_CAPTION, "history")]
@@ -657,11 +671,12 @@ def write_page(
     runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
     matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
     scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, probes: pd.DataFrame | None = None,
 ) -> Path:
     """README.md (for GitHub) and index.html (self-contained, plots embedded) beside it,
     from the same blocks. Returns the README's path."""
-    blocks = page_blocks(runs, summary, out_dir, phases, matrix, detail, scaling, fits, notes)
+    blocks = page_blocks(runs, summary, out_dir, phases, matrix, detail, scaling, fits, notes,
+                         probes)
     page = out_dir / "README.md"
     page.write_text(to_markdown(blocks))
     write_html(blocks, out_dir, page_title(summary))
@@ -719,8 +734,11 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     history = in_dir / HISTORY_CSV
     if history.is_file() and history.stat().st_size:
         plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / HISTORY_PLOT)
+    probes = probe_cost(all_runs)
+    if not probes.empty:
+        probes.to_csv(out_dir / PROBE_COST_CSV, index=False, float_format="%.4f")
     return write_page(runs, full_summary, out_dir, phases, matrix, summary, scaling, fits,
-                      notes)
+                      notes, probes)
 
 
 def main(argv: list[str] | None = None) -> int:

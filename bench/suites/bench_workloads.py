@@ -69,13 +69,14 @@ def test_workload(
 
         try:
             if case.mode == "plain":
-                records = measure_plain_batch(workload, params, probes, covalent_server, n)
+                records = measure_plain_batch(workload, params, probes, covalent_server, n,
+                                              case.probed)
             else:
                 target = external_cluster.executor() if case.executor == "external" else None
                 records = measure_covalent_batch(
                     workload, params, case.executor, covalent_server.address, probes,
                     covalent_server, n, timeout_s=scenario.timeout_s, dispatch_to=target,
-                    health=covalent_server.check_alive,
+                    health=covalent_server.check_alive, probe=case.probed,
                 )
         except ServerUnavailableError as exc:
             write(exc.records)
@@ -102,6 +103,7 @@ def test_workload(
         params=workload.dimensions(params),
         mode=case.mode,
         executor=case.executor,
+        probes="on" if case.probed else "off",
         session_id=bench_session.session_id,
         server_startup_s=covalent_server.startup_s,
         environment=environment(),

@@ -298,16 +298,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark: a scenario in one mode (plain, or Covalent on an executor)."""
+    """One benchmark: a scenario in one mode (plain, or Covalent on an executor), probed or
+    bare (a profile with probes = "compare" runs both, to measure the probes' cost)."""
 
     scenario: Scenario
     mode: str
     executor: str = ""
     round: int | None = None  # None: all rounds in this one benchmark (grouped order)
+    probed: bool = True
 
     @property
     def label(self) -> str:
-        return self.executor or self.mode
+        return (self.executor or self.mode) + ("" if self.probed else "-bare")
 
     @property
     def id(self) -> str:
@@ -323,10 +325,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cases = []
     for s in profile.scenarios:
         modes = [("plain", "")] + [("covalent", executor) for executor in s.executors]
+        probing = (True, False) if s.probes == "compare" else (True,)
         if grouped:
-            cases += [Case(s, m, e) for m, e in modes]
+            cases += [Case(s, m, e, None, p) for m, e in modes for p in probing]
         else:  # ABAB...: every round runs each mode once before the next round starts
             rounds = range(s.warmup_rounds + s.rounds)
-            cases += [Case(s, m, e, r) for r in rounds for m, e in modes]
+            cases += [Case(s, m, e, r, p) for r in rounds for m, e in modes for p in probing]
     metafunc.config.stash[_CASES] = cases
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

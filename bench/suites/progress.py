@@ -64,7 +64,7 @@ class Progress:
     def _overhead(self, config_id: str, label: str) -> str:
         plain = self.walls.get((config_id, "plain"))
         mine = self.walls.get((config_id, label))
-        if label == "plain" or not plain or not mine:
+        if label == "plain" or label.endswith("-bare") or not plain or not mine:
             return ""
         over = statistics.median(mine) - statistics.median(plain)
         pct = 100 * over / statistics.median(plain) if statistics.median(plain) else 0.0
