@@ -104,10 +104,10 @@ PROBES_TEXT = (
     "Each round also ran every mode bare, without the in-task probes (profile setting "
     "`probes = \"compare\"`), interleaved with the probed runs. `cost_s` is the median over "
     "rounds of probed − bare in the same round, with its 95 % CI and the Wilcoxon signed-rank "
-    "p (two-sided); `significant` when the CI excludes 0 and p < 0.05 (at least 6 rounds). Plain: the probed run against the "
-    "bare task functions; Covalent: submit (the probe wrappers travel in the graph), the "
-    "server's span, and wall time. Every other figure on this page comes from probed runs, "
-    "so it includes this cost.")
+    "p (two-sided); `significant` when the CI excludes 0 and p < 0.05 (at least 6 rounds). "
+    "Plain: the probed run against the bare task functions; Covalent: submit (the probe "
+    "wrappers travel in the graph), the server's span, and wall time. Every other figure on "
+    "this page comes from probed runs, so it includes this cost.")
 HISTORY_CAPTION = ("Each gate run's overhead across commits with its CI: red crosses are "
                    "regressions, the dashed line the baseline.")
 # The plot that opens the page beside the findings: the first of these the report drew;
