@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from distributed import Client
+from helpers import assert_same_work
 
 from bench.measure.runner import measure_covalent_batch
 from bench.services.cluster import (
@@ -96,13 +97,7 @@ def test_covalent_on_external_cluster_does_the_same_work(
 
     assert _alive(procs) == []
     assert _processes_mentioning(tmp_path) == []
-    metrics = record.outcome.metrics
-    assert record.outcome.digest == plain.weights_sha256
-    assert metrics["accuracy"] == plain.accuracy
-    assert metrics["test_loss"] == plain.test_loss
-    assert metrics["weights_sha256"] == plain.weights_sha256
-    assert metrics["train_losses"] == plain.train_losses
-    assert metrics["torch_threads"] == plain.threads == 1
+    assert_same_work(record, plain)
 
 
 def test_workers_run_in_the_repository(tmp_path: Path) -> None:

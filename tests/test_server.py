@@ -14,6 +14,7 @@ import covalent as ct
 import psutil
 import pytest
 import requests
+from helpers import make_workflow
 
 from bench.services.server import (
     SERVER_ENV,
@@ -27,30 +28,9 @@ from bench.services.server import (
 pytestmark = pytest.mark.slow
 
 
-def _make_workflow(executor: str) -> ct.Lattice:
-    """A two-electron lattice: (x + y) * y.
-
-    Defined inside a function so cloudpickle ships the code by value: the server cannot
-    import this test module (its working directory and sys.path are its own).
-    """
-
-    @ct.electron
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @ct.electron
-    def multiply(x: int, y: int) -> int:
-        return x * y
-
-    @ct.lattice(executor=executor)
-    def workflow(x: int, y: int) -> int:
-        return multiply(add(x, y), y)
-
-    return workflow
-
 
 def _run_workflow(server: CovalentServer, results_dir: Path, executor: str = "local") -> None:
-    dispatch_id = ct.dispatch(_make_workflow(executor), dispatcher_addr=server.address)(2, 3)
+    dispatch_id = ct.dispatch(make_workflow(executor), dispatcher_addr=server.address)(2, 3)
     result = ct.get_result(
         dispatch_id, wait=True, dispatcher_addr=server.address, results_dir=str(results_dir)
     )

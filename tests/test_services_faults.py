@@ -28,6 +28,7 @@ import psutil
 import pytest
 import requests
 import toml
+from helpers import make_workflow
 
 from bench.services.cluster import DaskCluster, dask_cluster
 from bench.services.processes import beyond_loopback, listeners, loopback_no_proxy
@@ -91,23 +92,6 @@ def _kill_all(pids: Iterable[int]) -> None:
         except psutil.Error:
             continue
 
-
-def _make_workflow(executor: str) -> ct.Lattice:
-    """(x + y) * y in two electrons; defined in a function so it is pickled by value."""
-
-    @ct.electron
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @ct.electron
-    def multiply(x: int, y: int) -> int:
-        return x * y
-
-    @ct.lattice(executor=executor)
-    def workflow(x: int, y: int) -> int:
-        return multiply(add(x, y), y)
-
-    return workflow
 
 
 # --- a server with its Dask cluster and an external cluster, under a dead proxy ------------
@@ -202,7 +186,7 @@ def test_state_and_dispatch_manifests_stay_inside(
         monkeypatch.setenv(var, value)
     default_dir = Path(ct.get_config("sdk.dispatch_cache_dir"))
     with client_dispatch_cache(tmp_path / "dispatches") as manifests:
-        dispatch_id = ct.dispatch(_make_workflow("dask"), dispatcher_addr=server.address)(2, 3)
+        dispatch_id = ct.dispatch(make_workflow("dask"), dispatcher_addr=server.address)(2, 3)
         result = ct.get_result(dispatch_id, wait=True, dispatcher_addr=server.address,
                                results_dir=str(tmp_path / "results"))
     assert str(result.status) == "COMPLETED", result.error

@@ -9,6 +9,7 @@ from typing import Any
 import networkx as nx
 import pytest
 import torch
+from helpers import assert_same_work
 
 from bench import records as R
 from bench.measure import covalent_api
@@ -214,20 +215,9 @@ def test_workload_measures_what_run_plain_returns(
     params = workload.check(dataclasses.asdict(small_config))
     record = measure_plain(workload, params, tmp_path)
     assert record.status == "COMPLETED", record.error
-    _assert_same_work(record, run_plain(small_config))
+    assert_same_work(record, run_plain(small_config))
 
 
-def _assert_same_work(record: RunRecord, plain: WorkflowOutput) -> None:
-    metrics = record.outcome.metrics
-    assert record.outcome.digest == plain.weights_sha256
-    assert metrics["weights_sha256"] == plain.weights_sha256
-    assert metrics["accuracy"] == plain.accuracy
-    assert metrics["test_loss"] == plain.test_loss
-    assert metrics["train_losses"] == plain.train_losses
-    assert metrics["train_counter"] == plain.train_counter
-    assert metrics["accuracies"] == plain.accuracies
-    assert metrics["torch_threads"] == plain.threads == 1
-    assert metrics["resolved_device"] == plain.device == "cpu"
 
 
 def _covalent_run(config: WorkflowConfig, executor: str, address: str, probe_dir: Path
@@ -253,7 +243,7 @@ def test_covalent_does_the_same_work_as_plain(
     assert record.tasks_probed.endswith("/4"), record.tasks_probed
     probed = [p["task"] for p in record.phases if p["phase"] == R.IN_TASK]
     assert sorted(t for t in probed if not t.startswith(":")) == sorted(TUTORIAL_TASKS)
-    _assert_same_work(record, plain)
+    assert_same_work(record, plain)
 
 
 @pytest.mark.slow
@@ -276,7 +266,7 @@ def test_shapes_do_the_same_work_on_covalent(
     plain = run_plain(config)
     record = _covalent_run(config, executor, covalent_server.address, tmp_path)
     assert record.status == "COMPLETED", record.error
-    _assert_same_work(record, plain)
+    assert_same_work(record, plain)
     assert len(record.outcome.metrics["accuracies"]) == models
 
 

@@ -302,7 +302,7 @@ def _cause(ev: dict) -> str:
 def compute_inflation(summary: pd.DataFrame) -> Finding | None:
     """(c) Whether compute inflation dominates the overhead, and what the evidence says."""
     summary = _single(summary)
-    heavy, minor = [], []
+    heavy, minor, unsure = [], [], []
     for executor in _executors(summary):
         rows = _of(summary, executor)
         rows = rows[_col(rows, "compute_inflation_s").notna()]
@@ -319,9 +319,18 @@ def compute_inflation(summary: pd.DataFrame) -> Finding | None:
         n_dominant = int((per >= DOMINANT_SHARE).sum())
         entry = {"executor": executor, "figure": figure, "share": share,
                  "ev": _evidence(rows), "dominant_in": n_dominant if len(rows) > 1 else None}
-        (heavy if _ok(share) and share >= MINOR_SHARE and not vague else minor).append(entry)
-    if not heavy and not minor:
+        large = _ok(share) and share >= MINOR_SHARE
+        (unsure if vague and large else heavy if large else minor).append(entry)
+    if not heavy and not minor and not unsure:
         return None
+    if unsure and not heavy:
+        # A large share whose CI spans 0: neither "dominant" nor "minor" can be said.
+        return Finding(INFLATION, (
+            "Compute inflation (the tasks' own time, Covalent − plain) cannot be told from "
+            "zero yet (" + "; ".join(f"{_x(u['executor'])} {u['figure']}" for u in unsure)
+            + f"), though its median is {_share(max(u['share'] for u in unsure))} of the "
+            "overhead: whether the tasks ran slower under Covalent is open; more rounds "
+            f"(`--bench-set rounds={SUGGESTED_ROUNDS}`) would tell."))
     if heavy:
         by_cause: dict[str, list[str]] = {}
         for e in heavy:
@@ -484,8 +493,10 @@ def same_work(summary: pd.DataFrame) -> Finding | None:
     n = len(summary)
     if not det.all():
         odd = ", ".join(f"`{c}`" for c in summary.loc[~det, "config_id"].unique())
-        text = (f"Same work could not be checked for {odd}: its plain runs returned other "
-                "values from one round to the next (not deterministic)")
+        text = (f"Same work could not be checked for {odd}: its runs returned other values "
+                "from one round to the next within a mode (the workflow is not deterministic: "
+                "unseeded randomness, say), so plain and Covalent cannot be compared value for "
+                "value")
         if det.any() and same[det].all():
             text += "; every other configuration returned the same value in both modes"
     elif same.all():
