@@ -209,11 +209,14 @@ def covalent_server(
     base_dir: str | os.PathLike[str] | None = None,
     startup_timeout: float = 180.0,
     env: Mapping[str, str] | None = None,
+    python: str | None = None,
 ) -> Iterator[CovalentServer]:
     """Start `covalent start` with fresh isolated dirs, yield it, and stop exactly that server.
 
     `workers`/`threads_per_worker` size the Dask cluster (None: covalent's defaults, which the
     yielded server reports). `env` adds variables for the server only (e.g. OMP_NUM_THREADS).
+    `python` is the interpreter that runs `covalent start` and `covalent stop`, and so the
+    server (None: this one); another environment's, for another Covalent release.
     Raises CovalentServerError if the server does not answer within `startup_timeout` seconds;
     its state directory is then kept for inspection.
     """
@@ -221,16 +224,17 @@ def covalent_server(
         raise ValueError("workers and threads_per_worker size the Dask cluster; drop no_cluster")
     keep = os.environ.get(KEEP_STATE_ENV) == "1"
     args = _start_args(workers, threads_per_worker, no_cluster)
+    python = python or sys.executable
     # The watchdog cleans up if this process dies without reaching `finally` (kill -9).
     with sigterm_raises(), watchdog(keep_dirs=keep) as dog:
         server, server_env, start_proc = _start_on_free_port(
-            args, base_dir, env, startup_timeout, dog
+            args, base_dir, env, startup_timeout, dog, python
         )
         try:
             yield server
         finally:
             with signals_deferred():
-                _stop(server, server_env, start_proc)
+                _stop(server, server_env, start_proc, python)
                 _remove_state(server.root, keep)
 
 
@@ -315,6 +319,7 @@ def _start_on_free_port(
     extra_env: Mapping[str, str] | None,
     timeout: float,
     dog: Watchdog,
+    python: str,
 ) -> tuple[CovalentServer, dict[str, str], subprocess.Popen[bytes]]:
     """Start a server in a fresh state dir on a free port; retry if the port gets taken."""
     for attempt in range(1, _PORT_ATTEMPTS + 1):
@@ -322,7 +327,7 @@ def _start_on_free_port(
         dog.remove(root)
         env = _server_env(root, _free_port(), extra_env)
         try:
-            server, proc = _start(root, env, args, timeout, dog)
+            server, proc = _start(root, env, args, timeout, dog, python)
         except _PortTaken as exc:
             log.warning("%s (attempt %d of %d)", exc, attempt, _PORT_ATTEMPTS)
             continue
@@ -349,6 +354,9 @@ def _server_env(root: Path, port: int, extra: Mapping[str, str] | None) -> dict[
         # `covalent start` writes its pid file into the cache dir without creating it first.
         (root / sub).mkdir()
         env[var] = str(root / sub)
+    # Covalent < 0.240's local and dask executors write into $XDG_CACHE_HOME/covalent without
+    # creating it: the task fails (dask) or hangs RUNNING forever (local) otherwise.
+    (root / _STATE_DIRS["XDG_CACHE_HOME"] / "covalent").mkdir()
     (root / "db").mkdir()
     env["COVALENT_DATABASE"] = str(root / "db" / "dispatcher_db.sqlite")
     # Covalent >= 0.239 keeps dispatcher state in a second SQLite database, by default a
@@ -374,10 +382,11 @@ def _server_env(root: Path, port: int, extra: Mapping[str, str] | None) -> dict[
 
 
 def _start(
-    root: Path, env: dict[str, str], args: list[str], timeout: float, dog: Watchdog
+    root: Path, env: dict[str, str], args: list[str], timeout: float, dog: Watchdog,
+    python: str,
 ) -> tuple[CovalentServer, subprocess.Popen[bytes]]:
     """Run `covalent start` until the server answers; on any failure leave nothing running."""
-    cmd = [sys.executable, "-c", _CLI, "start", f"--port={env['COVALENT_SVC_PORT']}", *args]
+    cmd = [python, "-c", _CLI, "start", f"--port={env['COVALENT_SVC_PORT']}", *args]
     t0 = time.perf_counter()
     with open(root / _STATE_DIRS["COVALENT_LOGDIR"] / START_LOG_NAME, "wb") as out:
         # Own session: the server lands in this process group and no terminal's Ctrl-C reaches
@@ -496,14 +505,15 @@ def _start_error(what: str, root: Path, hint: str) -> CovalentServerError:
 
 
 def _stop(
-    server: CovalentServer, env: Mapping[str, str], start_proc: subprocess.Popen[bytes]
+    server: CovalentServer, env: Mapping[str, str], start_proc: subprocess.Popen[bytes],
+    python: str,
 ) -> None:
     """`covalent stop` this server, then make sure every one of its processes is gone."""
     t0 = time.perf_counter()
     procs = group_processes(server.pid, start_proc.pid)
     main = server.main_pid if server.main_pid is not None else server.pid
     if main is not None and alive(main):
-        _run_cli(["stop", "--no-header", "--no-footer"], env)
+        _run_cli(["stop", "--no-header", "--no-footer"], env, python)
         _, left = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
     else:  # `covalent stop` has nothing to stop, and orphans would not exit by themselves
         log.warning("%s: main process %s is gone; killing the rest", server.address, main)
@@ -530,10 +540,10 @@ def _kill_start(proc: subprocess.Popen[bytes], top_pid: int | None) -> None:
     proc.wait()
 
 
-def _run_cli(args: list[str], env: Mapping[str, str]) -> None:
+def _run_cli(args: list[str], env: Mapping[str, str], python: str) -> None:
     """Run a covalent CLI command under a time limit; report failures, never raise them."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CLI, *args],
+        [python, "-c", _CLI, *args],
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -596,8 +606,14 @@ def _check_answers(address: str, timeout: float = _HTTP_TIMEOUT_S) -> None:
             params={"count": 1, "status_only": True},
             timeout=timeout,
         )
+        key = "dispatches"
+        if response.status_code == 404:  # covalent < 0.233 lists dispatches in the UI's API
+            response = session.get(
+                f"{address}/api/v1/dispatches/list", params={"count": 1}, timeout=timeout
+            )
+            key = "items"
     response.raise_for_status()
-    if "dispatches" not in response.json():  # ValueError too if the body is not JSON
+    if key not in response.json():  # ValueError too if the body is not JSON
         raise ValueError(f"{address} answers, but not as a Covalent server")
 
 
