@@ -73,6 +73,7 @@ RUN_COLUMNS = (
     "params",  # JSON: the workload's parameters for this configuration
     "mode",  # plain | covalent
     "executor",  # empty for plain, else local | dask | external
+    "environment",  # the Covalent environment of a Covalent run ([[environments]]); else empty
     "round",  # 0-based over the warm-up and measured rounds of one benchmark
     "concurrency",  # workflows in the batch: dispatched at once / plain one after another
     "slot",  # this run's place in its batch (order of submission)
@@ -101,7 +102,7 @@ RUN_COLUMNS = (
 )
 # Columns of runs.csv that phases.csv repeats, to join on and filter by.
 RUN_KEYS = ("session_id", "run_id", "profile", "workload", "config_id", "mode", "executor",
-            "round", "warmup", "probes")
+            "environment", "round", "warmup", "probes")
 # One row per run x phase.
 PHASE_COLUMNS = (
     *RUN_KEYS,
@@ -152,6 +153,8 @@ class RunContext:
     round: int
     warmup: bool
     server: Mapping[str, Any] = field(default_factory=dict)  # server_startup_s, workers ...
+    environment: str = ""  # the Covalent environment the run used, if not this interpreter's
+    versions: Mapping[str, Any] = field(default_factory=dict)  # its covalent version ...
 
 
 def run_row(context: RunContext, record: RunRecord) -> dict[str, Any]:
@@ -167,6 +170,7 @@ def run_row(context: RunContext, record: RunRecord) -> dict[str, Any]:
         "params": dict(context.params),
         "mode": record.mode,
         "executor": record.executor,
+        "environment": context.environment,
         "round": context.round,
         "concurrency": context.concurrency,
         "warmup": context.warmup,
@@ -182,6 +186,7 @@ def run_row(context: RunContext, record: RunRecord) -> dict[str, Any]:
         **{k: round(v, 4) for k, v in record.timings.items()},
         **context.server,
         **environment(),
+        **context.versions,
     }
 
 
@@ -398,6 +403,7 @@ def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
     )
     attrs = dict(runs.attrs)
     runs["executor"] = runs["executor"].fillna("")
+    _with_environment(runs)
     runs["concurrency"] = runs["concurrency"].fillna(1) if "concurrency" in runs else 1
     for column in JSON_COLUMNS:
         if column not in runs:
@@ -410,13 +416,34 @@ def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
     return runs
 
 
+ENVIRONMENT_SEP = ":"
+
+
+def _with_environment(frame: pd.DataFrame) -> None:
+    """With side-by-side Covalent environments, a Covalent run's `executor` in the frame is
+    `<environment>:<executor>`, so that every analysis and plot keyed by executor tells the
+    environments apart; `base_executor` keeps the executor alone."""
+    frame["base_executor"] = frame["executor"]
+    if "environment" not in frame:
+        frame["environment"] = ""
+        return
+    env = frame["environment"].fillna("").astype(str)
+    named = (env != "") & (frame["executor"] != "")
+    frame.loc[named, "executor"] = env[named] + ENVIRONMENT_SEP + frame.loc[named, "executor"]
+    frame["environment"] = env
+
+
 def load_phases(in_dir: str | os.PathLike) -> pd.DataFrame | None:
     """phases.csv as a frame (None if there is none); damaged rows dropped as in load_runs."""
     path = Path(in_dir) / PHASES_CSV
     if not path.is_file() or path.stat().st_size == 0:
         return None
-    return read_checked(path, PHASES_NEEDED, numbers=PHASE_NUMBERS, booleans=("warmup",),
-                        dtype={"executor": str, "task": str})
+    phases = read_checked(path, PHASES_NEEDED, numbers=PHASE_NUMBERS, booleans=("warmup",),
+                          dtype={"executor": str, "task": str, "environment": str})
+    if "executor" in phases:
+        phases["executor"] = phases["executor"].fillna("")
+        _with_environment(phases)
+    return phases
 
 
 def read_checked(

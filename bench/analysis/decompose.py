@@ -62,6 +62,8 @@ SUMMARY_COLUMNS = (
     "workload",
     "config_id",
     "executor",
+    "environment",  # the Covalent environment ([[environments]]); executor is env:executor
+    "covalent",  # the Covalent release the Covalent runs used
     "params",
     "concurrency",
     "plain_median_s",
@@ -379,6 +381,8 @@ def _compare(
         "workload": first.get("workload"),
         "config_id": config_id,
         "executor": executor,
+        "environment": first.get("environment", ""),
+        "covalent": first.get("covalent", ""),
         "params": first.get("params"),
         **{d: first.get(d) for d in param_columns(cov)},
         "concurrency": first.get("concurrency"),
@@ -480,3 +484,56 @@ def probe_cost(runs: pd.DataFrame) -> pd.DataFrame:
                 "p_value": p, "significant": bool((low > 0 or high < 0) and p < 0.05),
             })
     return pd.DataFrame(rows, columns=list(PROBE_COST_COLUMNS))
+
+
+# Environments side by side: each against the reference (the first environment of the
+# session), per executor and round: the paired difference of each overhead family and of
+# each orchestration part, so a part that changed for a known reason shows as itself.
+ENV_DIFF_METRICS = ("orchestration_s", "total_overhead_s", *ORCHESTRATION_PARTS)
+ENV_DIFF_COLUMNS = ("config_id", "executor", "environment", "reference", "covalent",
+                    "reference_covalent", "metric", "rounds", "median_s", "reference_median_s",
+                    "diff_s", "diff_ci_low", "diff_ci_high", "p_value", "significant")
+
+
+def environment_diffs(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFrame:
+    """Every environment against the reference: for each configuration, executor and metric,
+    the median over rounds of (environment − reference) in the same round with its 95 % CI,
+    and the two-sided Mann–Whitney U p of the two samples. Empty without environments."""
+    if "environment" not in runs or not (runs["environment"].fillna("") != "").any():
+        return pd.DataFrame(columns=list(ENV_DIFF_COLUMNS))
+    done = with_breakdown(measured(as_batches(runs)), phases)
+    cov = done[(done["mode"] == "covalent") & (done["environment"].fillna("") != "")]
+    if "in_task_s" in cov:
+        cov = cov.assign(orchestration_s=cov["wall_s"] - cov["in_task_s"])
+    plain = done[done["mode"] == "plain"].groupby(["config_id", "round"])["wall_s"].first()
+    cov = cov.join(plain.rename("plain_wall_s"), on=["config_id", "round"])
+    cov["total_overhead_s"] = cov["wall_s"] - cov["plain_wall_s"]
+    order = list(dict.fromkeys(runs.loc[runs["environment"].fillna("") != "", "environment"]))
+    reference = order[0]
+    rows = []
+    for (config_id, base), group in cov.groupby(["config_id", "base_executor"], sort=False):
+        ref = group[group["environment"] == reference].set_index("round")
+        for env in order[1:]:
+            mine = group[group["environment"] == env].set_index("round")
+            both = ref.index.intersection(mine.index)
+            for metric in ENV_DIFF_METRICS:
+                if metric not in group or len(both) == 0:
+                    continue
+                a = pd.to_numeric(mine.loc[both, metric], errors="coerce").dropna()
+                b = pd.to_numeric(ref.loc[both, metric], errors="coerce").dropna()
+                diff = (a - b).dropna()
+                if diff.empty:
+                    continue
+                mid, low, high = median_ci(diff)
+                p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue) \
+                    if len(a) >= 2 and len(b) >= 2 else float("nan")
+                rows.append({
+                    "config_id": config_id, "executor": base, "environment": env,
+                    "reference": reference, "covalent": mine["covalent"].iloc[0]
+                    if "covalent" in mine else "", "reference_covalent": ref["covalent"].iloc[0]
+                    if "covalent" in ref else "", "metric": metric, "rounds": len(diff),
+                    "median_s": a.median(), "reference_median_s": b.median(), "diff_s": mid,
+                    "diff_ci_low": low, "diff_ci_high": high, "p_value": p,
+                    "significant": bool(p < 0.05 and (low > 0 or high < 0)),
+                })
+    return pd.DataFrame(rows, columns=list(ENV_DIFF_COLUMNS))

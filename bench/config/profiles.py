@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.services.environments import Environment
 from bench.workloads import Workload, WorkloadError, workload_for
 
 CONFIG_DIR = Path(__file__).parent
@@ -36,8 +37,11 @@ RUN_KEYS = ("rounds", "warmup_rounds", "executors", "concurrency", "timeout_s", 
 PROBES = ("on", "compare")
 WORKLOAD_KEYS = ("workload", "inputs", "digest")
 PROFILE_KEYS = ("description", *WORKLOAD_KEYS, *RUN_KEYS)
+# [[environments]]: Covalent releases or settings measured side by side, the first the
+# reference (bench.services.environments). Without it, Covalent runs in this interpreter.
+ENVIRONMENT_KEYS = ("name", "requirement", "env")
 MATRIX_KEYS = ("name", "workload", *RUN_KEYS)
-TABLES = ("params", "matrix")
+TABLES = ("params", "matrix", "environments")
 # The server's own executors, and `external`: a Dask cluster outside the server.
 EXECUTORS = ("local", "dask", "external")
 DEFAULTS: dict[str, Any] = {"rounds": 3, "warmup_rounds": 1, "executors": ["local", "dask"],
@@ -61,6 +65,7 @@ class Scenario:
     part: str = ""  # the matrix table it came from
     timeout_s: float = DEFAULTS["timeout_s"]
     probes: str = "on"  # see PROBES
+    environments: tuple[Environment, ...] = ()  # the first is the reference
     id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +112,7 @@ def load_profile(
     inputs: str | None = None,
     digest: str | None = None,
     data_dir: str = "",
+    environments: Sequence[str] = (),
 ) -> Profile:
     """A shipped profile by name, or any profile file by its path (ending in .toml)."""
     name = name or (LATTICE_PROFILE if workload else DEFAULT_PROFILE)
@@ -126,7 +132,45 @@ def load_profile(
         doc = {k: v for k, v in doc.items() if v is not None}
     elif inputs or digest:
         raise ProfileError("--bench-inputs and --bench-digest go with --bench-workload")
+    if environments:  # --bench-env NAME=REQUIREMENT replaces the profile's list
+        doc = {**doc, "environments": [_env_option(text) for text in environments]}
     return profile_from_doc(path.stem, doc, overrides, args, data_dir, where=str(path))
+
+
+def _env_option(text: str) -> dict[str, Any]:
+    """'old=covalent==0.238.0' -> {'name': 'old', 'requirement': 'covalent==0.238.0'}."""
+    name, sep, requirement = text.partition("=")
+    if not sep or not name.strip() or not requirement.strip():
+        raise ProfileError(f"--bench-env expects NAME=REQUIREMENT (e.g. "
+                           f"old=covalent==0.238.0 or mine=/path/to/covalent), got {text!r}")
+    return {"name": name.strip(), "requirement": requirement.strip()}
+
+
+def _environments(doc: Mapping[str, Any], where: str) -> tuple[Environment, ...]:
+    raw = doc.get("environments") or []
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise ProfileError(f"{where}: [[environments]] entries must be tables with "
+                           f"{', '.join(ENVIRONMENT_KEYS)}")
+    out = []
+    for table in raw:
+        unknown = set(table) - set(ENVIRONMENT_KEYS)
+        if unknown or "name" not in table:
+            raise ProfileError(f"{where}: an [[environments]] table needs a name and takes "
+                               f"{', '.join(ENVIRONMENT_KEYS)}; got {sorted(table)}")
+        env = table.get("env", {})
+        if not isinstance(env, dict):
+            raise ProfileError(f"{where}: environment {table['name']!r}: env must be a table "
+                               f"of VARIABLE = \"value\"")
+        try:
+            out.append(Environment(str(table["name"]), **(
+                {"requirement": str(table["requirement"])} if "requirement" in table else {}),
+                env={str(k): str(v) for k, v in env.items()}))
+        except ValueError as exc:
+            raise ProfileError(f"{where}: {exc}") from None
+    names = [e.name for e in out]
+    if len(set(names)) != len(names):
+        raise ProfileError(f"{where}: environment names must differ, got {names}")
+    return tuple(out)
 
 
 def _table(doc: Mapping[str, Any], key: str, where: str) -> Any:
@@ -152,6 +196,7 @@ def profile_from_doc(
         raise ProfileError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: "
                            f"{', '.join(PROFILE_KEYS)} and the tables [params], [[matrix]]")
     run = {k: doc[k] for k in RUN_KEYS if k in doc}
+    environments = _environments(doc, where)
     params = dict(_table(doc, "params", where) or {})
     raw_matrices = _table(doc, "matrix", where) or [{}]
     matrices = [dict(m) for m in (raw_matrices if isinstance(raw_matrices, list)
@@ -235,7 +280,7 @@ def profile_from_doc(
                     f"{where}: concurrency must be an integer >= 1, got {concurrency!r}"
                 )
             scenario = Scenario(workload, full, executors, rounds, warmup, concurrency, part,
-                                timeout_s, settings["probes"])
+                                timeout_s, settings["probes"], environments)
             scenarios.setdefault(scenario.id, scenario)  # the same one in two parts runs once
     workload = parts[0][0]
     description = str(doc.get("description", "")) or workload.description

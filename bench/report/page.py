@@ -20,6 +20,7 @@ from bench.analysis.decompose import (  # noqa: E402
     ORCHESTRATION_PARTS,
     SEGMENTS,
     as_batches,
+    environment_diffs,
     flagged,
     measured,
     numeric_outputs,
@@ -55,6 +56,9 @@ from bench.report.blocks import (  # noqa: E402
     Text,
     to_markdown,
 )
+from bench.report.environments import CAPTIONS as ENV_CAPTIONS  # noqa: E402
+from bench.report.environments import PLOTS as ENV_PLOTS  # noqa: E402
+from bench.report.environments import environments_section  # noqa: E402
 from bench.report.html import write_html  # noqa: E402
 from bench.report.matrix import CAPTIONS as MATRIX_CAPTIONS  # noqa: E402
 from bench.report.matrix import PLOTS as MATRIX_PLOTS  # noqa: E402
@@ -100,6 +104,7 @@ CAPTIONS = {  # one line per plot: what to look at
 }
 HISTORY_PLOT = "history.png"
 PROBE_COST_CSV = "probe_cost.csv"
+ENVIRONMENTS_CSV = "environments.csv"
 PROBES_TEXT = (
     "Each round also ran every mode bare, without the in-task probes (profile setting "
     "`probes = \"compare\"`), interleaved with the probed runs. `cost_s` is the median over "
@@ -578,7 +583,8 @@ def _probing(summary: pd.DataFrame) -> str:
 def _figures(out_dir: Path) -> dict[str, Figure]:
     """Every plot this report drew, by file name, with its caption."""
     drawn = [(PLOTS, CAPTIONS), (MATRIX_PLOTS, MATRIX_CAPTIONS),
-             (SCALING_PLOTS, SCALING_CAPTIONS), ({"history": HISTORY_PLOT},
+             (SCALING_PLOTS, SCALING_CAPTIONS), (ENV_PLOTS, ENV_CAPTIONS),
+             ({"history": HISTORY_PLOT},
                                                  {"history": HISTORY_CAPTION})]
     return {file: Figure(file, captions[name], name)
             for plots, captions in drawn for name, file in plots.items()
@@ -709,12 +715,17 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     full_summary, fits = write_summary(out_dir, in_dir, include_flagged)
     # A plot this data can't make must not linger from an earlier report.
     for stale in [*PLOTS.values(), *MATRIX_PLOTS.values(), *SCALING_PLOTS.values(),
+                  *ENV_PLOTS.values(),
                   HISTORY_PLOT]:
         (out_dir / stale).unlink(missing_ok=True)
     mnist = full_summary[full_summary["workload"] == "mnist"]
     matrix = matrix_section(mnist, fits[fits["workload"] == "mnist"], out_dir) \
         if len(mnist) else []
-    scaling = scaling_section(full_summary, fits, out_dir)
+    diffs = environment_diffs(all_runs, phases)
+    if not diffs.empty:
+        diffs.to_csv(out_dir / ENVIRONMENTS_CSV, index=False, float_format="%.4f")
+    scaling = environments_section(full_summary, diffs, out_dir) + scaling_section(
+        full_summary, fits, out_dir)
     keep = detail_configs(full_summary)
     summary = full_summary[full_summary["config_id"].isin(keep)]
     runs = runs[runs["config_id"].isin(keep)]

@@ -23,10 +23,10 @@ from bench.measure.runner import (
     measure_covalent_batch,
     measure_plain_batch,
 )
-from bench.records import environment
+from bench.records import ERROR, RunRecord, environment
 from bench.services.cluster import DaskCluster
 from bench.services.server import CovalentServer
-from bench.suites.plugin import BenchSession, Case
+from bench.suites.plugin import BenchSession, Case, CovalentEnvironment
 
 # Columns that go into pytest-benchmark's JSON next to its own statistics.
 EXTRA_COLUMNS = (
@@ -46,6 +46,7 @@ def test_workload(
     bench_session: BenchSession,
     covalent_server: CovalentServer,  # up for plain runs too: they pay the idle server's tax
     external_cluster: DaskCluster | None,
+    covalent_environments: dict[str, CovalentEnvironment],
 ) -> None:
     profile, scenario = bench_session.profile, case.scenario
     workload, params, n = scenario.workload, scenario.params, scenario.concurrency
@@ -58,9 +59,14 @@ def test_workload(
 
         started = time.monotonic()
 
+        place = covalent_environments.get(case.environment) if case.environment else None
+        server = place.server if place is not None else covalent_server
+
         def write(records: list) -> None:
             for record in records:
-                rows.append(bench_session.record(scenario, record, i, covalent_server))
+                rows.append(bench_session.record(
+                    scenario, record, i, server, case.environment,
+                    place.covalent if place is not None else ""))
                 if bench_session.progress is not None:
                     bench_session.progress.run_done(
                         scenario.id, case.label, i, scenario.warmup_rounds + scenario.rounds,
@@ -68,7 +74,18 @@ def test_workload(
                         time.monotonic() - started)
 
         try:
-            if case.mode == "plain":
+            if place is not None and place.failure:  # the row says why; the others go on
+                records = [RunRecord("covalent", case.executor, 0.0, status=ERROR,
+                                     error=f"environment {place.name}: {place.failure}",
+                                     probed=case.probed)]
+            elif place is not None:
+                name, inputs, digest = workload.ref
+                target = external_cluster.address if case.executor == "external" else None
+                records = place.client.measure_covalent_batch(
+                    name, params, case.executor, place.server.address, probes, n,
+                    scenario.timeout_s, case.probed, inputs=inputs, digest=digest,
+                    dispatch_to=target, server=place.server)
+            elif case.mode == "plain":
                 records = measure_plain_batch(workload, params, probes, covalent_server, n,
                                               case.probed)
             else:
@@ -80,6 +97,9 @@ def test_workload(
                 )
         except ServerUnavailableError as exc:
             write(exc.records)
+            if place is not None:  # one environment's server: that environment is out
+                place.failure = f"its server is gone: {exc}"
+                raise RunFailedError(place.failure) from None
             # The server is the session's own: a dead one ends the session, it does not limp on.
             pytest.exit(f"the Covalent server is gone: {exc}; {len(rows)} rows of this case "
                         f"and every earlier run are in {bench_session.writer.path}",

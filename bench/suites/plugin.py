@@ -4,6 +4,7 @@ session's records writers, and the summary written when the session ends. Loaded
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -70,6 +71,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-digest", default=None, metavar="MODULE:FUNC",
                     help="function(return value) -> what the same-work check compares "
                     "(default: a digest of the whole return value)")
+    group.addoption(
+        "--bench-env",
+        action="append",
+        default=[],
+        metavar="NAME=REQUIREMENT",
+        help="measure Covalent in this environment too (repeatable; the first is the "
+        "reference): a pip requirement such as covalent==0.238.0 or a path to a Covalent "
+        "checkout; replaces the profile's [[environments]]",
+    )
     group.addoption(
         "--bench-set",
         action="append",
@@ -144,6 +154,56 @@ def external_cluster(
 
 
 @dataclass
+class CovalentEnvironment:
+    """One [[environments]] entry, up for the session: its server and the client that runs
+    the client side of each Covalent run in its interpreter; or why it is not up."""
+
+    name: str
+    server: CovalentServer | None = None
+    client: Any = None  # bench.measure.client.RemoteClient
+    covalent: str = ""
+    failure: str = ""  # the build or start error, recorded in every row of this environment
+
+
+@pytest.fixture(scope="session")
+def covalent_environments(
+    request: pytest.FixtureRequest, bench_session: BenchSession
+) -> Iterator[dict[str, CovalentEnvironment]]:
+    """Every environment of the profile: built (cached between sessions), its own isolated
+    server started from its interpreter, its client process up. One that fails to build or
+    start is kept with its reason: its runs become rows saying so, and the others go on."""
+    wanted = {e.name: e for s in bench_session.profile.scenarios for e in s.environments}
+    if not wanted:
+        yield {}
+        return
+    from bench.measure.client import RemoteClient
+    from bench.services.environments import build
+
+    opt = request.config.getoption
+    up: dict[str, CovalentEnvironment] = {}
+    with contextlib.ExitStack() as stack:
+        for name, environment in wanted.items():
+            try:
+                built = build(environment)
+                server = stack.enter_context(server_for(
+                    None, workers=opt("--covalent-workers"),
+                    threads_per_worker=opt("--covalent-threads-per-worker"),
+                    env=environment.env, python=built.python))
+                client = stack.enter_context(RemoteClient(built.python, environment.env))
+                up[name] = CovalentEnvironment(name, server, client, built.covalent_version)
+            except Exception as exc:  # recorded with its reason; the others go on
+                reason = str(exc).splitlines()[0][:500]
+                up[name] = CovalentEnvironment(name, failure=f"{type(exc).__name__}: {reason}")
+                _progress_note(bench_session, f"environment {name} is not up: {reason}")
+        yield up
+
+
+def _progress_note(session: BenchSession, text: str) -> None:
+    if session.progress is not None:
+        session.progress.note(text)
+
+
+@dataclass
 class BenchSession:
     """What one pytest session of benchmarks shares: its profile, id and records writers."""
 
@@ -159,7 +219,8 @@ class BenchSession:
     rows: int = 0
 
     def record(self, scenario: Scenario, record: RunRecord, round: int,
-               server: CovalentServer | None) -> dict[str, Any]:
+               server: CovalentServer | None, environment: str = "",
+               covalent: str = "") -> dict[str, Any]:
         """Append the run's row to runs.csv and its phases to phases.csv, now."""
         context = RunContext(
             self.session_id, self.profile.name, scenario.workload.name, scenario.id,
@@ -168,6 +229,7 @@ class BenchSession:
             {} if server is None else {"server_startup_s": server.startup_s,
                                        "server_workers": server.workers,
                                        "server_threads_per_worker": server.threads_per_worker},
+            environment, {"covalent": covalent or "?"} if environment else {},
         )
         row = run_row(context, record)
         self.writer.append(row)
@@ -193,6 +255,7 @@ def profile_from(config: pytest.Config) -> Profile:
             opt("--bench-profile"), opt("--bench-set"), opt("--bench-arg"),
             workload=opt("--bench-workload"), inputs=opt("--bench-inputs"),
             digest=opt("--bench-digest"), data_dir=str(resolve_data_dir(opt("--data-dir"))),
+            environments=opt("--bench-env"),
         )
     except (ProfileError, WorkloadError) as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -204,7 +267,8 @@ def _will_benchmark(config: pytest.Config) -> bool:
     opt = config.getoption
     return bool(opt("benchmark_only", False) or any(
         opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
-                               "--bench-set", "--bench-inputs", "--bench-digest")))
+                               "--bench-set", "--bench-inputs", "--bench-digest",
+                               "--bench-env")))
 
 
 class SetupError(Exception):
@@ -306,10 +370,12 @@ class Case:
     executor: str = ""
     round: int | None = None  # None: all rounds in this one benchmark (grouped order)
     probed: bool = True
+    environment: str = ""  # a Covalent environment of the profile; "" = this interpreter
 
     @property
     def label(self) -> str:
-        return (self.executor or self.mode) + ("" if self.probed else "-bare")
+        where = f"{self.environment}:" if self.environment else ""
+        return where + (self.executor or self.mode) + ("" if self.probed else "-bare")
 
     @property
     def id(self) -> str:
@@ -324,12 +390,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     grouped = metafunc.config.getoption("--bench-order") == "grouped"
     cases = []
     for s in profile.scenarios:
-        modes = [("plain", "")] + [("covalent", executor) for executor in s.executors]
+        # Plain once per round, shared by every environment; then each environment x executor.
+        places = [e.name for e in s.environments] or [""]
+        modes = [("plain", "", "")] + [("covalent", executor, env) for env in places
+                                       for executor in s.executors]
         probing = (True, False) if s.probes == "compare" else (True,)
         if grouped:
-            cases += [Case(s, m, e, None, p) for m, e in modes for p in probing]
+            cases += [Case(s, m, e, None, p, env) for m, e, env in modes for p in probing]
         else:  # ABAB...: every round runs each mode once before the next round starts
             rounds = range(s.warmup_rounds + s.rounds)
-            cases += [Case(s, m, e, r, p) for r in rounds for m, e in modes for p in probing]
+            cases += [Case(s, m, e, r, p, env) for r in rounds for m, e, env in modes
+                      for p in probing]
     metafunc.config.stash[_CASES] = cases
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

@@ -81,6 +81,10 @@ class Progress:
                    (statistics.median(self.done[k]) if self.done.get(k) else fallback)
                    for k in self.planned)
 
+    def note(self, text: str) -> None:
+        """A line that is not a run (an environment that failed to come up, say)."""
+        self._line(text)
+
     def _line(self, text: str) -> None:
         if self.reporter is None:
             return

@@ -39,6 +39,12 @@ class Workload(ABC):
     def defaults(self) -> dict[str, Any]:
         """Every parameter and its default; None for one the user must give."""
 
+    @property
+    def ref(self) -> tuple[str, str | None, str | None]:
+        """(workload, inputs, digest) as bench.workloads.workload_for takes them: how another
+        interpreter (a client of another Covalent release) loads the same workload."""
+        return self.name, None, None
+
     def open_ended(self) -> bool:
         """Whether it takes parameters beyond defaults() (a lattice with **kwargs)."""
         return False

@@ -98,7 +98,8 @@ class LatticeWorkload(Workload):
                 f"--bench-workload {ref!r} is a {kind}, not a Covalent lattice; name an object "
                 f"made with @ct.lattice (or ct.lattice(fn))"
             )
-        self.ref, self._lattice = ref, lattice
+        self.lattice_ref, self._lattice = ref, lattice
+        self._refs = (ref, inputs, digest_fn)
         self.name = ref.rpartition(":")[2]
         fn = covalent_api.lattice_function(lattice)
         self.description = (inspect.getdoc(fn) or "").split("\n")[0]
@@ -123,6 +124,10 @@ class LatticeWorkload(Workload):
                 for name, p in self._signature.parameters.items()
                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
+    @property
+    def ref(self) -> tuple[str, str | None, str | None]:
+        return self._refs
+
     def open_ended(self) -> bool:
         return any(p.kind is p.VAR_KEYWORD for p in self._signature.parameters.values())
 
@@ -134,7 +139,7 @@ class LatticeWorkload(Workload):
                         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
             if required:
                 raise WorkloadError(
-                    f"lattice {self.ref!r} needs {', '.join(required)}: give each with "
+                    f"lattice {self.lattice_ref!r} needs {', '.join(required)}: give each with "
                     f"--bench-arg KEY=VALUE (a TOML value), or name a function that makes "
                     f"them with --bench-inputs MODULE:FUNC"
                 )
