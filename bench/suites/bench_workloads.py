@@ -50,6 +50,14 @@ def test_workload(
 ) -> None:
     profile, scenario = bench_session.profile, case.scenario
     workload, params, n = scenario.workload, scenario.params, scenario.concurrency
+    precision = bench_session.precision
+    if precision is not None and case.round is not None:
+        labels = [Case(scenario, "covalent", e, None, True, env.name if env else "").label
+                  for env in (scenario.environments or (None,)) for e in scenario.executors]
+        reason = precision.skip_reason(scenario, case.round, labels,
+                                       starts=case.mode == "plain" and case.probed)
+        if reason:
+            pytest.skip(reason)
     rounds = itertools.count(case.round or 0)
     rows: list[dict] = []
 
@@ -67,6 +75,9 @@ def test_workload(
                 rows.append(bench_session.record(
                     scenario, record, i, server, case.environment,
                     place.covalent if place is not None else ""))
+                if precision is not None:
+                    precision.record(scenario.id, case.label, i, i < scenario.warmup_rounds,
+                                     record)
                 if bench_session.progress is not None:
                     bench_session.progress.run_done(
                         scenario.id, case.label, i, scenario.warmup_rounds + scenario.rounds,

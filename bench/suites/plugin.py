@@ -29,6 +29,7 @@ from bench.records import (
 from bench.services.cluster import DaskCluster, cluster_for
 from bench.services.processes import loopback_no_proxy
 from bench.services.server import CovalentServer, client_dispatch_cache, server_for
+from bench.suites.precision import Precision
 from bench.suites.progress import Progress
 from bench.workloads import WorkloadError
 from mnist_core.data import resolve_data_dir
@@ -80,6 +81,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "reference): a pip requirement such as covalent==0.238.0 or a path to a Covalent "
         "checkout; replaces the profile's [[environments]]",
     )
+    group.addoption(
+        "--bench-precision", type=float, default=None, metavar="SECONDS",
+        help="keep adding interleaved rounds until the 95 %% CI half-width of orchestration is "
+        "at most SECONDS for every executor (see --bench-max-rounds, --bench-time-budget)")
+    group.addoption("--bench-max-rounds", type=int, default=30,
+                    help="with --bench-precision: the most measured rounds (default 30)")
+    group.addoption("--bench-time-budget", type=float, default=None, metavar="MINUTES",
+                    help="with --bench-precision: stop adding rounds after this many minutes")
     group.addoption(
         "--bench-set",
         action="append",
@@ -213,6 +222,7 @@ class BenchSession:
     phases: CsvAppender
     probe_dir: Path  # where task probes leave their per-run records
     progress: Progress | None = None
+    precision: Precision | None = None
     session_id: str = field(
         default_factory=lambda: utc_now().replace(":", "") + "-" + uuid.uuid4().hex[:6]
     )
@@ -268,7 +278,7 @@ def _will_benchmark(config: pytest.Config) -> bool:
     return bool(opt("benchmark_only", False) or any(
         opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
                                "--bench-set", "--bench-inputs", "--bench-digest",
-                               "--bench-env")))
+                               "--bench-env", "--bench-precision")))
 
 
 class SetupError(Exception):
@@ -327,10 +337,15 @@ def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
                         config.pluginmanager.get_plugin("capturemanager"))
     progress.announce(len(cases), len(profile.scenarios),
                       ", ".join(w.name for w in profile.workloads))
+    target = config.getoption("--bench-precision")
+    precision = None if target is None else Precision(
+        target, config.getoption("--bench-max-rounds"),
+        None if config.getoption("--bench-time-budget") is None
+        else 60 * config.getoption("--bench-time-budget"))
     with tempfile.TemporaryDirectory(prefix="covalent-bench-probes-") as probe_dir:
         session = BenchSession(
             profile, out_dir, runs_writer(out_dir), phases_writer(out_dir), Path(probe_dir),
-            progress,
+            progress, precision,
         )
         config.stash[_SESSION] = session
         yield session
@@ -340,6 +355,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     bench = session.config.stash.get(_SESSION, None)
     if bench is None or bench.rows == 0:
         return
+    if bench.precision is not None:
+        bench.precision.write(bench.out_dir, bench.session_id)
     from bench.report.tables import write_summary  # plotting stack: only when needed
 
     session.config.stash[_SUMMARY] = write_summary(bench.out_dir)[0]
@@ -388,18 +405,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     profile = profile_from(metafunc.config)
     grouped = metafunc.config.getoption("--bench-order") == "grouped"
+    precise = metafunc.config.getoption("--bench-precision") is not None
+    if precise and grouped:
+        raise pytest.UsageError("--bench-precision adds rounds one at a time: it needs the "
+                                "interleaved order, not --bench-order grouped")
+    most = metafunc.config.getoption("--bench-max-rounds")
     cases = []
     for s in profile.scenarios:
         # Plain once per round, shared by every environment; then each environment x executor.
         places = [e.name for e in s.environments] or [""]
-        modes = [("plain", "", "")] + [("covalent", executor, env) for env in places
-                                       for executor in s.executors]
+
+        def modes(order: list[str], s: Scenario = s) -> list[tuple[str, str, str]]:
+            return [("plain", "", "")] + [("covalent", executor, env) for env in order
+                                          for executor in s.executors]
+
         probing = (True, False) if s.probes == "compare" else (True,)
         if grouped:
-            cases += [Case(s, m, e, None, p, env) for m, e, env in modes for p in probing]
+            cases += [Case(s, m, e, None, p, env) for m, e, env in modes(places)
+                      for p in probing]
         else:  # ABAB...: every round runs each mode once before the next round starts
-            rounds = range(s.warmup_rounds + s.rounds)
-            cases += [Case(s, m, e, r, p, env) for r in rounds for m, e, env in modes
+            rounds = range(s.warmup_rounds + (max(s.rounds, most) if precise else s.rounds))
+            # Environments alternate their order from round to round, so that none always
+            # runs right after the plain run (or another environment): order effects cancel.
+            cases += [Case(s, m, e, r, p, env) for r in rounds
+                      for m, e, env in modes(places if r % 2 == 0 else places[::-1])
                       for p in probing]
     metafunc.config.stash[_CASES] = cases
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

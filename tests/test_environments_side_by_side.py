@@ -1,0 +1,69 @@
+"""Covalent environments side by side in one session, on real servers: a planted slower
+dispatch path is found slower with p < 0.05, and two identical environments are not found
+different."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PLANTED = Path(__file__).resolve().parent / "planted_delay"
+DELAY_S = 1.0
+
+PROFILE = f"""
+description = "three environments of one release, one with a planted 1 s dispatch delay"
+workload = "chain"
+rounds = 6
+warmup_rounds = 0
+executors = ["local"]
+
+[params]
+n = 1
+
+[[environments]]
+name = "ref"
+requirement = "covalent==0.240.0"
+
+[[environments]]
+name = "same"
+requirement = "covalent==0.240.0"
+
+[[environments]]
+name = "slow"
+requirement = "covalent==0.240.0"
+env = {{ PYTHONPATH = "{PLANTED}", PLANTED_DISPATCH_DELAY_S = "{DELAY_S}" }}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("session", [1, 2, 3])
+def test_planted_delay_is_found_and_identical_environments_are_not(
+    tmp_path: Path, session: int
+) -> None:
+    profile, out = tmp_path / "envs.toml", tmp_path / "out"
+    profile.write_text(PROFILE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p",
+         "no:cacheprovider", "--bench-profile", str(profile), "--bench-out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    from bench.report.page import main as report_main
+
+    assert report_main(["--in", str(out)]) == 0
+    diffs = pd.read_csv(out / "environments.csv")
+    orch = diffs[diffs["metric"] == "orchestration_s"].set_index("environment")
+    slow, same = orch.loc["slow"], orch.loc["same"]
+    assert slow["rounds"] == 6 and same["rounds"] == 6
+    assert bool(slow["significant"]) and slow["p_value"] < 0.05, slow.to_dict()
+    assert slow["diff_ci_low"] > DELAY_S / 2, slow.to_dict()
+    # The planted second lands in the client's submit, named as that part.
+    submit = diffs[(diffs["metric"] == "submit_s") & (diffs["environment"] == "slow")].iloc[0]
+    assert submit["diff_s"] == pytest.approx(DELAY_S, abs=0.3) and bool(submit["significant"])
+    assert not bool(same["significant"]), same.to_dict()
+    page = (out / "README.md").read_text()
+    assert "## Covalent environments side by side" in page and "environments.png" in page
