@@ -278,6 +278,100 @@ def check(
     return verdicts, notes
 
 
+def environments_of(runs: pd.DataFrame) -> list[str]:
+    """The session's Covalent environments, the reference first (the order they ran in)."""
+    if "environment" not in runs:
+        return []
+    named = runs.loc[runs["environment"].fillna("").astype(str) != "", "environment"]
+    return list(dict.fromkeys(named.astype(str)))
+
+
+def same_session(session: Session, thresholds: dict[str, float], alpha: float
+                 ) -> tuple[list[Verdict], list[str]]:
+    """Like with like: every environment against the reference environment of the same
+    session, round by round on the same machine in the same hour (no baseline, no speed
+    scale). Each metric is judged as against a baseline (judge): significantly worse
+    (one-sided Mann-Whitney U) and worse by more than the threshold."""
+    runs, notes = session.runs, list(session.notes)
+    envs = environments_of(runs)
+    rounds = round_estimates(runs, session.phases)
+    if rounds.empty:
+        return [], notes
+    notes.append(f"same-session comparison: {', '.join(envs[1:])} against the reference "
+                 f"environment {envs[0]}, interleaved in session "
+                 f"{runs['session_id'].iloc[0]}")
+    rounds = rounds.assign(environment=rounds["executor"].str.split(":", n=1).str[0],
+                           base=rounds["executor"].str.split(":", n=1).str[-1])
+    short = _unjudgeable(rounds[rounds["environment"] != envs[0]],
+                         rounds[rounds["environment"] == envs[0]], list(METRICS), alpha)
+    if short:
+        raise CannotJudgeError(f"too few rounds: {'; '.join(short)}")
+    verdicts = []
+    for (config_id, base), group in rounds.groupby(["config_id", "base"], sort=False):
+        ref = group[group["environment"] == envs[0]]
+        for env in envs[1:]:
+            mine = group[group["environment"] == env]
+            if mine.empty or ref.empty:
+                notes.append(f"{config_id} [{base}]: no rounds of {env if mine.empty else envs[0]}")
+                continue
+            walls = {"plain_s": mine["plain_wall_s"].median(),
+                     "covalent_s": mine["covalent_wall_s"].median()}
+            for metric in METRICS:
+                v = judge(mine[metric], ref[metric], metric, thresholds[metric], alpha,
+                          config_id, f"{env}:{base} vs {envs[0]}")
+                verdicts.append(dataclasses.replace(v, **walls))
+    return verdicts, notes
+
+
+# History: change points in each series of history.csv (ruptures' PELT over the medians of
+# successive gate runs). A fresh step up (in the last FRESH_RUNS runs, by more than the
+# metric's threshold) fails the gate: a regression that crept in over several commits, each
+# too small to fail on its own, shows there.
+MIN_HISTORY = 6
+FRESH_RUNS = 3
+
+
+def history_shifts(history: pd.DataFrame, thresholds: dict[str, float]
+                   ) -> tuple[list[str], list[str]]:
+    """(notes on every change point, messages for the fresh upward ones)."""
+    import numpy as np
+    import ruptures
+
+    notes, fresh = [], []
+    if history.empty:
+        return notes, fresh
+    for (config_id, executor, metric), series in history.groupby(
+            ["config_id", "executor", "metric"], sort=False):
+        values = pd.to_numeric(series["new_median"], errors="coerce").dropna().to_numpy()
+        if len(values) < MIN_HISTORY or metric not in thresholds:
+            continue
+        # The noise, from successive differences (robust to the shifts themselves: a shift
+        # is one large difference among many small ones), then a BIC-like penalty.
+        steps = np.abs(np.diff(values))
+        sigma = max(1.4826 * float(np.median(steps)) / np.sqrt(2), 1e-3 * float(
+            np.median(np.abs(values))), 1e-9)
+        breaks = ruptures.Pelt(model="l2", min_size=2, jump=1).fit(values.reshape(-1, 1)).predict(
+            pen=2 * sigma**2 * np.log(len(values)))
+        starts = [0, *breaks[:-1]]
+        for before, at, after in zip(starts, breaks[:-1], breaks[1:], strict=False):
+            old, new = values[before:at].mean(), values[at:after].mean()
+            change = 100 * (new - old) / abs(old) if old else float("inf")
+            when = series["date"].iloc[at] if "date" in series else str(at)
+            notes.append(f"history: {config_id} [{executor}] {metric} shifted {change:+.0f} % "
+                         f"({old:.3g} -> {new:.3g}) at run {at + 1} of {len(values)} ({when})")
+            if change > thresholds[metric] and at >= len(values) - FRESH_RUNS:
+                fresh.append(notes[-1])
+    return notes, fresh
+
+
+def read_history(in_dir: Path) -> pd.DataFrame:
+    path = in_dir / HISTORY_CSV
+    if not path.is_file():
+        return pd.DataFrame()
+    return read_checked(path, ("config_id", "executor", "metric", "new_median"),
+                        numbers=("new_median",), warn=False)
+
+
 def history_writer(in_dir: Path) -> CsvAppender:
     try:
         return CsvAppender(in_dir / HISTORY_CSV, HISTORY_COLUMNS)
@@ -345,11 +439,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {note}")
             print(f"baseline written: {path}")
             return EXIT_OK
-        base, base_env = load_baseline(args.baseline, args.in_dir)
-        session = read_session(args.in_dir)
+        try:
+            session = read_session(args.in_dir)
+        except NoRecordsError:
+            load_baseline(args.baseline, args.in_dir)  # no baseline either: say how to take one
+            raise
         notes = session.notes
         history = history_writer(args.in_dir)
-        verdicts, notes = check(session, base, base_env, thresholds, args.alpha)
+        if len(environments_of(session.runs)) >= 2:  # like with like, in one session
+            verdicts, notes = same_session(session, thresholds, args.alpha)
+        else:
+            base, base_env = load_baseline(args.baseline, args.in_dir)
+            verdicts, notes = check(session, base, base_env, thresholds, args.alpha)
     except NoRecordsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_INPUT
@@ -370,6 +471,13 @@ def main(argv: list[str] | None = None) -> int:
     regressions = [v for v in verdicts if v.verdict == "regression"]
     for v in regressions:
         print(f"REGRESSION: {v.message()}", file=sys.stderr)
+    shifts, fresh = history_shifts(read_history(args.in_dir), thresholds)
+    for line in shifts:
+        print(f"note: {line}")
+    for line in fresh:
+        print(f"REGRESSION (history): {line}", file=sys.stderr)
+    if fresh and verdicts:
+        return EXIT_REGRESSION
     if not verdicts:
         print("error: nothing comparable with the baseline", file=sys.stderr)
         return EXIT_NO_INPUT

@@ -320,3 +320,46 @@ def test_records_with_no_readable_row_are_no_records(tmp_path, baseline, capsys)
     (new / "runs.csv").write_text(",".join(RUN_COLUMNS) + "\r\n2026-01-01,s1,r0,p")
     code, err = _gate(new, baseline, capsys)
     assert code == 2 and "runs.csv holds no readable run; " in err and "line 2: cut off" in err
+
+
+def _envs_session(out: Path, covalent_s: dict[str, float], rounds: int = 6) -> None:
+    """A session of several Covalent environments, interleaved, in the real schema."""
+    from bench.records import phases_writer, runs_writer
+
+    runs, phases = runs_writer(out), phases_writer(out)
+    for rnd in range(rounds):
+        jitter = 0.02 * ((rnd * 7) % 5)
+        rows = [("plain", "", "", 10.0)] + [("covalent", "local", env, wall)
+                                            for env, wall in covalent_s.items()]
+        for mode, executor, env, wall in rows:
+            run_id = f"{mode}{env}{rnd}"
+            runs.append({**ENV, "run_id": run_id, "config_id": "c", "mode": mode,
+                         "executor": executor, "environment": env, "round": rnd,
+                         "warmup": False, "wall_s": wall + jitter, "status": "COMPLETED"})
+            phases.append({"run_id": run_id, "phase": "in_task", "task": "t",
+                           "start_s": 0.0, "duration_s": 10.0})
+
+
+def test_same_session_environments_are_judged_against_the_reference(tmp_path, capsys) -> None:
+    """No baseline needed: the environments of one session are compared like with like."""
+    same, slower = tmp_path / "same", tmp_path / "slower"
+    _envs_session(same, {"ref": 14.0, "again": 14.05})
+    assert gate_main(["--in", str(same), "--baseline", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "same-session comparison: again against the reference environment ref" in out
+    _envs_session(slower, {"ref": 14.0, "new": 16.0})  # orchestration 4 s -> 6 s
+    assert gate_main(["--in", str(slower), "--baseline", str(tmp_path / "none")]) == 1
+    assert "new:local vs ref" in capsys.readouterr().err
+
+
+def test_history_change_points_flag_a_creeping_regression(tmp_path) -> None:
+    from bench.gate import history_shifts
+
+    steady = [4.0, 4.1, 3.9, 4.05, 3.95, 4.0, 4.1, 3.9]
+    crept = steady + [5.6, 5.7, 5.5]  # +40 %, fresh: the last 3 runs
+    rows = [{"config_id": "c", "executor": "local", "metric": "orchestration_s",
+             "new_median": v, "date": f"d{i}"} for i, v in enumerate(crept)]
+    notes, fresh = history_shifts(pd.DataFrame(rows), {"orchestration_s": 25.0})
+    assert len(fresh) == 1 and "shifted +" in fresh[0], notes
+    flat = pd.DataFrame(rows[: len(steady)])
+    assert history_shifts(flat, {"orchestration_s": 25.0}) == ([], [])

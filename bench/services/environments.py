@@ -227,9 +227,28 @@ _resolve_root = cache_root  # `build`'s parameter of that name hides the functio
 # --- the cache key --------------------------------------------------------------------------
 
 
+# The requirement "project" stands for the Covalent this checkout pins (pyproject.toml): in
+# CI, this commit's Covalent against a reference release, in one session.
+PROJECT = "project"
+
+
+def project_requirement() -> str:
+    """The covalent requirement of this checkout's pyproject.toml."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    for dep in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+        if re.match(r"covalent\b", dep.strip()):
+            return dep.split(";")[0].strip()
+    raise EnvironmentBuildError(f"{pyproject} pins no covalent requirement")
+
+
 def _absolute_requirement(requirement: str) -> str:
-    """A requirement that is a local path, made absolute (the cache outlives the cwd)."""
+    """A requirement that is a local path, made absolute (the cache outlives the cwd);
+    "project": this checkout's own covalent requirement."""
     text = requirement.strip()
+    if text == PROJECT:
+        return project_requirement()
     candidate = Path(text).expanduser()
     if (text.startswith((".", "/", "~")) or os.sep in text) and candidate.exists():
         return str(candidate.resolve())
