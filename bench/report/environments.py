@@ -66,7 +66,7 @@ def environments_section(summary: pd.DataFrame, diffs: pd.DataFrame, out_dir: Pa
              f"(`{diffs['reference'].iloc[0]}`), round by round, on its own server, with the "
              "client side of each run in its own interpreter; the plain runs are shared. "
              "`diff_s` is the median over rounds of (environment − reference) in the same "
-             "round, with its 95 % bootstrap CI; `p_value` the two-sided Mann–Whitney U of the "
+             "round, with its 95 % CI; `p_value` the two-sided Mann–Whitney U of the "
              "two samples; `significant` when p < 0.05 and the CI excludes 0."),
         Table(families, floatfmt=".3f"),
     ]

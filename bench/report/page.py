@@ -98,7 +98,7 @@ CAPTIONS = {  # one line per plot: what to look at
                       "zero), the diamond marking the total: the tallest block is the part to "
                       "work on.",
     "overhead_ci": "Total overhead, orchestration and compute inflation with their 95 % "
-                   "bootstrap CIs: a whisker that crosses zero means no measurable effect.",
+                   "CIs: a whisker that crosses zero means no measurable effect.",
     "timeline": "One round on one time axis: the gaps between the blue task bars are time "
                 "Covalent spends around the tasks (staging, scheduling, hand-off).",
 }
@@ -353,7 +353,7 @@ def plot_overhead_ci(summary: pd.DataFrame, path: Path) -> None:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(summary)), _bar_labels(summary), fontsize=7)
     ax.set_ylabel("seconds")
-    ax.set_title(f"Overhead families: median of paired rounds, {CONFIDENCE:.0%} bootstrap CI")
+    ax.set_title(f"Overhead families: median of paired rounds, {CONFIDENCE:.0%} CI")
     ax.legend(fontsize=7)
     ax.margins(y=0.2)
     fig.tight_layout()
@@ -470,8 +470,8 @@ INTRO_TEXT = (
 )
 FINDINGS_NOTE = (
     "Derived from summary.csv and fits.csv by the rules in `bench/analysis/findings.py`. "
-    "Seconds per run; brackets: 95 % bootstrap CI over paired rounds."
-)
+    "Seconds per run; brackets: 95 % CI of the median over paired rounds (exact order "
+    "statistics from 6 rounds on, the percentile bootstrap below).")
 PART_COLUMNS = ["submit_median_s", "until_running_median_s", "executor_cost_median_s",
                 "scheduling_gaps_median_s", "completion_detect_median_s",
                 "retrieve_median_s", "unexplained_s", "explained_pct", "stock_wall_median_s",
@@ -495,7 +495,7 @@ def _families_table(summary: pd.DataFrame) -> list[Block]:
                               for _, r in summary.iterrows()],
         "comparable": summary["comparable"],
     })
-    return [Text(f"Overhead families, median of paired rounds [{CONFIDENCE:.0%} bootstrap CI] "
+    return [Text(f"Overhead families, median of paired rounds [{CONFIDENCE:.0%} CI] "
                  "(± CI half-width):"), Table(table)]
 
 
