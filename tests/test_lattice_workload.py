@@ -51,7 +51,7 @@ def workflow(n: int = 4, k: int = 3):
     squares = [square(i) for i in range(n)]
     doubled = apply(double, squares)
     sub = ct.electron(inner)(k)
-    return {"doubled": doubled, "sub": sub}
+    return {"doubled": doubled, "sub": sub, "pair": (sub, n)}  # a tuple comes back a list
 
 
 @ct.electron
@@ -93,7 +93,7 @@ def test_user_lattice_with_sublattice_and_fanout_does_the_same_work(
     runs = load_runs(out)
     assert (runs["status"] == "COMPLETED").all()
     assert set(runs["config_id"]) == {"workflow-n=5"} and (runs["n"] == 5).all()
-    expected = digest({"doubled": [0, 2, 8, 18, 32], "sub": 5})
+    expected = digest({"doubled": [0, 2, 8, 18, 32], "sub": 5, "pair": (5, 5)})
     assert set(runs["output_digest"]) == {expected}, "plain and Covalent returned the same"
     # Every task was timed from inside, the sublattice's own tasks included.
     cov = runs[runs["mode"] == "covalent"]
@@ -181,4 +181,5 @@ def test_digest_is_canonical() -> None:
     np = pytest.importorskip("numpy")
     assert digest({"a": 1, "b": [1.5, "x"]}) == digest({"b": [1.5, "x"], "a": 1})
     assert digest(np.arange(3)) == digest(np.arange(3)) != digest(np.arange(3.0))
-    assert digest((1, 2)) != digest([1, 2])
+    # Covalent hands a lattice's returned tuple back as a list: the same work.
+    assert digest((1, 2)) == digest([1, 2]) != digest([2, 1])

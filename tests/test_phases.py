@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bench import records as R
-from bench.analysis.decompose import SEGMENTS, _union_length, breakdown, with_breakdown
+from bench.analysis.decompose import SEGMENTS, breakdown, union_length, with_breakdown
 from bench.measure import covalent_api
 from bench.measure.probes import ENV_KNOBS, read_probes, task_probe
 from bench.measure.runner import measure_covalent_batch, measure_plain
@@ -39,8 +39,8 @@ def _measure_covalent(config: WorkflowConfig, executor: str, address: str, probe
 
 
 def test_union_counts_parallel_time_once() -> None:
-    assert _union_length([(0, 2), (1, 3), (5, 6)]) == 4
-    assert _union_length([]) == 0
+    assert union_length([(0, 2), (1, 3), (5, 6)]) == 4
+    assert union_length([]) == 0
 
 
 def test_probe_records_each_task_without_changing_results(small_config, tmp_path) -> None:

@@ -138,7 +138,7 @@ def as_batches(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([single, pd.DataFrame(batches)], ignore_index=True)
 
 
-def _union_length(intervals: list[tuple[float, float]]) -> float:
+def union_length(intervals: list[tuple[float, float]]) -> float:
     """Time covered by at least one interval: parallel tasks count once."""
     total, reach = 0.0, float("-inf")
     for start, end in sorted(intervals):
@@ -156,8 +156,8 @@ def breakdown(phases: pd.DataFrame) -> pd.DataFrame:
     """Per run, the segments phases.csv holds (submit and retrieve are in runs.csv)."""
     rows = []
     for run_id, group in phases.groupby("run_id", sort=False):
-        in_task = _union_length(_intervals(group[group["phase"] == R.IN_TASK]))
-        nodes = _union_length(_intervals(group[group["phase"] == R.NODE]))
+        in_task = union_length(_intervals(group[group["phase"] == R.IN_TASK]))
+        nodes = union_length(_intervals(group[group["phase"] == R.NODE]))
         named = group.groupby("phase")["duration_s"].sum()
         server = named.get(R.SERVER, 0.0)
         rows.append({

@@ -62,9 +62,6 @@ TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "POSTPROCESSING_FAILED
 CLI_SNIPPET = (
     "import sys; from covalent_dispatcher._cli.cli import cli; sys.exit(cli(prog_name='covalent'))"
 )
-# Node names Covalent generates around the user's tasks (graph building, postprocessing).
-GENERATED_PREFIXES = (":parameter:", ":electron_list:", ":electron_dict:", ":postprocess:",
-                      ":sublattice:")
 SUBLATTICE_PREFIX = ":sublattice:"
 
 
@@ -103,10 +100,6 @@ def pickle_by_value(module: Any) -> None:
     """Ship a module's functions by value: the server and workers cannot import a file only
     the client sees (cloudpickle pickles module functions by reference otherwise)."""
     cloudpickle.register_pickle_by_value(module)
-
-
-def by_value_modules() -> set[str]:
-    return set(cloudpickle.list_registry_pickle_by_value())
 
 
 def lattice_function(lattice: Lattice) -> Callable[..., Any]:

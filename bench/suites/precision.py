@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.analysis.decompose import union_length
 from bench.analysis.stats import EXACT_CI_MIN_N, median_ci
 from bench.records import IN_TASK
 
@@ -25,14 +26,8 @@ METRIC = "orchestration_s"
 
 def _in_task_s(phases: list[dict[str, Any]]) -> float:
     """Time covered by the tasks' own intervals (parallel tasks count once)."""
-    total, reach = 0.0, float("-inf")
-    spans = sorted((p["start_s"], p["start_s"] + p["duration_s"]) for p in phases
-                   if p.get("phase") == IN_TASK)
-    for start, end in spans:
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
+    return union_length([(p["start_s"], p["start_s"] + p["duration_s"]) for p in phases
+                         if p.get("phase") == IN_TASK])
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """A digest of a workflow's return value: equal values, equal digests, whatever the process.
 
 Pickles are no digest (their bytes depend on memo order and protocol), so values are walked:
-numbers, strings, containers (dicts by sorted key), numpy arrays and torch tensors (dtype,
+numbers, strings, containers (dicts by sorted key; lists and tuples alike, as Covalent returns
+a lattice's tuple as a list), numpy arrays and torch tensors (dtype,
 shape and bytes), dataclasses, and objects with a state_dict (torch modules: their weights).
 Anything else falls back to its repr without memory addresses, and then to its pickle.
 """
@@ -41,7 +42,9 @@ def _feed(h: Any, value: Any) -> None:  # noqa: C901 - one branch per kind of va
     elif isinstance(value, bytes | bytearray):
         put(f"b{len(value)}:".encode() + bytes(value) + b";")
     elif isinstance(value, list | tuple):
-        put(f"{type(value).__name__}{len(value)}[".encode())
+        # One kind of sequence: a lattice that returns a tuple gets it back from Covalent as
+        # a list (its postprocessing rebuilds containers), and that is the same work.
+        put(f"seq{len(value)}[".encode())
         for item in value:
             _feed(h, item)
         put(b"]")
