@@ -319,7 +319,7 @@ def same_session(session: Session, thresholds: dict[str, float], alpha: float
             for metric in METRICS:
                 v = judge(mine[metric], ref[metric], metric, thresholds[metric], alpha,
                           config_id, f"{env}:{base} vs {envs[0]}")
-                verdicts.append(dataclasses.replace(v, **walls))
+                verdicts.append(dataclasses.replace(v, **walls, against="reference"))
     return verdicts, notes
 
 
@@ -393,6 +393,8 @@ def record_history(history: CsvAppender, verdicts: list[Verdict], runs: pd.DataF
 
 
 def table(verdicts: list[Verdict]) -> str:
+    """The verdicts as a Markdown table; the stored-baseline columns only where they apply."""
+    same_session = all(v.against == "reference" for v in verdicts)
     rows = [{
         "config": v.config_id, "executor": v.executor, "plain s": f"{v.plain_s:.2f}",
         "Covalent s": f"{v.covalent_s:.2f}", "metric": v.metric,
@@ -401,13 +403,16 @@ def table(verdicts: list[Verdict]) -> str:
         "baseline": f"{v.baseline[0]:.2f}", "change": f"{v.change_pct:+.0f}%",
         "threshold": f"{v.threshold_pct:.0f}%", "p": f"{v.p_value:.3f}", "verdict": v.verdict,
     } for v in verdicts]
-    return pd.DataFrame(rows).to_markdown(index=False)
+    frame = pd.DataFrame(rows)
+    if same_session:  # no speed scale between environments of one session
+        frame = frame.drop(columns="speed scale").rename(columns={"baseline": "reference"})
+    return frame.to_markdown(index=False)
 
 
-def _write_page(in_dir: Path, body: str, notes: list[str]) -> None:
+def _write_page(in_dir: Path, body: str, notes: list[str], against: str = "baseline") -> None:
     """<in>/gate.md, for CI's job summary; whatever the outcome, an old one must not linger."""
     if in_dir.is_dir():
-        (in_dir / "gate.md").write_text("## Covalent overhead vs baseline\n\n"
+        (in_dir / "gate.md").write_text(f"## Covalent overhead vs {against}\n\n"
                                         + "".join(f"- {n}\n" for n in notes) + "\n" + body + "\n")
 
 
@@ -432,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     notes: list[str] = []
+    against = "the baseline"
     try:
         if args.refresh_baseline:
             path, notes = refresh_baseline(args.in_dir, args.baseline, args.alpha)
@@ -446,11 +452,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         notes = session.notes
         history = history_writer(args.in_dir)
-        if len(environments_of(session.runs)) >= 2:  # like with like, in one session
+        envs = environments_of(session.runs)
+        if len(envs) >= 2:  # like with like, in one session
+            against = f"the reference environment {envs[0]} (same session)"
             verdicts, notes = same_session(session, thresholds, args.alpha)
         else:
             base, base_env = load_baseline(args.baseline, args.in_dir)
             verdicts, notes = check(session, base, base_env, thresholds, args.alpha)
+            against = "the stored baseline"
     except NoRecordsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_INPUT
@@ -459,14 +468,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {note}")
         print(f"error: cannot judge: {exc}", file=sys.stderr)
         if not args.refresh_baseline:
-            _write_page(args.in_dir, f"**Cannot judge**: {exc}", notes)
+            _write_page(args.in_dir, f"**Cannot judge**: {exc}", notes, against)
         return EXIT_CANNOT_JUDGE
     for note in notes:
         print(f"note: {note}")
     if verdicts:
         text = table(verdicts)
         print(text)
-        _write_page(args.in_dir, text, notes)
+        _write_page(args.in_dir, text, notes, against)
         record_history(history, verdicts, session.runs)
     regressions = [v for v in verdicts if v.verdict == "regression"]
     for v in regressions:

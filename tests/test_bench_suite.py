@@ -42,6 +42,10 @@ def test_smoke_benchmark_then_report(synthetic_root, covalent_server, tmp_path) 
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Covalent overhead" in proc.stdout
+    # One progress line per run, and pytest's own dots do not break them up.
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("[") and "/9]" in line for line in lines) == 9, proc.stdout
+    assert "." not in [line.strip() for line in lines], proc.stdout
 
     assert tuple(pd.read_csv(out / "runs.csv").columns) == RUN_COLUMNS
     runs = load_runs(out)  # each parameter and output a column of its own

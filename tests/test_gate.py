@@ -347,6 +347,11 @@ def test_same_session_environments_are_judged_against_the_reference(tmp_path, ca
     assert gate_main(["--in", str(same), "--baseline", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
     assert "same-session comparison: again against the reference environment ref" in out
+    page = (same / "gate.md").read_text()  # no stored baseline, no speed scale: not named
+    assert page.startswith("## Covalent overhead vs the reference environment ref")
+    header = next(line for line in page.splitlines() if line.startswith("| config"))
+    assert " reference " in header
+    assert "speed scale" not in page and "baseline" not in page
     _envs_session(slower, {"ref": 14.0, "new": 16.0})  # orchestration 4 s -> 6 s
     assert gate_main(["--in", str(slower), "--baseline", str(tmp_path / "none")]) == 1
     assert "new:local vs ref" in capsys.readouterr().err

@@ -140,3 +140,25 @@ def test_bench_arg_list_expands_and_lattice_profile_applies() -> None:
                                                 "fanout-n=4-sleep_s=0.5"]
     with pytest.raises(ProfileError, match="unknown key 'm'.*parameters of workload 'fanout'"):
         load_profile(None, [], ["m=1"], workload="fanout")
+
+
+def test_environments_from_the_command_line_take_variables() -> None:
+    profile = load_profile(
+        "smoke", environments=["now=covalent==0.240.0", "old-dask=covalent==0.240.0"],
+        env_vars=["old-dask:COVALENT_USE_OLD_DASK=1", "old-dask:DASK_CONFIG=/x=y.yaml"],
+    )
+    envs = {e.name: e for e in profile.scenarios[0].environments}
+    assert list(envs) == ["now", "old-dask"]
+    assert envs["now"].env == {}
+    assert envs["old-dask"].env == {"COVALENT_USE_OLD_DASK": "1", "DASK_CONFIG": "/x=y.yaml"}
+    releases = load_profile("releases", env_vars=["0.238.0:X=1"])  # the profile's own list
+    assert {e.name: e.env for e in releases.scenarios[0].environments}["0.238.0"] == {"X": "1"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("old-dask=1", "expects NAME:VARIABLE=VALUE"),
+    ("nope:X=1", "no environment named 'nope'; environments: now"),
+])
+def test_a_bad_environment_variable_is_explained(text: str, message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        load_profile("smoke", environments=["now=covalent==0.240.0"], env_vars=[text])

@@ -263,9 +263,14 @@ def summarize(runs: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.Data
     runs = as_batches(runs)
     done = with_breakdown(measured(runs), phases)
     first = cold(runs)
+    # Executors (and environments) in the order the profile lists them, the reference first:
+    # the first round runs them in that order, later rounds alternate it.
+    order = list(dict.fromkeys(runs.loc[runs["mode"] == "covalent", "executor"]))
     for (profile, config_id), group in done.groupby(["profile", "config_id"], sort=False):
         plain = group[group["mode"] == "plain"]
-        for executor, cov in group[group["mode"] == "covalent"].groupby("executor", sort=False):
+        by_executor = dict(tuple(group[group["mode"] == "covalent"].groupby("executor")))
+        for executor in sorted(by_executor, key=order.index):
+            cov = by_executor[executor]
             row = _compare(profile, config_id, executor, plain, cov)
             cold_rows = first[first["config_id"] == config_id]
             row["cold_plain_s"] = _first(cold_rows[cold_rows["mode"] == "plain"]["wall_s"])

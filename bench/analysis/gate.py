@@ -75,13 +75,15 @@ class Verdict:
     plain_s: float = float("nan")  # median walls of the new session, for the table
     covalent_s: float = float("nan")
     speed_scale: float = 1.0  # what the new values were multiplied by (see speed_scale())
+    against: str = "baseline"  # what `baseline` holds: the stored baseline or the reference
 
     def message(self) -> str:
         return (
             f"{self.config_id} [{self.executor}] {self.metric}: new median "
             + (f"(x{self.speed_scale:.2f} for machine speed) " if self.speed_scale != 1 else "")
-            + f"{self.new[0]:.3f} (95% CI {self.new[1]:.3f}..{self.new[2]:.3f}) vs baseline "
-            f"{self.baseline[0]:.3f} (CI {self.baseline[1]:.3f}..{self.baseline[2]:.3f}): "
+            + f"{self.new[0]:.3f} (95% CI {self.new[1]:.3f}..{self.new[2]:.3f}) vs "
+            f"{self.against} {self.baseline[0]:.3f} "
+            f"(CI {self.baseline[1]:.3f}..{self.baseline[2]:.3f}): "
             f"{self.change_pct:+.1f}% (threshold {self.threshold_pct:.0f}%), "
             f"Mann-Whitney U p={self.p_value:.4f} -> {self.verdict.upper()}"
         )

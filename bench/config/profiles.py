@@ -113,8 +113,11 @@ def load_profile(
     digest: str | None = None,
     data_dir: str = "",
     environments: Sequence[str] = (),
+    env_vars: Sequence[str] = (),
 ) -> Profile:
-    """A shipped profile by name, or any profile file by its path (ending in .toml)."""
+    """A shipped profile by name, or any profile file by its path (ending in .toml).
+    `environments`: NAME=REQUIREMENT (replace the profile's); `env_vars`: NAME:VAR=VALUE,
+    a variable for the named environment's server and client."""
     name = name or (LATTICE_PROFILE if workload else DEFAULT_PROFILE)
     path = Path(name) if name.endswith(".toml") else CONFIG_DIR / f"{name}.toml"
     if not path.is_file():
@@ -134,6 +137,8 @@ def load_profile(
         raise ProfileError("--bench-inputs and --bench-digest go with --bench-workload")
     if environments:  # --bench-env NAME=REQUIREMENT replaces the profile's list
         doc = {**doc, "environments": [_env_option(text) for text in environments]}
+    if env_vars:
+        doc = {**doc, "environments": _with_env_vars(doc.get("environments") or [], env_vars)}
     return profile_from_doc(path.stem, doc, overrides, args, data_dir, where=str(path))
 
 
@@ -144,6 +149,23 @@ def _env_option(text: str) -> dict[str, Any]:
         raise ProfileError(f"--bench-env expects NAME=REQUIREMENT (e.g. "
                            f"old=covalent==0.238.0 or mine=/path/to/covalent), got {text!r}")
     return {"name": name.strip(), "requirement": requirement.strip()}
+
+
+def _with_env_vars(tables: list[Any], texts: Sequence[str]) -> list[Any]:
+    """The [[environments]] tables with 'old:COVALENT_USE_OLD_DASK=1' added to 'old'."""
+    tables = [dict(t) if isinstance(t, dict) else t for t in tables]
+    by_name = {t.get("name"): t for t in tables if isinstance(t, dict)}
+    for text in texts:
+        name, sep, assignment = text.partition(":")
+        var, eq, value = assignment.partition("=")
+        if not sep or not eq or not var.strip():
+            raise ProfileError(f"--bench-env-var expects NAME:VARIABLE=VALUE (e.g. "
+                               f"old-dask:COVALENT_USE_OLD_DASK=1), got {text!r}")
+        if name not in by_name:
+            raise ProfileError(f"--bench-env-var {text}: no environment named {name!r}; "
+                               f"environments: {', '.join(map(str, by_name)) or '(none)'}")
+        by_name[name]["env"] = {**(by_name[name].get("env") or {}), var.strip(): value}
+    return tables
 
 
 def _environments(doc: Mapping[str, Any], where: str) -> tuple[Environment, ...]:

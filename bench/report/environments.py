@@ -16,47 +16,90 @@ import pandas as pd  # noqa: E402
 from bench.report.blocks import Block, Figure, Heading, Table, Text  # noqa: E402
 
 PLOTS = {"environments": "environments.png"}
-CAPTIONS = {"environments": "Orchestration per environment and executor (median, 95 % CI): "
-                            "a bar that stands apart from the reference's is a real change."}
+CAPTIONS = {"environments": "Per configuration (one row each): orchestration and total overhead "
+                            "per environment and executor (median, 95 % CI), and on the right "
+                            "each environment minus the reference in the same round (median, "
+                            "95 % CI; a filled marker is significant): a bar or marker that "
+                            "stands apart from the reference is a real change."}
 FAMILIES = (("orchestration_s", "orchestration"), ("total_overhead_s", "total overhead"))
 
 
-def plot_environments(summary: pd.DataFrame, path: Path) -> bool:
+def _wrap(text: str, width: int = 60) -> str:
+    return "\n".join(text[i:i + width] for i in range(0, len(text), width))
+
+
+def plot_environments(summary: pd.DataFrame, diffs: pd.DataFrame, path: Path) -> bool:
     rows = summary[summary["environment"].fillna("").astype(str) != ""]
     if rows["environment"].nunique() < 2:
         return False
-    bases = list(dict.fromkeys(rows["executor"].str.split(":", n=1).str[1]))
+    rows = rows.assign(base=rows["executor"].str.split(":", n=1).str[1])
     envs = list(dict.fromkeys(rows["environment"]))
-    fig, axes = plt.subplots(1, len(FAMILIES), figsize=(6 * len(FAMILIES), 3.8), squeeze=False)
-    width = 0.8 / len(envs)
-    for ax, (column, title) in zip(axes[0], FAMILIES, strict=True):
-        for k, env in enumerate(envs):
-            mine = rows[rows["environment"] == env].set_index(
-                rows[rows["environment"] == env]["executor"].str.split(":", n=1).str[1])
-            mine = mine[~mine.index.duplicated()].reindex(bases)
-            xs = [i + (k - (len(envs) - 1) / 2) * width for i in range(len(bases))]
-            mid = mine[column]
-            err = [mid - mine[f"{column}_ci_low"], mine[f"{column}_ci_high"] - mid]
-            version = mine["covalent"].dropna().astype(str)
-            label = f"{env} ({version.iloc[0]})" if len(version) else env
-            ax.bar(xs, mid, width, yerr=err, capsize=3, label=label)
-        ax.set_xticks(range(len(bases)), bases)
-        ax.set_ylabel("seconds per run")
-        ax.set_title(title)
-        ax.axhline(0, color="black", linewidth=0.6)
-    axes[0][0].legend(fontsize=8)
+    colors = {env: f"C{k % 10}" for k, env in enumerate(envs)}
+    configs = list(dict.fromkeys(rows["config_id"]))
+    fig, axes = plt.subplots(len(configs), len(FAMILIES) + 1,
+                             figsize=(5.2 * (len(FAMILIES) + 1), 3.4 * len(configs) + 0.8),
+                             squeeze=False)
+    for axrow, config_id in zip(axes, configs, strict=True):
+        mine_cfg = rows[rows["config_id"] == config_id]
+        bases = list(dict.fromkeys(mine_cfg["base"]))
+        width = 0.8 / len(envs)
+        for ax, (column, title) in zip(axrow, FAMILIES, strict=False):
+            for k, env in enumerate(envs):
+                mine = mine_cfg[mine_cfg["environment"] == env].set_index("base").reindex(bases)
+                xs = [i + (k - (len(envs) - 1) / 2) * width for i in range(len(bases))]
+                mid = mine[column]
+                err = [mid - mine[f"{column}_ci_low"], mine[f"{column}_ci_high"] - mid]
+                ax.bar(xs, mid, width, yerr=err, capsize=3, color=colors[env])
+            ax.set_xticks(range(len(bases)), bases)
+            ax.set_ylabel("seconds per run")
+            ax.set_title(f"{title}\n{_wrap(config_id)}", fontsize=9)
+            ax.axhline(0, color="black", linewidth=0.6)
+        _plot_diffs(axrow[-1], diffs[diffs["config_id"] == config_id], bases, envs, colors)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[env]) for env in envs]
+    labels = []
+    for env in envs:
+        version = rows.loc[rows["environment"] == env, "covalent"].dropna().astype(str)
+        labels.append(f"{env} (covalent {version.iloc[0]})" if len(version) else env)
+    labels[0] += ", the reference"
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(envs), 4), fontsize=8,
+               frameon=False)
     fig.suptitle("Covalent environments side by side (medians of paired rounds, 95 % CI)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.6 / (3.4 * len(configs) + 0.8), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _plot_diffs(ax: plt.Axes, diffs: pd.DataFrame, bases: list[str], envs: list[str],
+                colors: dict[str, str]) -> None:
+    """Environment minus reference, paired by round: orchestration (circle) and total
+    overhead (square) per executor and environment."""
+    others = envs[1:]
+    width = 0.8 / max(len(others), 1)
+    for k, env in enumerate(others):
+        for (metric, _), marker, shift in zip(FAMILIES, ("o", "s"), (-0.12, 0.12),
+                                              strict=True):
+            mine = diffs[(diffs["environment"] == env) & (diffs["metric"] == metric)]
+            mine = mine.set_index("executor").reindex(bases)
+            xs = [i + (k - (len(others) - 1) / 2) * width + shift * width
+                  for i in range(len(bases))]
+            err = [mine["diff_s"] - mine["diff_ci_low"], mine["diff_ci_high"] - mine["diff_s"]]
+            ax.errorbar(xs, mine["diff_s"], yerr=err, fmt="none", ecolor=colors[env],
+                        capsize=3)
+            for x, y, sig in zip(xs, mine["diff_s"], mine["significant"], strict=True):
+                ax.plot(x, y, marker=marker, color=colors[env], markersize=6,
+                        markerfacecolor=colors[env] if pd.notna(sig) and bool(sig) else "white")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(bases)), bases)
+    ax.set_ylabel("seconds per run, minus the reference")
+    ax.set_title(f"vs {envs[0]}: orchestration (circle), total overhead (square)", fontsize=9)
 
 
 def environments_section(summary: pd.DataFrame, diffs: pd.DataFrame, out_dir: Path
                          ) -> list[Block]:
     if diffs is None or diffs.empty:
         return []
-    drawn = plot_environments(summary, out_dir / PLOTS["environments"])
+    drawn = plot_environments(summary, diffs, out_dir / PLOTS["environments"])
     families = diffs[diffs["metric"].isin([c for c, _ in FAMILIES])]
     parts = diffs[~diffs["metric"].isin([c for c, _ in FAMILIES])
                   & diffs["significant"].astype(bool)]

@@ -730,8 +730,8 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     summary = full_summary[full_summary["config_id"].isin(keep)]
     runs = runs[runs["config_id"].isin(keep)]
     plot_wall_time(runs, out_dir / PLOTS["wall_time"])
-    if "train_losses" in runs and runs["train_losses"].notna().any():
-        plot_loss_curves(runs, out_dir / PLOTS["loss_curves"])
+    if "train_losses" in runs and runs["train_losses"].notna().any():  # MNIST runs only
+        plot_loss_curves(runs[runs["train_losses"].notna()], out_dir / PLOTS["loss_curves"])
     if phases is not None:
         plot_breakdown(with_breakdown(runs, phases), out_dir / PLOTS["breakdown"])
         plot_timeline(runs, phases, out_dir / PLOTS["timeline"])

@@ -57,6 +57,8 @@ def test_workload(
         reason = precision.skip_reason(scenario, case.round, labels,
                                        starts=case.mode == "plain" and case.probed)
         if reason:
+            if bench_session.progress is not None:
+                bench_session.progress.skipped(case.label, n)
             pytest.skip(reason)
     rounds = itertools.count(case.round or 0)
     rows: list[dict] = []
@@ -80,7 +82,8 @@ def test_workload(
                                      record)
                 if bench_session.progress is not None:
                     bench_session.progress.run_done(
-                        scenario.id, case.label, i, scenario.warmup_rounds + scenario.rounds,
+                        scenario.id, case.label, i, scenario.warmup_rounds + (
+                            scenario.rounds if precision is None else precision.max_rounds),
                         i < scenario.warmup_rounds, record.wall_s, record.status,
                         time.monotonic() - started)
 

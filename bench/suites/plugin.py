@@ -82,6 +82,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "checkout; replaces the profile's [[environments]]",
     )
     group.addoption(
+        "--bench-env-var", action="append", default=[], metavar="NAME:VARIABLE=VALUE",
+        help="set an environment variable for environment NAME's server and client "
+        "(repeatable), e.g. old-dask:COVALENT_USE_OLD_DASK=1",
+    )
+    group.addoption(
         "--bench-precision", type=float, default=None, metavar="SECONDS",
         help="keep adding interleaved rounds until the 95 %% CI half-width of orchestration is "
         "at most SECONDS for every executor (see --bench-max-rounds, --bench-time-budget)")
@@ -265,7 +270,7 @@ def profile_from(config: pytest.Config) -> Profile:
             opt("--bench-profile"), opt("--bench-set"), opt("--bench-arg"),
             workload=opt("--bench-workload"), inputs=opt("--bench-inputs"),
             digest=opt("--bench-digest"), data_dir=str(resolve_data_dir(opt("--data-dir"))),
-            environments=opt("--bench-env"),
+            environments=opt("--bench-env"), env_vars=opt("--bench-env-var"),
         )
     except (ProfileError, WorkloadError) as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -278,7 +283,7 @@ def _will_benchmark(config: pytest.Config) -> bool:
     return bool(opt("benchmark_only", False) or any(
         opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
                                "--bench-set", "--bench-inputs", "--bench-digest",
-                               "--bench-env", "--bench-precision")))
+                               "--bench-env", "--bench-env-var", "--bench-precision")))
 
 
 class SetupError(Exception):
@@ -335,9 +340,9 @@ def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
         planned[case.label] = planned.get(case.label, 0) + runs
     progress = Progress(config.pluginmanager.get_plugin("terminalreporter"), planned,
                         config.pluginmanager.get_plugin("capturemanager"))
-    progress.announce(len(cases), len(profile.scenarios),
-                      ", ".join(w.name for w in profile.workloads))
     target = config.getoption("--bench-precision")
+    progress.announce(len(cases), len(profile.scenarios),
+                      ", ".join(w.name for w in profile.workloads), at_most=target is not None)
     precision = None if target is None else Precision(
         target, config.getoption("--bench-max-rounds"),
         None if config.getoption("--bench-time-budget") is None
@@ -360,6 +365,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from bench.report.tables import write_summary  # plotting stack: only when needed
 
     session.config.stash[_SUMMARY] = write_summary(bench.out_dir)[0]
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
+                             ) -> tuple[str, str, str] | None:
+    """A passed benchmark case prints nothing: its progress line says it all (pytest's dot
+    would re-print the module's path under every progress line)."""
+    if (report.when == "call" and report.passed and config.stash.get(_SESSION, None)
+            and report.nodeid.split("::")[0].endswith("bench_workloads.py")):
+        return "passed", "", ""
+    return None
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -38,11 +38,19 @@ class Progress:
         self.done: dict[str, list[float]] = defaultdict(list)  # kind -> seconds per run
         self.walls: dict[tuple[str, str], list[float]] = defaultdict(list)  # measured only
         self.started = time.monotonic()
+        self.label_width = max((len(k) for k in self.planned), default=8)
 
-    def announce(self, cases: int, configurations: int, workloads: str) -> None:
+    def announce(self, cases: int, configurations: int, workloads: str,
+                 at_most: bool = False) -> None:
+        """`at_most`: rounds are added until a precision is reached, so fewer may run."""
         kinds = ", ".join(f"{n} {kind}" for kind, n in self.planned.items())
-        self._line(f"benchmark: {self.total} runs ({kinds}) in {cases} cases over "
-                   f"{configurations} configuration(s) of {workloads}")
+        self._line(f"benchmark: {'at most ' * at_most}{self.total} runs ({kinds}) in {cases} "
+                   f"cases over {configurations} configuration(s) of {workloads}")
+
+    def skipped(self, label: str, runs: int = 1) -> None:
+        """Runs of the plan that will not happen (a precision already reached)."""
+        self.planned[label] = max(self.planned.get(label, 0) - runs, len(self.done[label]))
+        self.total = sum(self.planned.values())
 
     def run_done(self, config_id: str, label: str, round_: int, rounds: int, warmup: bool,
                  wall_s: float, status: str, elapsed_s: float) -> None:
@@ -52,7 +60,7 @@ class Progress:
         finished = sum(len(v) for v in self.done.values())
         parts = [f"[{finished:>{len(str(self.total))}}/{self.total}]",
                  f"{f'round {round_ + 1}/{rounds}' + (' warm-up' if warmup else ''):<18}",
-                 f"{label:<8}", f"wall {wall_s:7.2f} s"]
+                 f"{label:<{self.label_width}}", f"wall {wall_s:7.2f} s"]
         if status != "COMPLETED":
             parts.append(status)
         overhead = self._overhead(config_id, label)
@@ -66,9 +74,14 @@ class Progress:
         mine = self.walls.get((config_id, label))
         if label == "plain" or label.endswith("-bare") or not plain or not mine:
             return ""
-        over = statistics.median(mine) - statistics.median(plain)
-        pct = 100 * over / statistics.median(plain) if statistics.median(plain) else 0.0
-        return f"overhead so far {over:+.2f} s ({pct:+.0f} %)"
+        base = statistics.median(plain)
+        over = statistics.median(mine) - base
+        text = f"overhead so far {over:+.2f} s"
+        if base <= 0:
+            return text
+        if abs(over) >= 10 * base:  # a near-empty plain run: a ratio reads better than 10^5 %
+            return f"{text} ({over / base:,.0f}x plain)"
+        return f"{text} ({100 * over / base:+.0f} %)"
 
     def eta(self) -> float:
         """Seconds left: for each kind, its runs left times its median duration so far (the
@@ -90,6 +103,10 @@ class Progress:
             return
         suspended = (self.capture.global_and_fixture_disabled() if self.capture is not None
                      else contextlib.nullcontext())
+        # Straight to the terminal writer: the reporter's write_line would make pytest
+        # re-print the module's path before the next case.
+        writer = self.reporter.config.get_terminal_writer()
         with suspended:
-            self.reporter.ensure_newline()
-            self.reporter.write_line(text)
+            if writer.width_of_current_line:
+                writer.line()
+            writer.line(text)
