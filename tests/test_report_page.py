@@ -297,3 +297,36 @@ def test_findings_precision_target_when_the_summary_has_one() -> None:
     found = {f.topic: f.text for f in findings(wide)}
     assert "more rounds" in found["precision"]
     assert "not deterministic" in found["same_work"]
+
+
+def test_findings_lead_with_what_differs_from_the_reference_environment() -> None:
+    import pandas as pd
+
+    from bench.analysis.findings import findings
+
+    def diff(env: str, metric: str, d: float, low: float, high: float, p: float) -> dict:
+        return {"config_id": "c", "executor": "dask", "environment": env, "reference": "now",
+                "metric": metric, "diff_s": d, "diff_ci_low": low, "diff_ci_high": high,
+                "p_value": p, "significant": p < 0.05 and (low > 0 or high < 0)}
+
+    diffs = pd.DataFrame([
+        diff("old-dask", "orchestration_s", 1.59, 1.07, 1.72, 0.002),
+        diff("old-dask", "executor_cost_s", 1.74, 1.41, 1.81, 0.002),
+        diff("old-dask", "submit_s", 0.02, -0.07, 0.09, 0.59),
+        diff("same", "orchestration_s", 0.05, -0.3, 0.4, 0.7),
+    ])
+    summary = pd.DataFrame([
+        _summary_row("now:dask", environment="now"),
+        _summary_row("old-dask:dask", environment="old-dask", total_overhead_s=9.0),
+        _summary_row("same:dask", environment="same"),
+    ])
+    found = findings(summary, diffs=diffs)
+    assert found[0].topic == "environments"
+    assert ("differs significantly in 1 of 2 comparisons: `old-dask` on `dask` +1.59 s "
+            "[+1.07, +1.72], p = 0.002, most in executor staging") in found[0].text
+    assert "The other one is not distinguishable" in found[0].text
+    text = {f.topic: f.text for f in found}
+    # What Covalent costs is told for the reference; the others are in the first sentence.
+    assert "`now:dask`" in text["overhead"] and "old-dask:dask" not in text["overhead"]
+    none = findings(summary, diffs=diffs[diffs["environment"] == "same"])[0]
+    assert none.text.startswith("No environment's orchestration differs significantly")

@@ -60,9 +60,10 @@ REMEDY_FILE = "bench/dask/keep-malloc-defaults.yaml"
 MALLOC_VAR = "MALLOC_TRIM_THRESHOLD_"
 
 # Topics, in the order the sentences come.
-OVERHEAD, LARGEST_PART, INFLATION, CHEAPEST, PAYOFF, SAME_WORK, PRECISION, PROBE_COST = (
-    "overhead", "largest_part", "compute_inflation", "cheapest", "payoff", "same_work",
-    "precision", "probe_cost")
+(ENVIRONMENTS, OVERHEAD, LARGEST_PART, INFLATION, CHEAPEST, PAYOFF, SAME_WORK, PRECISION,
+ PROBE_COST) = ("environments", "overhead", "largest_part", "compute_inflation", "cheapest",
+                "payoff", "same_work", "precision", "probe_cost")
+MAX_NAMED_CHANGES = 4  # significant environment differences named in one sentence
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,19 @@ class Finding:
 
 
 def findings(summary: pd.DataFrame, fits: pd.DataFrame | None = None,
-             probes: pd.DataFrame | None = None) -> list[Finding]:
-    """The page's opening sentences, derived from the summary (and fits, and the probes'
-    cost) frames."""
+             probes: pd.DataFrame | None = None, diffs: pd.DataFrame | None = None
+             ) -> list[Finding]:
+    """The page's opening sentences, derived from the summary (and fits, the probes' cost,
+    and the environments' paired differences) frames. With several Covalent environments,
+    what Covalent costs is told for the reference, and how the others differ from it first."""
     if summary is None or summary.empty:
         return []
     fits = fits if fits is not None else pd.DataFrame()
-    out = [f for f in (overhead(summary), largest_part(summary), compute_inflation(summary),
-                       cheapest(summary), payoff(fits, summary), same_work(summary),
-                       precision(summary), probe_cost(probes)) if f is not None]
+    base = reference_rows(summary)
+    out = [f for f in (environments(diffs), overhead(base), largest_part(base),
+                       compute_inflation(base), cheapest(base), payoff(fits, summary),
+                       same_work(summary), precision(summary), probe_cost(probes))
+           if f is not None]
     while len(out) > MAX_FINDINGS and any(f.optional for f in out):
         out.remove(next(f for f in reversed(out) if f.optional))
     return out[:MAX_FINDINGS]
@@ -171,7 +176,58 @@ def _where(row: pd.Series, many: bool) -> str:
     return f"`{row['config_id']}` on {_x(row['executor'])}" if many else _x(row["executor"])
 
 
+def reference_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The reference environment's rows where the session compared several, else all."""
+    if "environment" not in summary:
+        return summary
+    named = summary["environment"].fillna("").astype(str)
+    envs = [e for e in dict.fromkeys(named) if e]
+    return summary[named == envs[0]] if len(envs) >= 2 else summary
+
+
 # --- the rules --------------------------------------------------------------------------
+
+def environments(diffs: pd.DataFrame | None) -> Finding | None:
+    """Which environments' orchestration differs from the reference's (paired by round,
+    significant: p < 0.05 and a CI that excludes 0), by how much, and the part that moved
+    most; the rest is said to be indistinguishable, not equal."""
+    if diffs is None or diffs.empty:
+        return None
+    ref = diffs["reference"].iloc[0]
+    significant = diffs["significant"].astype(str).str.lower().isin(("true", "1", "1.0"))
+    orch = diffs[diffs["metric"] == "orchestration_s"]
+    changed = orch[significant.loc[orch.index]]
+    changed = changed.loc[changed["diff_s"].abs().sort_values(ascending=False).index]
+    many = diffs["config_id"].nunique() > 1
+    named = []
+    for _, row in changed.head(MAX_NAMED_CHANGES).iterrows():
+        same = ((diffs["config_id"] == row["config_id"]) & (diffs["executor"] == row["executor"])
+                & (diffs["environment"] == row["environment"]) & significant
+                & ~diffs["metric"].isin(("orchestration_s", "total_overhead_s")))
+        parts = diffs[same]
+        text = (f"`{row['environment']}` on `{row['executor']}`"
+                + (f" (`{row['config_id']}`)" if many else "")
+                + f" {_num(row['diff_s'])} s [{_num(row['diff_ci_low'])}, "
+                f"{_num(row['diff_ci_high'])}], p = {row['p_value']:.3f}")
+        if len(parts):
+            top = parts.loc[parts["diff_s"].abs().idxmax()]
+            name = PART_NAMES.get(f"{str(top['metric'])[:-2]}_median_s", top["metric"])
+            text += f", most in {name} ({_num(top['diff_s'])} s)"
+        named.append(text)
+    if not named:
+        return Finding(ENVIRONMENTS, (
+            f"No environment's orchestration differs significantly from the reference "
+            f"`{ref}`'s ({len(orch)} comparisons, paired by round): none is shown to be "
+            f"faster or slower at this precision."))
+    rest = len(orch) - len(changed)
+    more = len(changed) - len(named)
+    return Finding(ENVIRONMENTS, (
+        f"Against the reference `{ref}`, orchestration differs significantly in "
+        f"{len(changed)} of {len(orch)} comparisons: " + "; ".join(named)
+        + (f"; and {more} more (environments table)" if more else "")
+        + (". The other one is not distinguishable from the reference." if rest == 1 else
+           f". The other {rest} are not distinguishable from the reference." if rest else ".")))
+
 
 def overhead(summary: pd.DataFrame) -> Finding | None:
     """(a) What each executor adds per run: total overhead in s with its CI, and in %."""
@@ -567,7 +623,8 @@ def _wide_ci_hint(summary: pd.DataFrame) -> Finding | None:
     where = _where(worst, summary["config_id"].nunique() > 1)
     return Finding(PRECISION, (
         f"The CIs are wide (up to ±{_num(wide.max(), False)} s on {where}{after}): more "
-        f"rounds (`--bench-set rounds={SUGGESTED_ROUNDS}`) narrow them."), optional=True)
+        f"rounds narrow them: ask for a precision (`--bench-precision 0.5`) or set them "
+        f"(`--bench-set rounds={SUGGESTED_ROUNDS}`)."), optional=True)
 
 
 def probe_cost(cost: pd.DataFrame | None) -> Finding | None:

@@ -29,6 +29,7 @@ from bench.analysis.decompose import (  # noqa: E402
 )
 from bench.analysis.findings import (  # noqa: E402
     CHEAPEST,
+    ENVIRONMENTS,
     INFLATION,
     LARGEST_PART,
     OVERHEAD,
@@ -128,6 +129,7 @@ TOPIC_PLOTS = {
     PAYOFF: ("matrix_scaling.png", "matrix_sweep.png", "scaling.png"),
     SAME_WORK: ("accuracy.png", "loss_curves.png"),
     PRECISION: ("overhead_ci.png",),
+    ENVIRONMENTS: ("environments.png",),
 }
 FAMILY_STYLE = {  # estimator: label, colour
     "total_overhead_s": ("total (Covalent − plain)", "#555555"),
@@ -592,12 +594,13 @@ def _figures(out_dir: Path) -> dict[str, Figure]:
 
 
 def findings_block(summary: pd.DataFrame, fits: pd.DataFrame | None, out_dir: Path,
-                   probes: pd.DataFrame | None = None) -> Findings:
+                   probes: pd.DataFrame | None = None, diffs: pd.DataFrame | None = None
+                   ) -> Findings:
     """The page's opening: the findings, each pointing at the plot that shows it, beside the
     key plot."""
     figures = _figures(out_dir)
     items = []
-    for finding in findings(summary, fits, probes):
+    for finding in findings(summary, fits, probes, diffs):
         fig = next((figures[f] for f in TOPIC_PLOTS.get(finding.topic, ()) if f in figures),
                    None)
         items.append((finding.text, fig))
@@ -611,6 +614,7 @@ def page_blocks(
     matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
     scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
     notes: list[str] | None = None, probes: pd.DataFrame | None = None,
+    diffs: pd.DataFrame | None = None,
 ) -> list[Block]:
     """The report page as blocks: findings first, then the detailed tables and plots.
     `notes`: what the records themselves say (damaged lines dropped, runs left out);
@@ -621,7 +625,7 @@ def page_blocks(
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
                      "overhead_s", "overhead_pct", "plain_rounds", "covalent_rounds",
                      *outputs[:4], "same_output", "comparable"]]
-    opening = findings_block(summary, fits, out_dir, probes)
+    opening = findings_block(summary, fits, out_dir, probes, diffs)
     blocks: list[Block] = [
         Heading(page_title(summary), level=1),
         opening,
@@ -678,11 +682,12 @@ def write_page(
     matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
     scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
     notes: list[str] | None = None, probes: pd.DataFrame | None = None,
+    diffs: pd.DataFrame | None = None,
 ) -> Path:
     """README.md (for GitHub) and index.html (self-contained, plots embedded) beside it,
     from the same blocks. Returns the README's path."""
     blocks = page_blocks(runs, summary, out_dir, phases, matrix, detail, scaling, fits, notes,
-                         probes)
+                         probes, diffs)
     page = out_dir / "README.md"
     page.write_text(to_markdown(blocks))
     write_html(blocks, out_dir, page_title(summary))
@@ -749,7 +754,7 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if not probes.empty:
         probes.to_csv(out_dir / PROBE_COST_CSV, index=False, float_format="%.4f")
     return write_page(runs, full_summary, out_dir, phases, matrix, summary, scaling, fits,
-                      notes, probes)
+                      notes, probes, diffs)
 
 
 def main(argv: list[str] | None = None) -> int:
