@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 RUNS_CSV = "runs.csv"
 PHASES_CSV = "phases.csv"
 SUMMARY_CSV = "summary.csv"
+# What each Covalent environment of a session was: requirement, variables, what got installed,
+# whether it came up. Keyed by session id, so sessions appending to one directory keep theirs.
+COVALENT_ENVIRONMENTS_JSON = "covalent_environments.json"
 FITS_CSV = "fits.csv"
 
 ENV_COLUMNS = (
@@ -399,7 +402,9 @@ def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
         path, RUNS_NEEDED, numbers=RUN_NUMBERS, booleans=("warmup", "git_dirty"),
         json_objects=JSON_COLUMNS,
         dtype={"executor": str, "dispatch_id": str, "error": str, "params": str, "outputs": str,
-               "output_digest": str, "tasks_probed": str},
+               "output_digest": str, "tasks_probed": str,
+               # names and versions stay text: an environment "2" or a release "1.0" is no float
+               "environment": str, "covalent": str},
     )
     attrs = dict(runs.attrs)
     runs["executor"] = runs["executor"].fillna("")
@@ -561,3 +566,26 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return "_" not in text  # float() takes 1_000, a CSV reader does not
+
+
+def record_environment(out_dir: str | os.PathLike, session_id: str, entry: dict) -> None:
+    """Add one environment's entry to the session's list, at once (a crash later keeps it)."""
+    path = Path(out_dir) / COVALENT_ENVIRONMENTS_JSON
+    try:
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        doc = {}  # a damaged file loses the old sessions' entries, not this one's
+    doc.setdefault(session_id, []).append(entry)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+def load_environments(in_dir: str | os.PathLike) -> list[dict]:
+    """Every recorded environment entry of the directory's sessions, with its session id."""
+    path = Path(in_dir) / COVALENT_ENVIRONMENTS_JSON
+    try:
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return []
+    return [{"session_id": sid, **e} for sid, entries in doc.items() for e in entries]

@@ -4,6 +4,7 @@ different."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,11 @@ def test_planted_delay_is_found_and_identical_environments_are_not(
     assert not bool(same["significant"]), same.to_dict()
     page = (out / "README.md").read_text()
     assert "## Covalent environments side by side" in page and "environments.png" in page
+    # What each environment was is on record: requirement, variables, the Covalent it got.
+    (entries,) = json.loads((out / "covalent_environments.json").read_text()).values()
+    assert [e["name"] for e in entries] == ["ref", "same", "slow"]
+    assert all(e["status"] == "up" and e["covalent"] == "0.240.0" for e in entries)
+    assert entries[2]["env"]["PLANTED_DISPATCH_DELAY_S"] == str(DELAY_S)
+    assert f"PLANTED_DISPATCH_DELAY_S={DELAY_S}" in page
+    # The findings open with it: the planted one differs, the identical one does not.
+    assert "orchestration differs significantly in 1 of 2 comparisons: `slow`" in page

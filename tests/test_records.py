@@ -178,3 +178,17 @@ def test_a_file_lacking_needed_columns_names_them(tmp_path) -> None:
 
 def test_the_torn_mark_stays_one_field() -> None:
     assert not set(TORN_MARK) & set(',"\r\n')
+
+
+def test_environment_definitions_are_kept_per_session(tmp_path) -> None:
+    from bench.records import COVALENT_ENVIRONMENTS_JSON, load_environments, record_environment
+
+    record_environment(tmp_path, "s1", {"name": "ref", "requirement": "covalent==0.240.0"})
+    record_environment(tmp_path, "s1", {"name": "old", "status": "failed", "failure": "x"})
+    record_environment(tmp_path, "s2", {"name": "ref"})
+    assert [(e["session_id"], e["name"]) for e in load_environments(tmp_path)] == [
+        ("s1", "ref"), ("s1", "old"), ("s2", "ref")]
+    (tmp_path / COVALENT_ENVIRONMENTS_JSON).write_text('{"s1": [')  # torn by a crash
+    assert load_environments(tmp_path) == []
+    record_environment(tmp_path, "s3", {"name": "ref"})  # the new session's entry is kept
+    assert [e["session_id"] for e in load_environments(tmp_path)] == ["s3"]

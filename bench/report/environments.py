@@ -95,16 +95,42 @@ def _plot_diffs(ax: plt.Axes, diffs: pd.DataFrame, bases: list[str], envs: list[
     ax.set_title(f"vs {envs[0]}: orchestration (circle), total overhead (square)", fontsize=9)
 
 
-def environments_section(summary: pd.DataFrame, diffs: pd.DataFrame, out_dir: Path
-                         ) -> list[Block]:
-    if diffs is None or diffs.empty:
+def definitions_table(definitions: list[dict]) -> pd.DataFrame:
+    """What each environment was (covalent_environments.json), one row each."""
+    rows = [{
+        "environment": d.get("name"), "requirement": d.get("requirement"),
+        "variables": " ".join(f"{k}={v}" for k, v in (d.get("env") or {}).items()),
+        "covalent": d.get("covalent", ""), "status": d.get("status", ""),
+        "build": ("cached" if d.get("cached") else f"built in {d['build_s']:.0f} s")
+        if "build_s" in d else "", "server start s": d.get("server_startup_s"),
+        "why not up": d.get("failure", ""), "session": d.get("session_id", ""),
+    } for d in definitions]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    if frame["session"].nunique() <= 1:
+        frame = frame.drop(columns="session")
+    return frame.drop(columns=[c for c in ("why not up", "variables")
+                               if not frame[c].astype(bool).any()])
+
+
+def environments_section(summary: pd.DataFrame, diffs: pd.DataFrame, out_dir: Path,
+                         definitions: list[dict] | None = None) -> list[Block]:
+    if (diffs is None or diffs.empty) and not definitions:
         return []
+    blocks: list[Block] = [Heading("Covalent environments side by side")]
+    if definitions:
+        blocks += [Text("The environments (covalent_environments.json): each a virtual "
+                        "environment with that requirement, its own server and client, and "
+                        "these variables for both; the first is the reference."),
+                   Table(definitions_table(definitions), floatfmt=".1f")]
+    if diffs is None or diffs.empty:
+        return blocks
     drawn = plot_environments(summary, diffs, out_dir / PLOTS["environments"])
     families = diffs[diffs["metric"].isin([c for c, _ in FAMILIES])]
     parts = diffs[~diffs["metric"].isin([c for c, _ in FAMILIES])
                   & diffs["significant"].astype(bool)]
-    blocks: list[Block] = [
-        Heading("Covalent environments side by side"),
+    blocks += [
         Text("Every environment ran in the same session as the reference "
              f"(`{diffs['reference'].iloc[0]}`), round by round, on its own server, with the "
              "client side of each run in its own interpreter; the plain runs are shared. "

@@ -45,6 +45,7 @@ from bench.records import (  # noqa: E402
     NoRecordsError,
     RecordsSchemaError,
     dropped_note,
+    load_environments,
     load_phases,
     load_runs,
 )
@@ -118,8 +119,10 @@ HISTORY_CAPTION = ("Each gate run's overhead across commits with its CI: red cro
                    "regressions, the dashed line the baseline.")
 # The plot that opens the page beside the findings: the first of these the report drew;
 # for a sweep of several configurations, its overhead-against-parameter plot comes first.
-KEY_PLOTS = ("overhead_parts.png", "overhead_ci.png", "overhead.png", "wall_time.png")
-KEY_PLOTS_SWEEP = ("matrix_scaling.png", "scaling.png", *KEY_PLOTS)
+# Environments side by side answer the question the session asked: their plot comes first.
+KEY_PLOTS = ("environments.png", "overhead_parts.png", "overhead_ci.png", "overhead.png",
+             "wall_time.png")
+KEY_PLOTS_SWEEP = ("environments.png", "matrix_scaling.png", "scaling.png", *KEY_PLOTS[1:])
 # Which plot shows each finding (the first that exists).
 TOPIC_PLOTS = {
     OVERHEAD: ("overhead_ci.png", "overhead.png"),
@@ -729,7 +732,9 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     diffs = environment_diffs(all_runs, phases)
     if not diffs.empty:
         diffs.to_csv(out_dir / ENVIRONMENTS_CSV, index=False, float_format="%.4f")
-    scaling = environments_section(full_summary, diffs, out_dir) + scaling_section(
+    sessions = set(all_runs["session_id"].astype(str))
+    definitions = [d for d in load_environments(in_dir) if d["session_id"] in sessions]
+    scaling = environments_section(full_summary, diffs, out_dir, definitions) + scaling_section(
         full_summary, fits, out_dir)
     keep = detail_configs(full_summary)
     summary = full_summary[full_summary["config_id"].isin(keep)]

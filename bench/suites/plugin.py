@@ -22,6 +22,7 @@ from bench.records import (
     RunRecord,
     phase_rows,
     phases_writer,
+    record_environment,
     run_row,
     runs_writer,
     utc_now,
@@ -197,18 +198,27 @@ def covalent_environments(
     up: dict[str, CovalentEnvironment] = {}
     with contextlib.ExitStack() as stack:
         for name, environment in wanted.items():
+            entry: dict[str, Any] = {"name": name, "requirement": environment.requirement,
+                                     "env": environment.env}
             try:
                 built = build(environment)
+                entry.update(covalent=built.covalent_version, python=built.python,
+                             cache_dir=str(built.path), cached=built.cached,
+                             build_s=round(built.build_s, 3))
                 server = stack.enter_context(server_for(
                     None, workers=opt("--covalent-workers"),
                     threads_per_worker=opt("--covalent-threads-per-worker"),
                     env=environment.env, python=built.python))
+                entry.update(server=server.address, server_startup_s=server.startup_s)
                 client = stack.enter_context(RemoteClient(built.python, environment.env))
                 up[name] = CovalentEnvironment(name, server, client, built.covalent_version)
+                entry["status"] = "up"
             except Exception as exc:  # recorded with its reason; the others go on
                 reason = str(exc).splitlines()[0][:500]
                 up[name] = CovalentEnvironment(name, failure=f"{type(exc).__name__}: {reason}")
+                entry.update(status="failed", failure=up[name].failure)
                 _progress_note(bench_session, f"environment {name} is not up: {reason}")
+            record_environment(bench_session.out_dir, bench_session.session_id, entry)
         yield up
 
 
