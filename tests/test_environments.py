@@ -175,6 +175,9 @@ def test_a_chain_through_the_environment_matches_the_plain_run(
 def test_an_interrupt_reaches_the_client_and_brings_its_rows_back(
     built: envs.BuiltEnvironment, env_server: CovalentServer, tmp_path: Path,
 ) -> None:
+    # Python's own Ctrl-C handler, also where a background shell started us with SIGINT
+    # ignored (then Python installs none and the signal below would be lost).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     with RemoteClient(built.python, built.env) as client:
         # A real SIGINT, as Ctrl-C sends: it wakes a blocked wait (interrupt_main doesn't).
         timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT))
@@ -185,5 +188,6 @@ def test_an_interrupt_reaches_the_client_and_brings_its_rows_back(
                                               env_server.address, tmp_path, timeout_s=120)
         finally:
             timer.cancel()
+            signal.signal(signal.SIGINT, previous)
     (record,) = caught.value.bench_records  # type: ignore[attr-defined]
     assert record.status == "INTERRUPTED" and record.dispatch_id

@@ -145,6 +145,9 @@ def main() -> int:
     sys.stdout = sys.stderr
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+    # Signals come from the parent only (own session); a parent started in the background
+    # hands down SIGINT ignored, and the interrupt it forwards would be lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def answer(message: Mapping[str, Any]) -> None:
         answers.write(json.dumps(message, default=str) + "\n")
