@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         history = history_writer(args.in_dir)
         envs = environments_of(session.runs)
         if len(envs) >= 2:  # like with like, in one session
-            against = f"the reference environment {envs[0]} (same session)"
+            against = f"the reference environment `{envs[0]}` (same session)"
             verdicts, notes = same_session(session, thresholds, args.alpha)
         else:
             base, base_env = load_baseline(args.baseline, args.in_dir)

@@ -348,7 +348,7 @@ def test_same_session_environments_are_judged_against_the_reference(tmp_path, ca
     out = capsys.readouterr().out
     assert "same-session comparison: again against the reference environment ref" in out
     page = (same / "gate.md").read_text()  # no stored baseline, no speed scale: not named
-    assert page.startswith("## Covalent overhead vs the reference environment ref")
+    assert page.startswith("## Covalent overhead vs the reference environment `ref`")
     header = next(line for line in page.splitlines() if line.startswith("| config"))
     assert " reference " in header
     assert "speed scale" not in page and "baseline" not in page
