@@ -623,8 +623,9 @@ def _wide_ci_hint(summary: pd.DataFrame) -> Finding | None:
     where = _where(worst, summary["config_id"].nunique() > 1)
     return Finding(PRECISION, (
         f"The CIs are wide (up to ±{_num(wide.max(), False)} s on {where}{after}): more "
-        f"rounds narrow them: ask for a precision (`--bench-precision 0.5`) or set them "
-        f"(`--bench-set rounds={SUGGESTED_ROUNDS}`)."), optional=True)
+        f"rounds narrow them (`--bench-set rounds={SUGGESTED_ROUNDS}`; "
+        f"`--bench-precision 0.5` adds rounds until orchestration's CI is ±0.5 s)."),
+        optional=True)
 
 
 def probe_cost(cost: pd.DataFrame | None) -> Finding | None:
