@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis.decompose import round_estimates
+from bench.analysis.decompose import environments_of, round_estimates
 from bench.analysis.gate import (
     METRICS,
     MIN_ROUNDS,
@@ -153,7 +153,7 @@ def _small_groups(rounds: pd.DataFrame) -> list[str]:
 
 
 def _unjudgeable(new: pd.DataFrame, base: pd.DataFrame, metrics: list[str],
-                 alpha: float) -> list[str]:
+                 alpha: float, against: str = "baseline") -> list[str]:
     """'config [executor]: why' for each group of the session whose rounds (with a value of
     every metric judged) are too few to judge against the baseline's (rounds_problem)."""
     out = []
@@ -162,7 +162,7 @@ def _unjudgeable(new: pd.DataFrame, base: pd.DataFrame, metrics: list[str],
         if ref.empty:
             continue
         problem = rounds_problem(int(group[metrics].notna().all(axis=1).sum()),
-                                 int(ref[metrics].notna().all(axis=1).sum()), alpha)
+                                 int(ref[metrics].notna().all(axis=1).sum()), alpha, against)
         if problem:
             out.append(f"{config_id} [{executor}]: {problem}")
     return out
@@ -278,14 +278,6 @@ def check(
     return verdicts, notes
 
 
-def environments_of(runs: pd.DataFrame) -> list[str]:
-    """The session's Covalent environments, the reference first (the order they ran in)."""
-    if "environment" not in runs:
-        return []
-    named = runs.loc[runs["environment"].fillna("").astype(str) != "", "environment"]
-    return list(dict.fromkeys(named.astype(str)))
-
-
 def same_session(session: Session, thresholds: dict[str, float], alpha: float
                  ) -> tuple[list[Verdict], list[str]]:
     """Like with like: every environment against the reference environment of the same
@@ -302,8 +294,10 @@ def same_session(session: Session, thresholds: dict[str, float], alpha: float
                  f"{runs['session_id'].iloc[0]}")
     rounds = rounds.assign(environment=rounds["executor"].str.split(":", n=1).str[0],
                            base=rounds["executor"].str.split(":", n=1).str[-1])
-    short = _unjudgeable(rounds[rounds["environment"] != envs[0]],
-                         rounds[rounds["environment"] == envs[0]], list(METRICS), alpha)
+    by_base = rounds.assign(executor=rounds["base"])  # each environment meets the reference
+    ref_rounds = by_base[by_base["environment"] == envs[0]]  # on the same executor
+    short = [f"{env}: {line}" for env in envs[1:] for line in _unjudgeable(
+        by_base[by_base["environment"] == env], ref_rounds, list(METRICS), alpha, "reference")]
     if short:
         raise CannotJudgeError(f"too few rounds: {'; '.join(short)}")
     verdicts = []

@@ -357,6 +357,15 @@ def test_same_session_environments_are_judged_against_the_reference(tmp_path, ca
     assert "new:local vs ref" in capsys.readouterr().err
 
 
+def test_a_same_session_with_too_few_rounds_cannot_be_judged(tmp_path, capsys) -> None:
+    """Two rounds per environment: a clear refusal (exit 3) naming the fix, no traceback."""
+    _envs_session(tmp_path, {"ref": 14.0, "new": 16.0}, rounds=2)
+    assert gate_main(["--in", str(tmp_path), "--baseline", str(tmp_path / "none")]) == 3
+    err = capsys.readouterr().err
+    assert "new: c [local]: the reference has 2 rounds, fewer than the 3" in err
+    assert "--bench-set rounds=3" in err
+
+
 def test_history_change_points_flag_a_creeping_regression(tmp_path) -> None:
     from bench.gate import history_shifts
 

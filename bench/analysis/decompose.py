@@ -500,11 +500,21 @@ ENV_DIFF_COLUMNS = ("config_id", "executor", "environment", "reference", "covale
                     "diff_s", "diff_ci_low", "diff_ci_high", "p_value", "significant")
 
 
+def environments_of(frame: pd.DataFrame) -> list[str]:
+    """The Covalent environments a frame (runs or summary) names, the reference first (the
+    order they first appear: the first round runs them in the profile's order)."""
+    if "environment" not in frame:
+        return []
+    named = frame["environment"].fillna("").astype(str)
+    return [e for e in dict.fromkeys(named) if e]
+
+
 def environment_diffs(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFrame:
     """Every environment against the reference: for each configuration, executor and metric,
     the median over rounds of (environment − reference) in the same round with its 95 % CI,
     and the two-sided Mann–Whitney U p of the two samples. Empty without environments."""
-    if "environment" not in runs or not (runs["environment"].fillna("") != "").any():
+    order = environments_of(runs)
+    if not order:
         return pd.DataFrame(columns=list(ENV_DIFF_COLUMNS))
     done = with_breakdown(measured(as_batches(runs)), phases)
     cov = done[(done["mode"] == "covalent") & (done["environment"].fillna("") != "")]
@@ -513,7 +523,6 @@ def environment_diffs(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.Dat
     plain = done[done["mode"] == "plain"].groupby(["config_id", "round"])["wall_s"].first()
     cov = cov.join(plain.rename("plain_wall_s"), on=["config_id", "round"])
     cov["total_overhead_s"] = cov["wall_s"] - cov["plain_wall_s"]
-    order = list(dict.fromkeys(runs.loc[runs["environment"].fillna("") != "", "environment"]))
     reference = order[0]
     rows = []
     for (config_id, base), group in cov.groupby(["config_id", "base_executor"], sort=False):

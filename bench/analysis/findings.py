@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.analysis.decompose import environments_of
+
 # A part of the overhead at least this share of the total dominates it; below
 # MINOR_SHARE it is minor (between the two: a notable part).
 DOMINANT_SHARE = 0.5
@@ -178,11 +180,8 @@ def _where(row: pd.Series, many: bool) -> str:
 
 def reference_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """The reference environment's rows where the session compared several, else all."""
-    if "environment" not in summary:
-        return summary
-    named = summary["environment"].fillna("").astype(str)
-    envs = [e for e in dict.fromkeys(named) if e]
-    return summary[named == envs[0]] if len(envs) >= 2 else summary
+    envs = environments_of(summary)
+    return summary[summary["environment"] == envs[0]] if len(envs) >= 2 else summary
 
 
 # --- the rules --------------------------------------------------------------------------
@@ -217,7 +216,8 @@ def environments(diffs: pd.DataFrame | None) -> Finding | None:
     if not named:
         return Finding(ENVIRONMENTS, (
             f"No environment's orchestration differs significantly from the reference "
-            f"`{ref}`'s ({len(orch)} comparisons, paired by round): none is shown to be "
+            f"`{ref}`'s ({len(orch)} comparison{'s' * (len(orch) != 1)}, paired by round): "
+            f"none is shown to be "
             f"faster or slower at this precision."))
     rest = len(orch) - len(changed)
     more = len(changed) - len(named)

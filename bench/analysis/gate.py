@@ -44,11 +44,15 @@ def rounds_needed(n_base: int, alpha: float) -> int:
     return n
 
 
-def rounds_problem(n_new: int, n_base: int, alpha: float) -> str | None:
-    """Why n_new measured rounds cannot be judged against the baseline's n_base, or None."""
+def rounds_problem(n_new: int, n_base: int, alpha: float, against: str = "baseline"
+                   ) -> str | None:
+    """Why n_new measured rounds cannot be judged against the baseline's (or, in one
+    session, the reference environment's) n_base, or None."""
     if n_base < MIN_ROUNDS:
-        return (f"the baseline has {n_base} round{'s' * (n_base != 1)}, fewer than the "
-                f"{MIN_ROUNDS} the gate needs; take a new baseline with more rounds")
+        fix = ("take a new baseline with more rounds" if against == "baseline" else
+               f"run at least {MIN_ROUNDS} rounds (--bench-set rounds={MIN_ROUNDS})")
+        return (f"the {against} has {n_base} round{'s' * (n_base != 1)}, fewer than the "
+                f"{MIN_ROUNDS} the gate needs; {fix}")
     need = rounds_needed(n_base, alpha)
     if n_new >= need:
         return None
@@ -57,7 +61,7 @@ def rounds_problem(n_new: int, n_base: int, alpha: float) -> str | None:
            f"p = {best:.3f})" if best >= alpha else
            f"the gate needs at least {MIN_ROUNDS}: with fewer, a median's confidence interval "
            f"is a point or a range")
-    return (f"{n_new} measured round{'s' * (n_new != 1)} against the baseline's {n_base}, too "
+    return (f"{n_new} measured round{'s' * (n_new != 1)} against the {against}'s {n_base}, too "
             f"few to judge: {why}; run at least {need} (--bench-set rounds={need})")
 
 

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.analysis.decompose import environments_of  # noqa: E402
 from bench.report.blocks import Block, Figure, Heading, Table, Text  # noqa: E402
 
 PLOTS = {"environments": "environments.png"}
@@ -29,11 +30,11 @@ def _wrap(text: str, width: int = 60) -> str:
 
 
 def plot_environments(summary: pd.DataFrame, diffs: pd.DataFrame, path: Path) -> bool:
-    rows = summary[summary["environment"].fillna("").astype(str) != ""]
-    if rows["environment"].nunique() < 2:
+    envs = environments_of(summary)
+    if len(envs) < 2:
         return False
+    rows = summary[summary["environment"].isin(envs)]
     rows = rows.assign(base=rows["executor"].str.split(":", n=1).str[1])
-    envs = list(dict.fromkeys(rows["environment"]))
     colors = {env: f"C{k % 10}" for k, env in enumerate(envs)}
     configs = list(dict.fromkeys(rows["config_id"]))
     fig, axes = plt.subplots(len(configs), len(FAMILIES) + 1,
@@ -91,6 +92,7 @@ def _plot_diffs(ax: plt.Axes, diffs: pd.DataFrame, bases: list[str], envs: list[
                         markerfacecolor=colors[env] if pd.notna(sig) and bool(sig) else "white")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(bases)), bases)
+    ax.set_xlim(-0.5, len(bases) - 0.5)  # the same slots as the bar panels beside it
     ax.set_ylabel("seconds per run, minus the reference")
     ax.set_title(f"vs {envs[0]}: orchestration (circle), total overhead (square)", fontsize=9)
 
