@@ -1,36 +1,20 @@
-"""pytest plumbing of the suite: options, the Covalent server and cluster fixtures, the
-session's records writers, and the summary written when the session ends. Loaded with
+"""pytest plumbing of the suite: options, the session's Engine (bench.engine) as a fixture,
+the cases as parameters, and the summary when the session ends. Loaded with
 `-p bench.suites.plugin` (see pyproject)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.config.profiles import Profile, ProfileError, Scenario, load_profile
-from bench.records import (
-    CsvAppender,
-    RunContext,
-    RunRecord,
-    phase_rows,
-    phases_writer,
-    record_environment,
-    run_row,
-    runs_writer,
-    utc_now,
-)
-from bench.services.cluster import DaskCluster, cluster_for
+from bench.config.profiles import Profile, ProfileError, load_profile
+from bench.engine import ORDERS, Engine, Settings, SetupError, plan, planned_runs, prepare
 from bench.services.processes import loopback_no_proxy
 from bench.services.server import CovalentServer, client_dispatch_cache, server_for
-from bench.suites.precision import Precision
 from bench.suites.progress import Progress
 from bench.workloads import WorkloadError
 from mnist_core.data import resolve_data_dir
@@ -39,7 +23,6 @@ from mnist_core.data import resolve_data_dir
 loopback_no_proxy(os.environ)
 
 PROFILE_ENV = "BENCH_PROFILE"
-ORDERS = ("interleaved", "grouped")
 OUT_ENV = "BENCH_OUT"
 
 
@@ -144,7 +127,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def covalent_server(request: pytest.FixtureRequest) -> Iterator[CovalentServer]:
-    """A real Covalent server for the session: started isolated and stopped after, or attached."""
+    """A real Covalent server for tests: started isolated and stopped after, or attached.
+    (A benchmark session's own server is the Engine's.)"""
     opt = request.config.getoption
     with server_for(
         opt("--covalent-address"),
@@ -154,116 +138,7 @@ def covalent_server(request: pytest.FixtureRequest) -> Iterator[CovalentServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def external_cluster(
-    request: pytest.FixtureRequest, bench_session: BenchSession
-) -> Iterator[DaskCluster | None]:
-    """The Dask cluster behind executor 'external': started (or attached) only if a
-    scenario of the profile uses it."""
-    if not any("external" in s.executors for s in bench_session.profile.scenarios):
-        yield None
-        return
-    opt = request.config.getoption
-    with cluster_for(opt("--dask-scheduler"), workers=opt("--external-workers")) as cluster:
-        yield cluster
-
-
-@dataclass
-class CovalentEnvironment:
-    """One [[environments]] entry, up for the session: its server and the client that runs
-    the client side of each Covalent run in its interpreter; or why it is not up."""
-
-    name: str
-    server: CovalentServer | None = None
-    client: Any = None  # bench.measure.client.RemoteClient
-    covalent: str = ""
-    failure: str = ""  # the build or start error, recorded in every row of this environment
-
-
-@pytest.fixture(scope="session")
-def covalent_environments(
-    request: pytest.FixtureRequest, bench_session: BenchSession
-) -> Iterator[dict[str, CovalentEnvironment]]:
-    """Every environment of the profile: built (cached between sessions), its own isolated
-    server started from its interpreter, its client process up. One that fails to build or
-    start is kept with its reason: its runs become rows saying so, and the others go on."""
-    wanted = {e.name: e for s in bench_session.profile.scenarios for e in s.environments}
-    if not wanted:
-        yield {}
-        return
-    from bench.measure.client import RemoteClient
-    from bench.services.environments import build
-
-    opt = request.config.getoption
-    up: dict[str, CovalentEnvironment] = {}
-    with contextlib.ExitStack() as stack:
-        for name, environment in wanted.items():
-            entry: dict[str, Any] = {"name": name, "requirement": environment.requirement,
-                                     "env": environment.env}
-            try:
-                built = build(environment)
-                entry.update(covalent=built.covalent_version, python=built.python,
-                             cache_dir=str(built.path), cached=built.cached,
-                             build_s=round(built.build_s, 3))
-                server = stack.enter_context(server_for(
-                    None, workers=opt("--covalent-workers"),
-                    threads_per_worker=opt("--covalent-threads-per-worker"),
-                    env=environment.env, python=built.python))
-                entry.update(server=server.address, server_startup_s=server.startup_s)
-                client = stack.enter_context(RemoteClient(built.python, environment.env))
-                up[name] = CovalentEnvironment(name, server, client, built.covalent_version)
-                entry["status"] = "up"
-            except Exception as exc:  # recorded with its reason; the others go on
-                reason = str(exc).splitlines()[0][:500]
-                up[name] = CovalentEnvironment(name, failure=f"{type(exc).__name__}: {reason}")
-                entry.update(status="failed", failure=up[name].failure)
-                _progress_note(bench_session, f"environment {name} is not up: {reason}")
-            record_environment(bench_session.out_dir, bench_session.session_id, entry)
-        yield up
-
-
-def _progress_note(session: BenchSession, text: str) -> None:
-    if session.progress is not None:
-        session.progress.note(text)
-
-
-@dataclass
-class BenchSession:
-    """What one pytest session of benchmarks shares: its profile, id and records writers."""
-
-    profile: Profile
-    out_dir: Path
-    writer: CsvAppender
-    phases: CsvAppender
-    probe_dir: Path  # where task probes leave their per-run records
-    progress: Progress | None = None
-    precision: Precision | None = None
-    session_id: str = field(
-        default_factory=lambda: utc_now().replace(":", "") + "-" + uuid.uuid4().hex[:6]
-    )
-    rows: int = 0
-
-    def record(self, scenario: Scenario, record: RunRecord, round: int,
-               server: CovalentServer | None, environment: str = "",
-               covalent: str = "") -> dict[str, Any]:
-        """Append the run's row to runs.csv and its phases to phases.csv, now."""
-        context = RunContext(
-            self.session_id, self.profile.name, scenario.workload.name, scenario.id,
-            scenario.workload.dimensions(scenario.params), scenario.concurrency, round,
-            round < scenario.warmup_rounds,
-            {} if server is None else {"server_startup_s": server.startup_s,
-                                       "server_workers": server.workers,
-                                       "server_threads_per_worker": server.threads_per_worker},
-            environment, {"covalent": covalent or "?"} if environment else {},
-        )
-        row = run_row(context, record)
-        self.writer.append(row)
-        self.phases.append(*phase_rows(row, record))
-        self.rows += 1
-        return row
-
-
-_SESSION = pytest.StashKey[BenchSession]()
+_ENGINE = pytest.StashKey[Engine]()
 _SUMMARY = pytest.StashKey[Any]()
 _PROFILE = pytest.StashKey[Profile]()
 _CASES = pytest.StashKey[list]()
@@ -288,16 +163,30 @@ def profile_from(config: pytest.Config) -> Profile:
     return profile
 
 
+def settings_from(config: pytest.Config) -> Settings:
+    """The session's Settings, from the command line."""
+    opt = config.getoption
+    budget = opt("--bench-time-budget")
+    return Settings(
+        out_dir=Path(opt("--bench-out")).resolve(),
+        covalent_address=opt("--covalent-address"),
+        covalent_workers=opt("--covalent-workers"),
+        covalent_threads_per_worker=opt("--covalent-threads-per-worker"),
+        dask_scheduler=opt("--dask-scheduler"),
+        external_workers=opt("--external-workers"),
+        order=opt("--bench-order"),
+        precision=opt("--bench-precision"),
+        max_rounds=opt("--bench-max-rounds"),
+        time_budget_s=None if budget is None else 60 * budget,
+    )
+
+
 def _will_benchmark(config: pytest.Config) -> bool:
     opt = config.getoption
     return bool(opt("benchmark_only", False) or any(
         opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
                                "--bench-set", "--bench-inputs", "--bench-digest",
                                "--bench-env", "--bench-env-var", "--bench-precision")))
-
-
-class SetupError(Exception):
-    """Input that makes the benchmark impossible; one line says what and how to fix it."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -308,87 +197,55 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     profile = profile_from(config)
     try:
-        _usable_out_dir(Path(config.getoption("--bench-out")).resolve())
-        for scenario in profile.scenarios:
-            scenario.workload.prepare(scenario.params)
-    except (SetupError, WorkloadError) as exc:
+        prepare(profile, settings_from(config).out_dir)
+    except SetupError as exc:
         raise pytest.UsageError(f"cannot run the benchmark: {exc}") from None
     config.stash[_PREPARED] = True
 
 
-def _usable_out_dir(path: Path) -> Path:
-    """The output directory, made and proven writable before anything is measured."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except FileExistsError:
-        raise SetupError(f"--bench-out {path} is a file; name a directory") from None
-    except OSError as exc:
-        raise SetupError(f"--bench-out {path} is not usable ({exc.strerror}); choose "
-                         f"another directory") from None
-    return path
-
-
 @pytest.fixture(scope="session")
-def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
+def bench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The session's Engine, its places up: the server, a cluster, environments."""
     config = request.config
     profile = profile_from(config)
-    out_dir = Path(config.getoption("--bench-out")).resolve()
+    settings = settings_from(config)
     if not config.stash.get(_PREPARED, False):  # run without --benchmark-only
         try:
-            _usable_out_dir(out_dir)
-            for scenario in profile.scenarios:
-                scenario.workload.prepare(scenario.params)
-        except (SetupError, WorkloadError) as exc:
+            prepare(profile, settings.out_dir)
+        except SetupError as exc:
             pytest.exit(f"cannot run the benchmark: {exc}", returncode=4)
     cases = config.stash.get(_CASES, [])
-    planned: dict[str, int] = {}
-    for case in cases:
-        runs = (1 if case.round is not None else case.scenario.rounds
-                + case.scenario.warmup_rounds) * case.scenario.concurrency
-        planned[case.label] = planned.get(case.label, 0) + runs
-    progress = Progress(config.pluginmanager.get_plugin("terminalreporter"), planned,
-                        config.pluginmanager.get_plugin("capturemanager"))
-    target = config.getoption("--bench-precision")
+    progress = Progress(config.pluginmanager.get_plugin("terminalreporter"),
+                        planned_runs(cases), config.pluginmanager.get_plugin("capturemanager"))
     progress.announce(len(cases), len(profile.scenarios),
-                      ", ".join(w.name for w in profile.workloads), at_most=target is not None)
-    precision = None if target is None else Precision(
-        target, config.getoption("--bench-max-rounds"),
-        None if config.getoption("--bench-time-budget") is None
-        else 60 * config.getoption("--bench-time-budget"))
-    with tempfile.TemporaryDirectory(prefix="covalent-bench-probes-") as probe_dir:
-        session = BenchSession(
-            profile, out_dir, runs_writer(out_dir), phases_writer(out_dir), Path(probe_dir),
-            progress, precision,
-        )
-        config.stash[_SESSION] = session
-        yield session
+                      ", ".join(w.name for w in profile.workloads),
+                      at_most=settings.precision is not None)
+    with Engine(profile, settings, progress) as engine:
+        config.stash[_ENGINE] = engine
+        yield engine
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    bench = session.config.stash.get(_SESSION, None)
-    if bench is None or bench.rows == 0:
+    engine = session.config.stash.get(_ENGINE, None)
+    if engine is None:
         return
-    if bench.precision is not None:
-        bench.precision.write(bench.out_dir, bench.session_id)
-    from bench.report.tables import write_summary  # plotting stack: only when needed
-
-    session.config.stash[_SUMMARY] = write_summary(bench.out_dir)[0]
+    summary = engine.finish()
+    if summary is not None:
+        session.config.stash[_SUMMARY] = summary
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
                              ) -> tuple[str, str, str] | None:
     """A passed benchmark case prints nothing: its progress line says it all (pytest's dot
     would re-print the module's path under every progress line)."""
-    if (report.when == "call" and report.passed and config.stash.get(_SESSION, None)
+    if (report.when == "call" and report.passed and config.stash.get(_ENGINE, None)
             and report.nodeid.split("::")[0].endswith("bench_workloads.py")):
         return "passed", "", ""
     return None
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    bench = config.stash.get(_SESSION, None)
+    bench = config.stash.get(_ENGINE, None)
     summary = config.stash.get(_SUMMARY, None)
     if bench is None or summary is None:
         return
@@ -402,58 +259,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     )
 
 
-@dataclass(frozen=True)
-class Case:
-    """One benchmark: a scenario in one mode (plain, or Covalent on an executor), probed or
-    bare (a profile with probes = "compare" runs both, to measure the probes' cost)."""
-
-    scenario: Scenario
-    mode: str
-    executor: str = ""
-    round: int | None = None  # None: all rounds in this one benchmark (grouped order)
-    probed: bool = True
-    environment: str = ""  # a Covalent environment of the profile; "" = this interpreter
-
-    @property
-    def label(self) -> str:
-        where = f"{self.environment}:" if self.environment else ""
-        return where + (self.executor or self.mode) + ("" if self.probed else "-bare")
-
-    @property
-    def id(self) -> str:
-        at = "" if self.round is None else f"-r{self.round}"
-        return f"{self.scenario.id}{at}-{self.label}"
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" not in metafunc.fixturenames:
         return
-    profile = profile_from(metafunc.config)
-    grouped = metafunc.config.getoption("--bench-order") == "grouped"
-    precise = metafunc.config.getoption("--bench-precision") is not None
-    if precise and grouped:
-        raise pytest.UsageError("--bench-precision adds rounds one at a time: it needs the "
-                                "interleaved order, not --bench-order grouped")
-    most = metafunc.config.getoption("--bench-max-rounds")
-    cases = []
-    for s in profile.scenarios:
-        # Plain once per round, shared by every environment; then each environment x executor.
-        places = [e.name for e in s.environments] or [""]
-
-        def modes(order: list[str], s: Scenario = s) -> list[tuple[str, str, str]]:
-            return [("plain", "", "")] + [("covalent", executor, env) for env in order
-                                          for executor in s.executors]
-
-        probing = (True, False) if s.probes == "compare" else (True,)
-        if grouped:
-            cases += [Case(s, m, e, None, p, env) for m, e, env in modes(places)
-                      for p in probing]
-        else:  # ABAB...: every round runs each mode once before the next round starts
-            rounds = range(s.warmup_rounds + (max(s.rounds, most) if precise else s.rounds))
-            # Environments alternate their order from round to round, so that none always
-            # runs right after the plain run (or another environment): order effects cancel.
-            cases += [Case(s, m, e, r, p, env) for r in rounds
-                      for m, e, env in modes(places if r % 2 == 0 else places[::-1])
-                      for p in probing]
+    try:
+        cases = plan(profile_from(metafunc.config), settings_from(metafunc.config))
+    except SetupError as exc:
+        raise pytest.UsageError(str(exc)) from None
     metafunc.config.stash[_CASES] = cases
     metafunc.parametrize("case", cases, ids=[c.id for c in cases])

@@ -1,0 +1,419 @@
+"""One benchmark session, whoever drives it: the pytest suite (`pytest bench --benchmark-only`)
+and the Python API (`bench.measure`) both plan their cases here, bring the places up here and
+run every case through `Engine.run`, so a run measured from a notebook and one measured from
+a terminal go through the same code and land in the same records.
+
+    profile -> plan (cases: scenario x mode x executor x environment x round)
+            -> Engine: the server, an external cluster, Covalent environments up
+            -> Engine.run(case, round) -> rows appended to runs.csv / phases.csv at once
+            -> Engine.finish() -> summary.csv (and precision.json)
+
+A *place* is where the client side of a Covalent run happens: this interpreter (the session's
+own server), or a Covalent environment's interpreter (`bench.measure.client.RemoteClient`,
+with its own server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.config.profiles import Profile, Scenario
+from bench.measure.runner import (
+    ServerUnavailableError,
+    measure_covalent_batch,
+    measure_plain_batch,
+)
+from bench.records import (
+    ERROR,
+    CsvAppender,
+    RunContext,
+    RunRecord,
+    phase_rows,
+    phases_writer,
+    record_environment,
+    run_row,
+    runs_writer,
+    utc_now,
+)
+from bench.services.cluster import DaskCluster, cluster_for
+from bench.services.server import CovalentServer, client_dispatch_cache, server_for
+from bench.suites.precision import Precision
+from bench.workloads import WorkloadError
+
+ORDERS = ("interleaved", "grouped")
+
+
+class SetupError(Exception):
+    """Input that makes the benchmark impossible; one line says what and how to fix it."""
+
+
+class SessionEndedError(RuntimeError):
+    """The session's own server is gone: the session ends (its rows are written)."""
+
+
+class Reporter(Protocol):
+    """What the engine tells whoever watches: the CLI's lines, the API's progress bar."""
+
+    def run_done(self, config_id: str, label: str, round_: int, rounds: int, warmup: bool,
+                 wall_s: float, status: str, elapsed_s: float) -> None: ...
+
+    def skipped(self, label: str, runs: int = 1) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a session runs, beside its profile: where records go, which server and cluster,
+    and the precision rule. The CLI's options and the API's keywords both fill this."""
+
+    out_dir: Path
+    covalent_address: str | None = None
+    covalent_workers: int | None = None
+    covalent_threads_per_worker: int | None = None
+    dask_scheduler: str | None = None
+    external_workers: int = 2
+    order: str = "interleaved"
+    precision: float | None = None  # target half-width of orchestration's CI, seconds
+    max_rounds: int = 30
+    time_budget_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: a scenario in one mode (plain, or Covalent on an executor), probed or
+    bare (a profile with probes = "compare" runs both, to measure the probes' cost)."""
+
+    scenario: Scenario
+    mode: str
+    executor: str = ""
+    round: int | None = None  # None: all rounds in this one benchmark (grouped order)
+    probed: bool = True
+    environment: str = ""  # a Covalent environment of the profile; "" = this interpreter
+
+    @property
+    def label(self) -> str:
+        where = f"{self.environment}:" if self.environment else ""
+        return where + (self.executor or self.mode) + ("" if self.probed else "-bare")
+
+    @property
+    def id(self) -> str:
+        at = "" if self.round is None else f"-r{self.round}"
+        return f"{self.scenario.id}{at}-{self.label}"
+
+
+def plan(profile: Profile, settings: Settings) -> list[Case]:
+    """Every case of the session, in the order they run. Interleaved (default): every round
+    runs plain once, then each environment x executor, before the next round starts."""
+    if settings.order not in ORDERS:
+        raise SetupError(f"order must be one of {', '.join(ORDERS)}, got {settings.order!r}")
+    grouped = settings.order == "grouped"
+    precise = settings.precision is not None
+    if precise and grouped:
+        raise SetupError("--bench-precision adds rounds one at a time: it needs the "
+                         "interleaved order, not --bench-order grouped")
+    cases = []
+    for s in profile.scenarios:
+        places = [e.name for e in s.environments] or [""]
+
+        def modes(order: list[str], s: Scenario = s) -> list[tuple[str, str, str]]:
+            return [("plain", "", "")] + [("covalent", executor, env) for env in order
+                                          for executor in s.executors]
+
+        probing = (True, False) if s.probes == "compare" else (True,)
+        if grouped:
+            cases += [Case(s, m, e, None, p, env) for m, e, env in modes(places)
+                      for p in probing]
+        else:
+            rounds = range(s.warmup_rounds + (max(s.rounds, settings.max_rounds) if precise
+                                              else s.rounds))
+            # Environments alternate their order from round to round, so that none always
+            # runs right after the plain run (or another environment): order effects cancel.
+            cases += [Case(s, m, e, r, p, env) for r in rounds
+                      for m, e, env in modes(places if r % 2 == 0 else places[::-1])
+                      for p in probing]
+    return cases
+
+
+def planned_runs(cases: list[Case]) -> dict[str, int]:
+    """Runs per label (mode or executor) over the whole plan, for progress and its ETA."""
+    planned: dict[str, int] = {}
+    for case in cases:
+        runs = (1 if case.round is not None else case.scenario.rounds
+                + case.scenario.warmup_rounds) * case.scenario.concurrency
+        planned[case.label] = planned.get(case.label, 0) + runs
+    return planned
+
+
+def usable_out_dir(path: Path) -> Path:
+    """The output directory, made and proven writable before anything is measured."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except FileExistsError:
+        raise SetupError(f"output directory {path} is a file; name a directory") from None
+    except OSError as exc:
+        raise SetupError(f"output directory {path} is not usable ({exc.strerror}); choose "
+                         f"another directory") from None
+    return path
+
+
+def prepare(profile: Profile, out_dir: Path) -> None:
+    """What can be checked before a server starts: the output directory and the data each
+    workload needs. Raises SetupError with one line."""
+    usable_out_dir(out_dir)
+    try:
+        for scenario in profile.scenarios:
+            scenario.workload.prepare(scenario.params)
+    except WorkloadError as exc:
+        raise SetupError(str(exc)) from None
+
+
+@dataclass
+class Place:
+    """A Covalent environment up for the session: its server and the client that runs the
+    client side of each Covalent run in its interpreter; or why it is not up."""
+
+    name: str
+    server: CovalentServer | None = None
+    client: Any = None  # bench.measure.client.RemoteClient
+    covalent: str = ""
+    failure: str = ""  # the build or start error, recorded in every row of this environment
+
+
+class _Silent:
+    def run_done(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def skipped(self, label: str, runs: int = 1) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class Engine:
+    """A session's places and records. Use as a context manager: entering starts the
+    session's server (or attaches), an external Dask cluster if a scenario uses one, and every
+    Covalent environment; leaving stops all of them, whatever happened."""
+
+    profile: Profile
+    settings: Settings
+    reporter: Reporter = field(default_factory=_Silent)
+    session_id: str = field(
+        default_factory=lambda: utc_now().replace(":", "") + "-" + uuid.uuid4().hex[:6])
+    rows: int = 0
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.settings.out_dir).resolve()
+        self.server: CovalentServer | None = None
+        self.cluster: DaskCluster | None = None
+        self.places: dict[str, Place] = {}
+        self.precision: Precision | None = None if self.settings.precision is None else (
+            Precision(self.settings.precision, self.settings.max_rounds,
+                      self.settings.time_budget_s))
+        self._stack = contextlib.ExitStack()
+        self.writer: CsvAppender | None = None
+        self.phases: CsvAppender | None = None
+        self.probe_dir = Path()
+
+    # --- places up and down
+
+    def __enter__(self) -> Engine:
+        prepare(self.profile, self.out_dir)
+        try:
+            self._up()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _up(self) -> None:
+        s, stack = self.settings, self._stack
+        self.probe_dir = Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="covalent-bench-probes-")))
+        self.writer, self.phases = runs_writer(self.out_dir), phases_writer(self.out_dir)
+        # Up for plain runs too: they pay the idle server's tax, as a Covalent user's would.
+        self.server = stack.enter_context(server_for(
+            s.covalent_address, workers=s.covalent_workers,
+            threads_per_worker=s.covalent_threads_per_worker))
+        stack.enter_context(client_dispatch_cache())  # the client's ~110 KB per dispatch
+        if any("external" in sc.executors for sc in self.profile.scenarios):
+            self.cluster = stack.enter_context(cluster_for(s.dask_scheduler,
+                                                           workers=s.external_workers))
+        self._environments_up()
+
+    def _environments_up(self) -> None:
+        """Every environment of the profile: built (cached between sessions), its own isolated
+        server started from its interpreter, its client process up. One that fails to build
+        or start is kept with its reason: its runs become rows saying so, the others go on."""
+        wanted = {e.name: e for s in self.profile.scenarios for e in s.environments}
+        if not wanted:
+            return
+        from bench.measure.client import RemoteClient
+        from bench.services.environments import build
+
+        s, stack = self.settings, self._stack
+        for name, environment in wanted.items():
+            entry: dict[str, Any] = {"name": name, "requirement": environment.requirement,
+                                     "env": environment.env}
+            try:
+                built = build(environment)
+                entry.update(covalent=built.covalent_version, python=built.python,
+                             cache_dir=str(built.path), cached=built.cached,
+                             build_s=round(built.build_s, 3))
+                server = stack.enter_context(server_for(
+                    None, workers=s.covalent_workers,
+                    threads_per_worker=s.covalent_threads_per_worker,
+                    env=environment.env, python=built.python))
+                entry.update(server=server.address, server_startup_s=server.startup_s)
+                client = stack.enter_context(RemoteClient(built.python, environment.env))
+                self.places[name] = Place(name, server, client, built.covalent_version)
+                entry["status"] = "up"
+            except Exception as exc:  # recorded with its reason; the others go on
+                reason = str(exc).splitlines()[0][:500]
+                self.places[name] = Place(name, failure=f"{type(exc).__name__}: {reason}")
+                entry.update(status="failed", failure=self.places[name].failure)
+                self.reporter.note(f"environment {name} is not up: {reason}")
+            record_environment(self.out_dir, self.session_id, entry)
+
+    # --- runs
+
+    def skip_reason(self, case: Case) -> str | None:
+        """Why this round need not run (the precision asked for is reached), or None."""
+        if self.precision is None or case.round is None:
+            return None
+        scenario = case.scenario
+        labels = [Case(scenario, "covalent", e, None, True, env.name if env else "").label
+                  for env in (scenario.environments or (None,)) for e in scenario.executors]
+        reason = self.precision.skip_reason(scenario, case.round, labels,
+                                            starts=case.mode == "plain" and case.probed)
+        if reason:
+            self.reporter.skipped(case.label, scenario.concurrency)
+        return reason
+
+    def run(self, case: Case, round_: int) -> list[dict[str, Any]]:
+        """One run of the case (a batch of `concurrency` runs), its rows written the moment
+        it ends: failed, timed-out and interrupted runs included. Returns the rows.
+        Raises SessionEndedError if the session's own server is gone (its rows written)."""
+        scenario = case.scenario
+        place = self.places.get(case.environment) if case.environment else None
+        server = place.server if place is not None else self.server
+        started = time.monotonic()
+        rows: list[dict[str, Any]] = []
+
+        def write(records: list[RunRecord]) -> None:
+            for record in records:
+                rows.append(self._record(scenario, record, round_, server, case.environment,
+                                         place.covalent if place is not None else ""))
+                warmup = round_ < scenario.warmup_rounds
+                if self.precision is not None:
+                    self.precision.record(scenario.id, case.label, round_, warmup, record)
+                self.reporter.run_done(
+                    scenario.id, case.label, round_, scenario.warmup_rounds + (
+                        scenario.rounds if self.precision is None
+                        else self.precision.max_rounds),
+                    warmup, record.wall_s, record.status, time.monotonic() - started)
+
+        try:
+            records = self._measure(case, place)
+        except ServerUnavailableError as exc:
+            write(exc.records)
+            if place is not None:  # one environment's server: that environment is out
+                place.failure = f"its server is gone: {exc}"
+                return rows
+            raise SessionEndedError(
+                f"the Covalent server is gone: {exc}; every earlier run is in "
+                f"{self.writer.path if self.writer else self.out_dir}") from None
+        except BaseException as exc:  # Ctrl-C, SIGTERM: the interrupted runs get rows too
+            with contextlib.suppress(Exception):  # and the interrupt goes on, whatever
+                write(getattr(exc, "bench_records", []))
+            raise
+        write(records)
+        return rows
+
+    def _measure(self, case: Case, place: Place | None) -> list[RunRecord]:
+        """The case's records, from the place that runs its client side."""
+        scenario = case.scenario
+        workload, params, n = scenario.workload, scenario.params, scenario.concurrency
+        assert self.server is not None, "use the Engine as a context manager"
+        if place is not None and place.failure:  # the row says why; the others go on
+            return [RunRecord("covalent", case.executor, 0.0, status=ERROR,
+                              error=f"environment {place.name}: {place.failure}",
+                              probed=case.probed)]
+        if place is not None:
+            name, inputs, digest = workload.ref
+            if name is None:
+                raise SetupError(f"workload {workload.name!r} was defined in this process "
+                                 f"(a notebook cell, say): a Covalent environment's client "
+                                 f"cannot import it; put it in a module to measure it there")
+            target = (self.cluster.address if case.executor == "external" and self.cluster
+                      else None)
+            return place.client.measure_covalent_batch(
+                name, params, case.executor, place.server.address, self.probe_dir, n,
+                scenario.timeout_s, case.probed, inputs=inputs, digest=digest,
+                dispatch_to=target, server=place.server)
+        if case.mode == "plain":
+            return measure_plain_batch(workload, params, self.probe_dir, self.server, n,
+                                       case.probed)
+        target = (self.cluster.executor() if case.executor == "external" and self.cluster
+                  else None)
+        return measure_covalent_batch(
+            workload, params, case.executor, self.server.address, self.probe_dir,
+            self.server, n, timeout_s=scenario.timeout_s, dispatch_to=target,
+            health=self.server.check_alive, probe=case.probed)
+
+    def _record(self, scenario: Scenario, record: RunRecord, round_: int,
+                server: CovalentServer | None, environment: str = "",
+                covalent: str = "") -> dict[str, Any]:
+        """Append the run's row to runs.csv and its phases to phases.csv, now."""
+        assert self.writer is not None and self.phases is not None
+        context = RunContext(
+            self.session_id, self.profile.name, scenario.workload.name, scenario.id,
+            scenario.workload.dimensions(scenario.params), scenario.concurrency, round_,
+            round_ < scenario.warmup_rounds,
+            {} if server is None else {"server_startup_s": server.startup_s,
+                                       "server_workers": server.workers,
+                                       "server_threads_per_worker": server.threads_per_worker},
+            environment, {"covalent": covalent or "?"} if environment else {},
+        )
+        row = run_row(context, record)
+        self.writer.append(row)
+        self.phases.append(*phase_rows(row, record))
+        self.rows += 1
+        return row
+
+    def finish(self) -> Any:
+        """The session's summary (summary.csv, and precision.json with a precision target),
+        from every record in the output directory; None if nothing was recorded."""
+        if self.rows == 0:
+            return None
+        if self.precision is not None:
+            self.precision.write(self.out_dir, self.session_id)
+        from bench.report.tables import write_summary  # plotting stack: only when needed
+
+        return write_summary(self.out_dir)[0]
+
+
+def run_all(engine: Engine, cases: list[Case]) -> Iterator[tuple[Case, list[dict[str, Any]]]]:
+    """Every case in order, once per round it stands for (all of them in grouped order),
+    skipping rounds the precision rule does not need; yields each case with its rows."""
+    for case in cases:
+        if engine.skip_reason(case):
+            continue
+        rounds = ([case.round] if case.round is not None
+                  else range(case.scenario.warmup_rounds + case.scenario.rounds))
+        for round_ in rounds:
+            yield case, engine.run(case, round_)
