@@ -61,12 +61,22 @@ def _import(module_ref: str, what: str) -> ModuleType:
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:  # as importlib does: no half-imported module stays behind
+                sys.modules.pop(name, None)
+                raise
             return module
         cwd = os.getcwd()
         if cwd not in sys.path:  # as `python -m` would: the user's own files come first
             sys.path.insert(0, cwd)
         return importlib.import_module(module_ref)
+    except SystemExit as exc:  # a script's `sys.exit()` at import: not ours to exit on
+        raise WorkloadError(
+            f"{what}: cannot import {module_ref!r}: it called sys.exit({exc.code!r}) while "
+            f"being imported; guard the module's script part with "
+            f"`if __name__ == \"__main__\":`"
+        ) from None
     except Exception as exc:
         raise WorkloadError(
             f"{what}: cannot import {module_ref!r}: {type(exc).__name__}: {exc}"
