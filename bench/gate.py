@@ -3,18 +3,20 @@
 Compares, per configuration and executor, two overhead families of the latest benchmark
 session in --in with the baseline kept in the repo (reports/baseline/):
   * orchestration_s: Covalent wall - the tasks' own time under Covalent (compute-corrected,
-    the precise one; only compared when the environment matches the baseline's). Scaled by
-    the machine's speed in the session (baseline plain median / new plain median) first:
-    orchestration is CPU work, so a machine that runs the plain workflow 20 % slower runs it
-    slower too, and a shared CI machine has slow days. A slower Covalent does not slow the
-    plain runs, so a real regression still shows;
+    the precise one; only compared when the environment matches the baseline's, and only
+    with phases.csv, which holds the tasks' own time). Scaled by the machine's speed in the
+    session (baseline plain median / new plain median) first, where the plain runs can carry
+    that estimate: a median of at least 1 s on both sides and a 95 % bootstrap CI of the
+    ratio narrower than 10 % of it; otherwise compared unscaled, and the table and the notes
+    say why ("speed scale not applied: plain runs too short / too noisy");
   * total_overhead_pct: 100 * (Covalent wall / plain wall - 1), machine-independent.
 A metric regresses only when it is significantly worse (one-sided Mann-Whitney U p < alpha,
 or the 95 % CIs do not overlap) AND its median is worse than the baseline's by more than a
 threshold (default 25 %). Every run appends its verdicts to <in>/history.csv.
 
 `python -m bench.gate --refresh-baseline` deliberately replaces the baseline with the
-latest session's rounds and environment.
+latest session's rounds and environment. It refuses a session with failed measured runs
+(FAILED, TIMEOUT, ERROR ...) unless --allow-failed-runs, which records how many failed.
 
 The gate judges only what can be judged: at least MIN_ROUNDS (3) measured rounds on each
 side per configuration and executor, and enough that the Mann-Whitney U test can reach
@@ -27,8 +29,9 @@ Exit codes:
   1  regression: significantly AND materially worse than the baseline
   2  usage error, or nothing to judge: no run records, no baseline, nothing comparable
   3  cannot judge, bad input: a damaged or too small baseline (rounds.csv cut off or
-     missing columns, environment.json not JSON or missing keys), records missing columns,
-     or too few measured rounds for the test
+     missing columns, environment.json not JSON or missing keys), records missing columns
+     or too damaged to judge, too few measured rounds for the test; with --refresh-baseline,
+     a session with failed runs or without phases.csv
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from bench.records import (
     dropped_note,
     load_phases,
     load_runs,
+    missing_note,
     read_checked,
     utc_now,
 )
@@ -96,6 +100,7 @@ class Session:
     runs: pd.DataFrame
     phases: pd.DataFrame | None
     notes: list[str]
+    damaged: int = 0  # damaged lines dropped from its runs.csv and phases.csv
 
 
 def latest_session(runs: pd.DataFrame) -> pd.DataFrame:
@@ -114,12 +119,33 @@ def read_session(in_dir: Path) -> Session:
         raise CannotJudgeError(str(exc)) from exc
     finally:
         records_log.setLevel(level)
-    notes = [note for note in (dropped_note(runs), dropped_note(phases)
-                               if phases is not None else "") if note]
+    notes = [note for frame in (runs, phases) if frame is not None
+             for note in (dropped_note(frame), missing_note(frame)) if note]
+    damaged = sum(len(frame.attrs.get("dropped", [])) for frame in (runs, phases)
+                  if frame is not None)
     if runs.empty:
         raise NoRecordsError(f"{in_dir}: runs.csv holds no readable run"
                              + "".join(f"; {note}" for note in notes))
-    return Session(latest_session(runs), phases, notes)
+    return Session(latest_session(runs), phases, notes, damaged)
+
+
+def _damage_said(session: Session) -> str:
+    """' (after dropping N damaged lines of its records)', when the session had some."""
+    n = session.damaged
+    return f" (after dropping {n} damaged line{'s' * (n > 1)} of its records)" if n else ""
+
+
+def judgeable_metrics(rounds: pd.DataFrame, session: Session) -> tuple[list[str], list[str]]:
+    """The METRICS the session's rounds hold, and a note for each one they cannot: without
+    phases.csv (or its in-task rows) there is no orchestration_s, only total_overhead_pct."""
+    metrics = [m for m in METRICS if m in rounds and rounds[m].notna().any()]
+    notes = []
+    if "orchestration_s" not in metrics:
+        why = ("phases.csv is missing" if session.phases is None else
+               "phases.csv holds no in-task times of these runs")
+        notes.append(f"orchestration_s not judged: {why} (the tasks' own time comes from "
+                     f"it); judging {', '.join(metrics) or 'nothing'} only")
+    return metrics, notes
 
 
 def environment_of(runs: pd.DataFrame) -> dict[str, str]:
@@ -168,13 +194,44 @@ def _unjudgeable(new: pd.DataFrame, base: pd.DataFrame, metrics: list[str],
     return out
 
 
-def refresh_baseline(in_dir: Path, baseline: Path, alpha: float = 0.05
-                     ) -> tuple[Path, list[str]]:
+def failed_runs(runs: pd.DataFrame) -> tuple[int, int, str]:
+    """(failed, measured, 'what failed') over the measured (non-warm-up) runs of a session."""
+    done = runs[~runs["warmup"].astype(bool)]
+    bad = done[done["status"].fillna("") != "COMPLETED"]
+    what = "; ".join(
+        f"{len(group)} of {int(((done['mode'] == mode) & (done['executor'] == executor)).sum())}"
+        f" {mode}{f' [{executor}]' if executor else ''} runs failed ("
+        + ", ".join(f"{status or 'no status'} x{n}" for status, n in
+                    group["status"].fillna("").value_counts().items()) + ")"
+        for (mode, executor), group in bad.groupby(["mode", "executor"], sort=False))
+    return len(bad), len(done), what
+
+
+def refresh_baseline(in_dir: Path, baseline: Path, alpha: float = 0.05,
+                     allow_failed: bool = False) -> tuple[Path, list[str]]:
+    """Replace the baseline with the latest session's rounds. Refuses (CannotJudgeError) a
+    session with failed measured runs unless `allow_failed`, which records how many."""
     session = read_session(in_dir)
     runs, notes = session.runs, list(session.notes)
+    failed, measured_runs, what = failed_runs(runs)
+    if failed and not allow_failed:
+        raise CannotJudgeError(
+            f"will not take a baseline from a session with failed runs: {what}, of "
+            f"{measured_runs} measured runs; rerun the benchmark, or take it anyway with "
+            f"--allow-failed-runs (the baseline records how many failed)")
+    if failed:
+        notes.append(f"WARNING: baseline taken from a session with failed runs: {what}, of "
+                     f"{measured_runs} measured runs, as --allow-failed-runs asked; recorded "
+                     f"in {ENV_JSON}")
     rounds = round_estimates(runs, session.phases)
     if rounds.empty:
         raise NoRecordsError(f"{in_dir}: no measured plain + Covalent rounds to take as baseline")
+    metrics, _ = judgeable_metrics(rounds, session)
+    if "orchestration_s" not in metrics:
+        why = ("phases.csv is missing" if session.phases is None else
+               "phases.csv holds no in-task times of these runs")
+        raise CannotJudgeError(f"will not take a baseline without orchestration_s: {in_dir}: "
+                               f"{why}; rerun the benchmark with its phases.csv kept")
     short = _small_groups(rounds)
     if short:
         raise CannotJudgeError(f"will not take a baseline the gate cannot judge against: "
@@ -187,7 +244,8 @@ def refresh_baseline(in_dir: Path, baseline: Path, alpha: float = 0.05
     baseline.mkdir(parents=True, exist_ok=True)
     rounds.to_csv(baseline / ROUNDS_CSV, index=False, float_format="%.5f")
     env = {**environment_of(runs), "session_id": str(runs["session_id"].iloc[0]),
-           "profile": str(runs["profile"].iloc[0]), "taken": utc_now()}
+           "profile": str(runs["profile"].iloc[0]), "taken": utc_now(),
+           "measured_runs": measured_runs, "failed_runs": failed}
     (baseline / ENV_JSON).write_text(json.dumps(env, indent=2) + "\n")
     return baseline, notes
 
@@ -245,18 +303,29 @@ def check(
     runs = session.runs
     new = round_estimates(runs, session.phases)
     env = environment_of(runs)
-    notes, metrics = list(session.notes), list(METRICS)
+    notes = list(session.notes)
+    if base_env.get("failed_runs"):
+        notes.append(f"the baseline was taken with {base_env['failed_runs']} of "
+                     f"{base_env.get('measured_runs', '?')} measured runs failed "
+                     f"(--allow-failed-runs)")
     if new.empty:
+        if session.damaged:
+            raise CannotJudgeError(f"the session's records are too damaged to judge: no "
+                                   f"measured plain + Covalent round left{_damage_said(session)}")
         return [], notes
+    metrics, missing = judgeable_metrics(new, session)
+    notes += missing
     differs = {k: (base_env.get(k), env[k]) for k in ENV_KEYS if str(base_env.get(k)) != env[k]}
-    if differs:
-        metrics = ["total_overhead_pct"]
+    if differs and "orchestration_s" in metrics:
+        metrics.remove("orchestration_s")
         notes.append("environment differs from the baseline's ("
                      + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in differs.items())
                      + "): comparing relative overhead only")
+    if not metrics:
+        raise CannotJudgeError(f"no overhead metric to judge{_damage_said(session)}")
     short = _unjudgeable(new, base, metrics, alpha)
     if short:
-        raise CannotJudgeError(f"too few rounds: {'; '.join(short)}")
+        raise CannotJudgeError(f"too few rounds: {'; '.join(short)}{_damage_said(session)}")
     verdicts = []
     for (config_id, executor), group in new.groupby(["config_id", "executor"], sort=False):
         ref = base[(base["config_id"] == config_id) & (base["executor"] == executor)]
@@ -265,16 +334,24 @@ def check(
             continue
         walls = {"plain_s": group["plain_wall_s"].median(),
                  "covalent_s": group["covalent_wall_s"].median()}
+        scale = speed_scale(group["plain_wall_s"], ref["plain_wall_s"]
+                            if "plain_wall_s" in ref else pd.Series(dtype=float))
+        if "orchestration_s" in metrics and not scale.applied:
+            notes.append(f"{config_id} [{executor}]: {scale.note()}; orchestration compared "
+                         f"unscaled")
         for metric in metrics:
-            scale = 1.0
-            if metric == "orchestration_s" and "plain_wall_s" in ref:
-                scale = speed_scale(group["plain_wall_s"], ref["plain_wall_s"])
+            factor = scale.value if metric == "orchestration_s" else 1.0
             try:
-                v = judge(group[metric] * scale, ref[metric], metric, thresholds[metric],
+                v = judge(group[metric] * factor, ref[metric], metric, thresholds[metric],
                           alpha, config_id, executor)
             except TooFewRoundsError as exc:  # _unjudgeable() caught these: a safety net
                 raise CannotJudgeError(f"too few rounds: {exc}") from exc
-            verdicts.append(dataclasses.replace(v, **walls, speed_scale=scale))
+            verdicts.append(dataclasses.replace(
+                v, **walls, speed_scale=factor,
+                scale_note="" if metric != "orchestration_s" or scale.applied else scale.reason))
+    if not verdicts and session.damaged:
+        raise CannotJudgeError(f"the session's records are too damaged to judge: nothing "
+                               f"comparable with the baseline{_damage_said(session)}")
     return verdicts, notes
 
 
@@ -288,7 +365,14 @@ def same_session(session: Session, thresholds: dict[str, float], alpha: float
     envs = environments_of(runs)
     rounds = round_estimates(runs, session.phases)
     if rounds.empty:
+        if session.damaged:
+            raise CannotJudgeError(f"the session's records are too damaged to judge: no "
+                                   f"measured plain + Covalent round left{_damage_said(session)}")
         return [], notes
+    metrics, missing = judgeable_metrics(rounds, session)
+    notes += missing
+    if not metrics:
+        raise CannotJudgeError(f"no overhead metric to judge{_damage_said(session)}")
     notes.append(f"same-session comparison: {', '.join(envs[1:])} against the reference "
                  f"environment {envs[0]}, interleaved in session "
                  f"{runs['session_id'].iloc[0]}")
@@ -297,9 +381,9 @@ def same_session(session: Session, thresholds: dict[str, float], alpha: float
     by_base = rounds.assign(executor=rounds["base"])  # each environment meets the reference
     ref_rounds = by_base[by_base["environment"] == envs[0]]  # on the same executor
     short = [f"{env}: {line}" for env in envs[1:] for line in _unjudgeable(
-        by_base[by_base["environment"] == env], ref_rounds, list(METRICS), alpha, "reference")]
+        by_base[by_base["environment"] == env], ref_rounds, metrics, alpha, "reference")]
     if short:
-        raise CannotJudgeError(f"too few rounds: {'; '.join(short)}")
+        raise CannotJudgeError(f"too few rounds: {'; '.join(short)}{_damage_said(session)}")
     verdicts = []
     for (config_id, base), group in rounds.groupby(["config_id", "base"], sort=False):
         ref = group[group["environment"] == envs[0]]
@@ -310,7 +394,7 @@ def same_session(session: Session, thresholds: dict[str, float], alpha: float
                 continue
             walls = {"plain_s": mine["plain_wall_s"].median(),
                      "covalent_s": mine["covalent_wall_s"].median()}
-            for metric in METRICS:
+            for metric in metrics:
                 v = judge(mine[metric], ref[metric], metric, thresholds[metric], alpha,
                           config_id, f"{env}:{base} vs {envs[0]}")
                 verdicts.append(dataclasses.replace(v, **walls, against="reference"))
@@ -386,13 +470,21 @@ def record_history(history: CsvAppender, verdicts: list[Verdict], runs: pd.DataF
     ))
 
 
+def _scale_cell(v: Verdict) -> str:
+    if v.metric != "orchestration_s":
+        return "n/a"  # relative overhead needs no correction for the machine's speed
+    if v.scale_note:
+        return "not applied: " + v.scale_note.split(" (")[0].removeprefix("plain runs ")
+    return f"x{v.speed_scale:.2f}"
+
+
 def table(verdicts: list[Verdict]) -> str:
     """The verdicts as a Markdown table; the stored-baseline columns only where they apply."""
     same_session = all(v.against == "reference" for v in verdicts)
     rows = [{
         "config": v.config_id, "executor": v.executor, "plain s": f"{v.plain_s:.2f}",
         "Covalent s": f"{v.covalent_s:.2f}", "metric": v.metric,
-        "speed scale": f"x{v.speed_scale:.2f}",
+        "speed scale": _scale_cell(v),
         "new [95% CI]": f"{v.new[0]:.2f} [{v.new[1]:.2f}, {v.new[2]:.2f}]",
         "baseline": f"{v.baseline[0]:.2f}", "change": f"{v.change_pct:+.0f}%",
         "threshold": f"{v.threshold_pct:.0f}%", "p": f"{v.p_value:.3f}", "verdict": v.verdict,
@@ -423,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
     parser.add_argument("--refresh-baseline", action="store_true",
                         help="replace the baseline with the latest session (deliberate)")
+    parser.add_argument("--allow-failed-runs", action="store_true",
+                        help="with --refresh-baseline: take the baseline even if some measured "
+                        "runs failed (refused by default); it records how many")
     args = parser.parse_args(argv)
     if not 0 < args.alpha < 1:
         parser.error(f"--alpha must be between 0 and 1, got {args.alpha}")
@@ -434,9 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     against = "the baseline"
     try:
         if args.refresh_baseline:
-            path, notes = refresh_baseline(args.in_dir, args.baseline, args.alpha)
+            path, notes = refresh_baseline(args.in_dir, args.baseline, args.alpha,
+                                           args.allow_failed_runs)
             for note in notes:
-                print(f"note: {note}")
+                if note.startswith("WARNING: "):
+                    print(note, file=sys.stderr)  # loud: a baseline with failures in it
+                else:
+                    print(f"note: {note}")
             print(f"baseline written: {path}")
             return EXIT_OK
         try:

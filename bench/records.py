@@ -376,6 +376,11 @@ RUNS_NEEDED = ("timestamp", "session_id", "run_id", "profile", "workload", "conf
                "params", "mode", "executor", "round", "warmup", "wall_s", "output_digest",
                "status")
 PHASES_NEEDED = ("run_id", "phase", "start_s", "duration_s")
+# The rest of each schema is optional: a file without one of these columns (an older version,
+# an edited file) is read with the column added empty, so every analysis and plot finds it,
+# and `missing_note` says which were missing (the report shows it) instead of a KeyError.
+RUNS_OPTIONAL = tuple(c for c in RUN_COLUMNS if c not in RUNS_NEEDED)
+PHASES_OPTIONAL = tuple(c for c in PHASE_COLUMNS if c not in PHASES_NEEDED)
 # Columns that hold numbers (or nothing): another value there means a damaged row.
 RUN_NUMBERS = ("round", "concurrency", "slot", "wall_s", "latency_s", "batch_wall_s",
                "submit_s", "server_s", "retrieve_s", "stock_wall_s", "server_cpu_s",
@@ -406,6 +411,7 @@ def load_runs(in_dir: str | os.PathLike) -> pd.DataFrame:
                # names and versions stay text: an environment "2" or a release "1.0" is no float
                "environment": str, "covalent": str},
     )
+    _add_missing(runs, RUNS_OPTIONAL, RUN_NUMBERS)
     attrs = dict(runs.attrs)
     runs["executor"] = runs["executor"].fillna("")
     _with_environment(runs)
@@ -445,10 +451,33 @@ def load_phases(in_dir: str | os.PathLike) -> pd.DataFrame | None:
         return None
     phases = read_checked(path, PHASES_NEEDED, numbers=PHASE_NUMBERS, booleans=("warmup",),
                           dtype={"executor": str, "task": str, "environment": str})
+    _add_missing(phases, PHASES_OPTIONAL, PHASE_NUMBERS)
     if "executor" in phases:
         phases["executor"] = phases["executor"].fillna("")
         _with_environment(phases)
     return phases
+
+
+def _add_missing(frame: pd.DataFrame, optional: tuple[str, ...], numbers: tuple[str, ...]
+                 ) -> None:
+    """Add the optional columns the file lacks, empty (NaN for numbers, None for text);
+    attrs["missing"] lists them."""
+    missing = [c for c in optional if c not in frame]
+    for column in missing:
+        frame[column] = float("nan") if column in numbers else None
+    frame.attrs["missing"] = missing
+
+
+def missing_note(frame: pd.DataFrame) -> str:
+    """One line naming the optional columns its file lacked ("" if none)."""
+    missing = frame.attrs.get("missing", [])
+    if not missing:
+        return ""
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8
+                                      else "")
+    return (f"{frame.attrs.get('source', 'records')} lacks optional column"
+            f"{'s' * (len(missing) > 1)} {shown} (written by an older version, or edited?): "
+            f"what needs {'them' if len(missing) > 1 else 'it'} is left empty")
 
 
 def read_checked(

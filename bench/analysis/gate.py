@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -79,6 +80,7 @@ class Verdict:
     plain_s: float = float("nan")  # median walls of the new session, for the table
     covalent_s: float = float("nan")
     speed_scale: float = 1.0  # what the new values were multiplied by (see speed_scale())
+    scale_note: str = ""  # why orchestration was not scaled (SpeedScale.reason), if it wasn't
     against: str = "baseline"  # what `baseline` holds: the stored baseline or the reference
 
     def message(self) -> str:
@@ -119,7 +121,71 @@ def judge(
                    verdict)
 
 
-def speed_scale(new_plain: pd.Series, base_plain: pd.Series) -> float:
-    """Baseline plain median / new plain median: < 1 when this session's machine ran slower."""
-    new, base = new_plain.median(), base_plain.median()
-    return float(base / new) if new > 0 and base > 0 else 1.0
+# The speed scale (baseline plain median / new plain median) corrects orchestration for the
+# machine's speed, and only where the plain runs can carry that estimate:
+#  * they run at least MIN_SCALE_PLAIN_S on both sides. A plain run of milliseconds times the
+#    harness's fixed per-call costs, the timer and scheduler jitter (a shared machine's are
+#    ms to tens of ms), not the machine's compute speed, and orchestration (seconds of the
+#    server's CPU work) does not follow it: such a "scale" of x3.00, from one torn line that
+#    moved a 1 ms median, once turned a session judged against its own baseline into a
+#    +189 % REGRESSION. From 1 s on, that jitter is a few percent of a run;
+#  * its 95 % CI (percentile bootstrap of the ratio of the two medians, each side resampled
+#    on its own) is narrower than MAX_SCALE_CI_REL of the scale: within +-5 %, well inside
+#    the gate's 25 % threshold, so an uncertain scale cannot make (or hide) a regression.
+# Otherwise the new orchestration is compared unscaled, and the gate says why.
+MIN_SCALE_PLAIN_S = 1.0
+MAX_SCALE_CI_REL = 0.10
+SCALE_RESAMPLES = 4000
+
+
+@dataclass(frozen=True)
+class SpeedScale:
+    """The machine-speed correction of one configuration and executor, and whether it holds."""
+
+    estimate: float  # baseline plain median / new plain median (nan: no plain runs)
+    ci: tuple[float, float]  # its 95 % bootstrap CI
+    applied: bool
+    reason: str = ""  # why not applied, in a few words ("" when applied)
+
+    @property
+    def value(self) -> float:
+        """What the new orchestration is multiplied by: the estimate, or 1 when not applied."""
+        return self.estimate if self.applied else 1.0
+
+    def note(self) -> str:
+        """One line for the gate's notes ("" when the scale is applied)."""
+        return "" if self.applied else f"speed scale not applied: {self.reason}"
+
+
+def speed_scale(new_plain: pd.Series, base_plain: pd.Series,
+                min_plain_s: float = MIN_SCALE_PLAIN_S,
+                max_ci_rel: float = MAX_SCALE_CI_REL) -> SpeedScale:
+    """Baseline plain median / new plain median (< 1 when this session's machine ran slower),
+    applied only when the plain runs are long and steady enough to carry it (see above)."""
+    new = np.asarray(pd.to_numeric(new_plain, errors="coerce"), dtype=float)
+    base = np.asarray(pd.to_numeric(base_plain, errors="coerce"), dtype=float)
+    new, base = new[np.isfinite(new)], base[np.isfinite(base)]
+    if not len(new) or not len(base):
+        return SpeedScale(math.nan, (math.nan, math.nan), False,
+                          "no plain runs to estimate the machine's speed from")
+    new_median, base_median = float(np.median(new)), float(np.median(base))
+    if new_median <= 0 or base_median <= 0:
+        return SpeedScale(math.nan, (math.nan, math.nan), False,
+                          "a plain median of 0 s carries no speed")
+    estimate = base_median / new_median
+    rng = np.random.default_rng(0)  # the same records give the same verdict
+    ratios = (np.median(rng.choice(base, (SCALE_RESAMPLES, len(base))), axis=1)
+              / np.median(rng.choice(new, (SCALE_RESAMPLES, len(new))), axis=1))
+    low, high = (float(q) for q in np.quantile(ratios, [0.025, 0.975]))
+    shortest = min(new_median, base_median)
+    if shortest < min_plain_s:
+        return SpeedScale(estimate, (low, high), False,
+                          f"plain runs too short (median {shortest:.3g} s; the scale needs "
+                          f">= {min_plain_s:g} s to stand for the machine's speed)")
+    width = (high - low) / estimate
+    if width > max_ci_rel:
+        return SpeedScale(estimate, (low, high), False,
+                          f"plain runs too noisy (x{estimate:.2f}, 95 % CI "
+                          f"{low:.2f}..{high:.2f}: {100 * width:.0f} % wide, more than "
+                          f"{100 * max_ci_rel:.0f} %)")
+    return SpeedScale(estimate, (low, high), True)

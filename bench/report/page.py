@@ -48,6 +48,7 @@ from bench.records import (  # noqa: E402
     load_environments,
     load_phases,
     load_runs,
+    missing_note,
 )
 from bench.report.blocks import (  # noqa: E402
     Block,
@@ -532,6 +533,7 @@ def _task_table(runs: pd.DataFrame, phases: pd.DataFrame) -> list[Block]:
     rows = phases[phases["run_id"].isin(runs["run_id"])
                   & phases["phase"].isin([R.IN_TASK, R.NODE])].copy()
     rows = rows[~rows["task"].astype(str).str.startswith(":") | (rows["phase"] == R.IN_TASK)]
+    rows = rows.dropna(subset=["task"])  # a phases.csv without task names: no per-task table
     if rows.empty:
         return []
     rows["where"] = rows["executor"].fillna("").replace("", "plain")
@@ -697,6 +699,22 @@ def write_page(
     return page
 
 
+def phases_coverage(runs: pd.DataFrame, phases: pd.DataFrame | None, in_dir: Path
+                    ) -> list[str]:
+    """A note when phases.csv is missing or covers only some measured runs: the breakdown
+    (orchestration, where the time goes) then stands on fewer runs, or on none."""
+    if runs.empty:
+        return []
+    if phases is None:
+        return [f"{in_dir / R.PHASES_CSV} is missing: no breakdown of where the time goes "
+                f"(orchestration, phases, per-task times); the walls and total overhead only"]
+    covered = runs["run_id"].isin(phases["run_id"])
+    if covered.all():
+        return []
+    return [f"{in_dir / R.PHASES_CSV} covers {int(covered.sum())} of {len(runs)} measured "
+            f"runs (cut off, or rows lost?): the breakdown stands on those only"]
+
+
 def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 include_flagged: bool = False) -> Path:
     in_dir = Path(in_dir)
@@ -704,8 +722,9 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     all_runs = load_runs(in_dir)
     phases = load_phases(in_dir)
-    notes = [note for note in (dropped_note(all_runs), dropped_note(phases)
-                               if phases is not None else "") if note]
+    notes = [note for frame in (all_runs, phases) if frame is not None
+             for note in (dropped_note(frame), missing_note(frame)) if note]
+    notes += phases_coverage(measured(all_runs), phases, in_dir)
     marked = flagged(all_runs)
     if marked.any():
         kinds = ", ".join(sorted(set(all_runs.loc[marked, "flags"].astype(str))))
