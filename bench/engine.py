@@ -1,5 +1,5 @@
 """One benchmark session, whoever drives it: the pytest suite (`pytest bench --benchmark-only`)
-and the Python API (`bench.measure`) both plan their cases here, bring the places up here and
+and the Python API (`bench.run`) both plan their cases here, bring the places up here and
 run every case through `Engine.run`, so a run measured from a notebook and one measured from
 a terminal go through the same code and land in the same records.
 
@@ -9,7 +9,7 @@ a terminal go through the same code and land in the same records.
             -> Engine.finish() -> summary.csv (and precision.json)
 
 A *place* is where the client side of a Covalent run happens: this interpreter (the session's
-own server), or a Covalent environment's interpreter (`bench.measure.client.RemoteClient`,
+own server), or a Covalent environment's interpreter (`bench.run.client.RemoteClient`,
 with its own server).
 """
 
@@ -25,11 +25,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.config.profiles import Profile, Scenario
-from bench.measure.runner import (
-    ServerUnavailableError,
-    measure_covalent_batch,
-    measure_plain_batch,
-)
 from bench.records import (
     ERROR,
     CsvAppender,
@@ -41,6 +36,11 @@ from bench.records import (
     run_row,
     runs_writer,
     utc_now,
+)
+from bench.run.runner import (
+    ServerUnavailableError,
+    measure_covalent_batch,
+    measure_plain_batch,
 )
 from bench.services.cluster import DaskCluster, cluster_for
 from bench.services.server import CovalentServer, client_dispatch_cache, server_for
@@ -184,7 +184,7 @@ class Place:
 
     name: str
     server: CovalentServer | None = None
-    client: Any = None  # bench.measure.client.RemoteClient
+    client: Any = None  # bench.run.client.RemoteClient
     covalent: str = ""
     failure: str = ""  # the build or start error, recorded in every row of this environment
 
@@ -262,7 +262,7 @@ class Engine:
         wanted = {e.name: e for s in self.profile.scenarios for e in s.environments}
         if not wanted:
             return
-        from bench.measure.client import RemoteClient
+        from bench.run.client import RemoteClient
         from bench.services.environments import build
 
         s, stack = self.settings, self._stack

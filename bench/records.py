@@ -51,7 +51,7 @@ SUBMIT = "submit"  # the dispatch call: graph build, serialization, upload
 UNTIL_RUNNING = "until_running"  # dispatch returned -> the server marks it RUNNING
 SERVER = "server"  # RUNNING -> terminal, as the server reports it
 NODE = "node"  # one graph node's server-side span (staging, task, hand-off)
-IN_TASK = "in_task"  # one task's own time, measured from inside (bench.measure.probes)
+IN_TASK = "in_task"  # one task's own time, measured from inside (bench.run.probes)
 COMPLETION_DETECT = "completion_detect"  # terminal on the server -> our poll saw it
 QUEUED_FOR_RETRIEVE = "queued_for_retrieve"  # in a batch: others' downloads came first
 RETRIEVE = "retrieve"  # downloading the result
@@ -116,7 +116,7 @@ PHASE_COLUMNS = (
     "cpu_s",  # process CPU (user + system) over the task
     "sys_cpu_s",  # of which in the kernel: page faults, mmap/munmap, I/O
     "page_faults",  # minor + major faults of the task's process over the task
-    "task_env",  # KEY=value of bench.measure.probes.ENV_KNOBS as the task saw them
+    "task_env",  # KEY=value of bench.run.probes.ENV_KNOBS as the task saw them
     "bytes",  # serialized size of the node's output (Covalent's manifest)
     "pid",
     "threads",

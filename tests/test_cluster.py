@@ -13,7 +13,7 @@ import pytest
 from distributed import Client
 from helpers import assert_same_work
 
-from bench.measure.runner import measure_covalent_batch
+from bench.run.runner import measure_covalent_batch
 from bench.services.cluster import (
     DaskCluster,
     DaskClusterError,

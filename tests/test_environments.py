@@ -1,5 +1,5 @@
 """Named Covalent environments (bench.services.environments) and the client that runs in one
-(bench.measure.client): build and cache, failures that name their cause, and a real server
+(bench.run.client): build and cache, failures that name their cause, and a real server
 started from an environment's interpreter, measured through that environment's client.
 
 The covalent==0.240.0 environment is built in the real cache (~/.cache/covalent-bench/envs,
@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.measure.client import RemoteClient, RemoteClientError
-from bench.measure.runner import ServerUnavailableError, measure_plain
+from bench.run.client import RemoteClient, RemoteClientError
+from bench.run.runner import ServerUnavailableError, measure_plain
 from bench.services import environments as envs
 from bench.services.environments import Environment, EnvironmentBuildError, build
 from bench.services.server import CovalentServer, covalent_server

@@ -186,7 +186,7 @@ def test_damaged_mnist_fails_before_anything_runs_naming_the_file(
 def test_a_worker_killed_mid_task_flags_the_run(slow_module: Path, tmp_path: Path) -> None:
     """The server's Dask worker dies under a task: Dask restarts it and reruns the task, so
     the run completes; its row is flagged, and the summary leaves it out."""
-    from bench.measure.runner import measure_covalent_batch
+    from bench.run.runner import measure_covalent_batch
     from bench.services.server import covalent_server
     from bench.workloads import workload_for
 

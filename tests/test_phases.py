@@ -14,10 +14,10 @@ import pytest
 
 from bench import records as R
 from bench.analysis.decompose import SEGMENTS, breakdown, union_length, with_breakdown
-from bench.measure import covalent_api
-from bench.measure.probes import ENV_KNOBS, read_probes, task_probe
-from bench.measure.runner import measure_covalent_batch, measure_plain
 from bench.records import RunContext, RunRecord, phase_rows, run_row
+from bench.run import covalent_api
+from bench.run.probes import ENV_KNOBS, read_probes, task_probe
+from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads.mnist import MnistWorkload
 from mnist_core.config import WorkflowConfig
 from mnist_core.model import new_model
@@ -243,7 +243,7 @@ SLOW_S = 3.0
 def test_task_slower_only_under_covalent_is_compute_inflation(
     small_config: WorkflowConfig, tmp_path, monkeypatch
 ) -> None:
-    import bench.measure.runner as runner
+    import bench.run.runner as runner
     from bench.analysis.decompose import paired_rounds
     from bench.services.server import covalent_server
 

@@ -103,7 +103,7 @@ def test_overrides() -> None:
         ("smoke", ["models=0"], "models must be a positive integer"),
         ("smoke", ["rounds=0"], "rounds must be an integer >= 1"),
         ("smoke", ["novalue"], "expects KEY=VALUE"),
-        ("smoke", ["timeout_s=0"], "timeout_s must be a number of seconds > 0"),
+        ("smoke", ["timeout_s=0"], "timeout_s must be a finite number of seconds > 0"),
     ],
 )
 def test_mistakes_are_explained(name: str, overrides: list[str], message: str) -> None:

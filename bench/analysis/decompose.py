@@ -446,7 +446,7 @@ def _compare(
     return row
 
 
-# What the probes cost: probed run - bare run of the same round, per mode (bench.measure.probes
+# What the probes cost: probed run - bare run of the same round, per mode (bench.run.probes
 # says what a probe does). Columns of runs.csv compared, by mode.
 PROBE_COST_METRICS = {"plain": ("wall_s",), "covalent": ("wall_s", "submit_s", "server_s")}
 PROBE_COST_COLUMNS = ("config_id", "executor", "metric", "rounds", "probed_median_s",

@@ -17,6 +17,8 @@ its parameters and matrix don't.
 from __future__ import annotations
 
 import itertools
+import math
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,14 @@ MATRIX_KEYS = ("name", "workload", *RUN_KEYS)
 TABLES = ("params", "matrix", "environments")
 # The server's own executors, and `external`: a Dask cluster outside the server.
 EXECUTORS = ("local", "dask", "external")
+# Upper bounds on what a profile may ask for; past them it is a typo (rounds=2000000 once built
+# 4M cases, 11 GB, before anything ran), not a plan. MAX_ROUNDS measured rounds of one
+# configuration take hours even at a Covalent dispatch's second or so, and 1000 rounds
+# narrow a median's CI 18x more than the 3 the gate needs; MAX_CASES runs (every scenario
+# x mode x round) keep the planned session in memory at about 150 MB and on the machine
+# for at least 14 hours at a second a run.
+MAX_ROUNDS = 1000
+MAX_CASES = 50_000
 DEFAULTS: dict[str, Any] = {"rounds": 3, "warmup_rounds": 1, "executors": ["local", "dask"],
                             "concurrency": 1, "timeout_s": 3600.0, "probes": "on"}
 
@@ -92,16 +102,44 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
+# A value that starts like a TOML array, inline table, string or number (a digit or a sign;
+# not ".", which starts paths) is meant as one: if it does not parse, that is a typo to
+# report (n=[1,2 once became the string "[1,2"), not a bare word.
+_TOML_LIKE = re.compile(r"""[\[{"'0-9+\-]|(inf|nan)\b""")
+
+
 def parse_override(text: str, option: str = "--bench-set") -> tuple[str, Any]:
-    """'epochs=1' -> ('epochs', 1); values are TOML literals, bare words are strings."""
+    """'epochs=1' -> ('epochs', 1); values are TOML literals, bare words (shape=lean) are
+    strings; text that starts like a TOML literal but does not parse is a ProfileError."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ProfileError(f"{option} expects KEY=VALUE, got {text!r}")
+    raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        if _TOML_LIKE.match(raw):
+            raise ProfileError(
+                f"{option} {text}: {raw!r} is not a valid TOML value "
+                f"({re.sub(r' [(]at [^)]*[)]', '', str(exc))}); write a list "
+                f"as [1, 2], a string with quotes as \"...\", or a bare word") from None
+        value = raw
     return key.strip(), value
+
+
+def profile_doc(name: str) -> tuple[str, dict[str, Any]]:
+    """A shipped profile by name, or any profile file by its path (ending in .toml): its
+    path and parsed TOML document."""
+    path = Path(name) if name.endswith(".toml") else CONFIG_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ProfileError(
+            f"unknown profile {name!r}; available: {', '.join(available_profiles())} "
+            f"(or the path of a .toml file)"
+        )
+    try:
+        return str(path), tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: invalid TOML: {exc}") from exc
 
 
 def load_profile(
@@ -118,17 +156,8 @@ def load_profile(
     """A shipped profile by name, or any profile file by its path (ending in .toml).
     `environments`: NAME=REQUIREMENT (replace the profile's); `env_vars`: NAME:VAR=VALUE,
     a variable for the named environment's server and client."""
-    name = name or (LATTICE_PROFILE if workload else DEFAULT_PROFILE)
-    path = Path(name) if name.endswith(".toml") else CONFIG_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ProfileError(
-            f"unknown profile {name!r}; available: {', '.join(available_profiles())} "
-            f"(or the path of a .toml file)"
-        )
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: invalid TOML: {exc}") from exc
+    path_text, doc = profile_doc(name or (LATTICE_PROFILE if workload else DEFAULT_PROFILE))
+    path = Path(path_text)
     if workload:  # the profile's run settings, the user's lattice
         doc = {k: v for k, v in doc.items() if k in PROFILE_KEYS}
         doc.update(workload=workload, inputs=inputs, digest=digest)
@@ -225,7 +254,9 @@ def profile_from_doc(
                                   else [raw_matrices])]
     cache: dict[str, Workload] = {}
 
-    def workload_named(name: str) -> Workload:
+    def workload_named(name: Any) -> Workload:
+        if isinstance(name, Workload):  # the API's: a lattice object made into a workload
+            return name
         if name not in cache:
             try:
                 cache[name] = workload_for(name, doc.get("inputs"), doc.get("digest"))
@@ -233,8 +264,9 @@ def profile_from_doc(
                 raise ProfileError(str(exc)) from exc
         return cache[name]
 
-    main = str(doc.get("workload", "mnist"))
-    parts = [(workload_named(str(m.pop("workload", main))), m) for m in matrices]
+    main = doc.get("workload", "mnist")
+    main = main if isinstance(main, Workload) else str(main)
+    parts = [(workload_named(m.pop("workload", main)), m) for m in matrices]
 
     def check_param(w: Workload, key: str, origin: str) -> None:
         if key not in w.defaults() and not w.open_ended():
@@ -304,6 +336,7 @@ def profile_from_doc(
             scenario = Scenario(workload, full, executors, rounds, warmup, concurrency, part,
                                 timeout_s, settings["probes"], environments)
             scenarios.setdefault(scenario.id, scenario)  # the same one in two parts runs once
+    _check_cases(where, scenarios.values())
     workload = parts[0][0]
     description = str(doc.get("description", "")) or workload.description
     return Profile(name, description, tuple(scenarios.values()))
@@ -314,11 +347,17 @@ def _run_settings(where: str, settings: dict[str, Any]
     rounds, warmup = settings["rounds"], settings["warmup_rounds"]
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ProfileError(f"{where}: rounds must be an integer >= 1, got {rounds!r}")
+    if rounds > MAX_ROUNDS:
+        raise ProfileError(f"{where}: rounds must be at most {MAX_ROUNDS}, got {rounds}; for "
+                           f"a precise median use --bench-precision instead")
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise ProfileError(f"{where}: warmup_rounds must be an integer >= 0, got {warmup!r}")
+    if warmup > MAX_ROUNDS:
+        raise ProfileError(f"{where}: warmup_rounds must be at most {MAX_ROUNDS}, got {warmup}")
     timeout_s = settings["timeout_s"]
-    if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s <= 0:
-        raise ProfileError(f"{where}: timeout_s must be a number of seconds > 0, "
+    if (not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s <= 0
+            or not math.isfinite(timeout_s)):  # nan passes `<= 0`; inf never times out
+        raise ProfileError(f"{where}: timeout_s must be a finite number of seconds > 0, "
                            f"got {timeout_s!r}")
     executors = _as_list(settings["executors"])
     bad = [e for e in executors if e not in EXECUTORS]
@@ -327,6 +366,23 @@ def _run_settings(where: str, settings: dict[str, Any]
             f"{where}: invalid executors {bad or executors}; valid: {', '.join(EXECUTORS)}"
         )
     return rounds, warmup, tuple(executors), float(timeout_s)
+
+
+def planned_cases(scenario: Scenario) -> int:
+    """The runs a scenario plans: (plain + each executor in each environment) x (2 with
+    probes = "compare": each also bare) x (warm-up + measured rounds)."""
+    modes = 1 + len(scenario.executors) * max(1, len(scenario.environments))
+    return modes * (2 if scenario.probes == "compare" else 1) * (
+        scenario.rounds + scenario.warmup_rounds)
+
+
+def _check_cases(where: str, scenarios: Any) -> None:
+    scenarios = list(scenarios)
+    total = sum(planned_cases(s) for s in scenarios)
+    if total > MAX_CASES:
+        raise ProfileError(f"{where}: {len(scenarios)} scenario(s) plan {total} runs "
+                           f"(scenarios x modes x rounds), more than the {MAX_CASES} a session "
+                           f"may plan; fewer rounds, executors or swept values")
 
 
 def _as_list(value: Any) -> list[Any]:

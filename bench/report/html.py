@@ -164,6 +164,19 @@ def render(blocks: list[Block], out_dir: Path, title: str) -> str:
             f"<body><main>\n" + "\n".join(b for b in body if b) + "\n</main></body></html>\n")
 
 
+def fragment(blocks: list[Block], out_dir: Path) -> str:
+    """Blocks as HTML to embed in another page (a notebook's output): the page's styles for
+    the findings only, scoped to their ids, so the host page keeps its own look."""
+    rules = re.findall(r"([^{}]+)\{([^{}]*)\}", re.sub(r"@media[^{]*\{[^}]*\}\s*\}", "", STYLE))
+    scoped = " ".join(f"{sel.strip()} {{{body.strip()}}}" for sel, body in rules
+                      if sel.strip().startswith(("#findings", "a.see")))
+    colours = next(body for sel, body in rules if sel.strip() == ":root")
+    scoped = f".covalent-bench {{{colours.strip()}}} {scoped}"
+    body = render(blocks, out_dir, "")
+    inner = body[body.index("<main>") + len("<main>"):body.index("</main>")]
+    return f"<style>{scoped}</style><div class=\"covalent-bench\">{inner}</div>"
+
+
 def write_html(blocks: list[Block], out_dir: Path, title: str) -> Path:
     path = Path(out_dir) / HTML_PAGE
     path.write_text(render(blocks, Path(out_dir), title), encoding="utf-8")

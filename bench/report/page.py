@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -682,21 +683,32 @@ def page_title(summary: pd.DataFrame) -> str:
     return f"What does Covalent cost? {workloads}, plain vs Covalent"
 
 
+@dataclass(frozen=True)
+class Report:
+    """A written report: the page's path (README.md; index.html beside it) and its blocks,
+    which the Python API shows inline (bench.api.Session)."""
+
+    page: Path
+    blocks: tuple[Block, ...]
+    title: str
+
+
 def write_page(
     runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
     matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
     scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
     notes: list[str] | None = None, probes: pd.DataFrame | None = None,
     diffs: pd.DataFrame | None = None,
-) -> Path:
+) -> Report:
     """README.md (for GitHub) and index.html (self-contained, plots embedded) beside it,
-    from the same blocks. Returns the README's path."""
+    from the same blocks."""
     blocks = page_blocks(runs, summary, out_dir, phases, matrix, detail, scaling, fits, notes,
                          probes, diffs)
     page = out_dir / "README.md"
     page.write_text(to_markdown(blocks))
-    write_html(blocks, out_dir, page_title(summary))
-    return page
+    title = page_title(summary)
+    write_html(blocks, out_dir, title)
+    return Report(page, tuple(blocks), title)
 
 
 def phases_coverage(runs: pd.DataFrame, phases: pd.DataFrame | None, in_dir: Path
@@ -716,7 +728,7 @@ def phases_coverage(runs: pd.DataFrame, phases: pd.DataFrame | None, in_dir: Pat
 
 
 def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                include_flagged: bool = False) -> Path:
+                include_flagged: bool = False) -> Report:
     in_dir = Path(in_dir)
     out_dir = Path(out_dir) if out_dir else in_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -792,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
                         "in the statistics; by default they are left out")
     args = parser.parse_args(argv)
     try:
-        page = make_report(args.in_dir, args.out_dir, args.include_flagged)
+        page = make_report(args.in_dir, args.out_dir, args.include_flagged).page
     except (NoRecordsError, RecordsSchemaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ variables for its server and client (`COVALENT_USE_OLD_DASK=1`, say). `build()` 
 a BuiltEnvironment: an interpreter whose `import covalent` is that Covalent, and that imports
 this checkout's `bench` and `mnist_core` (installed editable, without dependencies), so that
 a server started with it (bench.services.server, `python=`) and a client run in it
-(bench.measure.client) measure with the very same harness code.
+(bench.run.client) measure with the very same harness code.
 
 Installed into each environment, in one resolution: the requirement, the pins the project
 needs (PINS; for Covalent older than 0.233 also OLD_PINS), and the light packages the
@@ -20,7 +20,7 @@ site-packages to the END of sys.path. Every package the environment has wins (it
 pydantic, numpy ...); what it lacks (torch, torchvision and their dependencies) comes from
 the main environment, the same build as the plain runs use. A plain directory line of a
 `.pth` file only extends sys.path: the main environment's own `.pth` files are not run.
-The build checks the result: `import covalent, torch, torchvision, bench.measure.runner`
+The build checks the result: `import covalent, torch, torchvision, bench.run.runner`
 works, covalent is the environment's own and torch is the main one's version. The price of
 sharing: a package missing from the environment is silently taken from the main one; with
 a Covalent that pins an old numpy (0.232 pins 1.23.5) a main-environment package compiled
@@ -90,7 +90,7 @@ PINS = ("fastapi<0.132", "sqlalchemy<2")
 # which fails at import with autoray 0.6.10 and newer (NumpyMimic was removed).
 OLD_PINS = ("setuptools<81", "autoray<0.6.10")
 OLD_BEFORE = (0, 233)
-# What bench.measure.runner, bench.measure.covalent_api, bench.services and bench.workloads
+# What bench.run.runner, bench.run.covalent_api, bench.services and bench.workloads
 # import beside covalent (no version floors: an old Covalent pins its own numpy).
 MEASURE_DEPS = ("psutil", "toml", "requests", "cloudpickle", "numpy")
 
@@ -105,7 +105,7 @@ _CHECK = """\
 import json, sys, importlib.metadata as md
 import covalent, torch, torchvision
 import covalent_dispatcher._cli.cli
-import bench, bench.measure.runner, bench.measure.covalent_api, bench.workloads.pertask
+import bench, bench.run.runner, bench.run.covalent_api, bench.workloads.pertask
 print(json.dumps({"covalent": md.version("covalent"), "covalent_file": covalent.__file__,
                   "torch": md.version("torch"), "torchvision": md.version("torchvision"),
                   "bench_file": bench.__file__, "prefix": sys.prefix}))

@@ -30,7 +30,7 @@ import psutil
 import requests
 import toml  # covalent writes covalent.conf in its dialect
 
-from bench.measure.covalent_api import CLI_SNIPPET
+from bench.run.covalent_api import CLI_SNIPPET
 from bench.services.processes import (
     LOOPBACK_HOSTS,
     Watchdog,

@@ -14,7 +14,8 @@ from collections import defaultdict
 from typing import Any
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'42 s', '3 min 05 s', '1 h 02 min'."""
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
@@ -66,7 +67,7 @@ class Progress:
         overhead = self._overhead(config_id, label)
         if overhead:
             parts.append(overhead)
-        parts.append(f"ETA {_duration(self.eta())}")
+        parts.append(f"ETA {duration(self.eta())}")
         self._line("  ".join(parts) + f"  {config_id}")
 
     def _overhead(self, config_id: str, label: str) -> str:

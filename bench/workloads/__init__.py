@@ -6,6 +6,8 @@ Built in: `mnist` (the Covalent tutorial's classifier, every shape), `chain` and
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.workloads.base import Outcome, Workload, WorkloadError
 
 __all__ = ["BUILT_IN", "Outcome", "Workload", "WorkloadError", "workload_for"]
@@ -13,9 +15,10 @@ __all__ = ["BUILT_IN", "Outcome", "Workload", "WorkloadError", "workload_for"]
 BUILT_IN = ("mnist", "chain", "fanout")
 
 
-def workload_for(name: str, inputs: str | None = None, digest: str | None = None) -> Workload:
-    """A built-in workload by name, or a user's lattice by MODULE:ATTR."""
-    if ":" in name:
+def workload_for(name: Any, inputs: Any = None, digest: Any = None) -> Workload:
+    """A built-in workload by name, a user's lattice by MODULE:ATTR, or a lattice object
+    (`inputs` and `digest` then functions or MODULE:FUNC names)."""
+    if not isinstance(name, str) or ":" in name:
         from bench.workloads.lattice import LatticeWorkload
 
         return LatticeWorkload(name, inputs=inputs, digest_fn=digest)

@@ -14,6 +14,7 @@ fail with ModuleNotFoundError on the server.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -26,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.measure import covalent_api
+from bench.run import covalent_api
 from bench.workloads.base import Outcome, Workload, WorkloadError
 from bench.workloads.digest import digest
 
@@ -83,51 +84,152 @@ def _import(module_ref: str, what: str) -> ModuleType:
         ) from None
 
 
-def _server_can_import(name: str) -> bool:
-    """Whether a fresh interpreter, started outside the user's directory (as the server's
-    tasks are), finds module `name`."""
+def server_cannot_import(names: list[str]) -> list[str]:
+    """Which of these top-level modules a fresh interpreter, started outside the user's
+    directory and without their PYTHONPATH (as the server's tasks are), cannot find."""
+    if not names:
+        return []
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is None)"
+    code = ("import importlib.util, sys\n"
+            "for n in sys.argv[1:]:\n"
+            "    if importlib.util.find_spec(n) is None: print(n)")
     with tempfile.TemporaryDirectory() as cwd:
         try:
-            done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, timeout=60,
-                                  capture_output=True)
+            done = subprocess.run([sys.executable, "-c", code, *names], cwd=cwd, env=env,
+                                  timeout=60, capture_output=True, text=True)
         except (OSError, subprocess.SubprocessError):
-            return False
-    return done.returncode == 0
+            return list(names)
+    return done.stdout.split() if done.returncode == 0 else list(names)
+
+
+def _walk(root: Any, after: Callable[[Any, Any], None] | None = None) -> set[str]:
+    """The modules that the lattice's code refers to: its function, its electrons', its
+    sublattices', and what their globals name (functions, classes, modules; only globals the
+    code uses are followed, nested code too). `after(lattice, fn)` is called for every lattice
+    once the lattices its function `fn` names have been visited (innermost first)."""
+    modules: set[str] = set()
+    seen: set[int] = set()
+
+    def names_of(code: Any) -> set[str]:
+        out = set(code.co_names)
+        for const in code.co_consts:
+            if inspect.iscode(const):
+                out |= names_of(const)
+        return out
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if covalent_api.is_lattice(obj):
+            # Unpickled anew on every call: its globals hold copies of the sublattices, so
+            # `after` must see this very function, the one whose globals were visited.
+            fn = covalent_api.lattice_function(obj)
+            visit(fn)
+            if after is not None:
+                after(obj, fn)
+            return
+        inner = covalent_api.electron_function(obj)
+        if inner is not None:
+            visit(inner)
+            return
+        if inspect.ismodule(obj):
+            modules.add(obj.__name__)
+            return
+        module = getattr(obj, "__module__", None)
+        if isinstance(module, str) and (inspect.isclass(obj) or callable(obj)):
+            modules.add(module)
+        if inspect.isfunction(obj):
+            for name in names_of(obj.__code__):
+                if name in obj.__globals__:
+                    visit(obj.__globals__[name])
+            for cell in obj.__closure__ or ():
+                with contextlib.suppress(ValueError):  # an empty cell
+                    visit(cell.cell_contents)
+
+    visit(root)
+    return modules
+
+
+def ship_client_only_modules(lattice: Any) -> list[str]:
+    """Make every module the lattice's tasks need, that the server's interpreter cannot
+    import (a file beside the user's code, a package of theirs not installed), travel by
+    value; then pickle the lattices again, innermost first, since a lattice pickles its
+    function when it is made. Covalent would pickle those functions by reference, and the
+    tasks would fail on the server (and on external Dask workers) with ModuleNotFoundError.
+    Returns the modules shipped. A notebook's own cells (__main__) travel by value anyway."""
+    modules = _walk(lattice)
+    tops = sorted({m.partition(".")[0] for m in modules} - {"__main__", "builtins"}
+                  - set(sys.builtin_module_names) - set(sys.stdlib_module_names))
+    shipped = [n for n in server_cannot_import(tops) if n in sys.modules]
+    for name in shipped:
+        covalent_api.pickle_by_value(sys.modules[name])
+    if shipped:
+        _walk(lattice, after=covalent_api.reserialize)
+    return shipped
+
+
+def _ref_of(obj: Any) -> str | None:
+    """MODULE:ATTR (or path/to/file.py:ATTR) under which another interpreter finds `obj`;
+    None for what only this process has (a notebook cell's function)."""
+    fn = covalent_api.lattice_function(obj) if covalent_api.is_lattice(obj) else obj
+    module = inspect.getmodule(fn)
+    if module is None or module.__name__ == "__main__":
+        return None
+    attr = next((k for k, v in vars(module).items() if v is obj), None)
+    if attr is None:
+        return None
+    file = getattr(module, "__file__", None)
+    try:  # importable by its name (from the cwd, as `python -m` would): the name says more
+        spec = importlib.util.find_spec(module.__name__)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and (file is None or spec.origin == file):
+        return f"{module.__name__}:{attr}"
+    return f"{file}:{attr}" if file else None
 
 
 class LatticeWorkload(Workload):
-    """A user's ct.lattice, run plain and dispatched as it is."""
+    """A user's ct.lattice, run plain and dispatched as it is: named (MODULE:ATTR,
+    path/to/file.py:ATTR) or given as the object itself (from a notebook, say). `inputs` and
+    `digest_fn` are functions, or their MODULE:FUNC names."""
 
-    def __init__(self, ref: str, inputs: str | None = None, digest_fn: str | None = None) -> None:
-        module, lattice = resolve(ref)
+    def __init__(self, ref: str | Any, inputs: str | Callable[..., Any] | None = None,
+                 digest_fn: str | Callable[[Any], Any] | None = None) -> None:
+        if isinstance(ref, str):
+            lattice = resolve(ref)[1]
+            where = f"--bench-workload {ref!r}"
+        else:
+            lattice, where = ref, "the workflow"
         if not covalent_api.is_lattice(lattice):
             kind = "function" if callable(lattice) else type(lattice).__name__
             raise WorkloadError(
-                f"--bench-workload {ref!r} is a {kind}, not a Covalent lattice; name an object "
+                f"{where} is a {kind}, not a Covalent lattice; name an object "
                 f"made with @ct.lattice (or ct.lattice(fn))"
             )
-        self.lattice_ref, self._lattice = ref, lattice
-        self._refs = (ref, inputs, digest_fn)
-        self.name = ref.rpartition(":")[2]
         fn = covalent_api.lattice_function(lattice)
+        self.lattice_ref = ref if isinstance(ref, str) else _ref_of(lattice)
+        self.name = (ref.rpartition(":")[2] if isinstance(ref, str)
+                     else getattr(fn, "__name__", "workflow"))
         self.description = (inspect.getdoc(fn) or "").split("\n")[0]
         self._signature = inspect.signature(fn)
-        self._inputs: Callable[..., Mapping[str, Any]] | None = (
-            resolve(inputs, "--bench-inputs")[1] if inputs else None)
-        self._digest: Callable[[Any], Any] | None = (
-            resolve(digest_fn, "--bench-digest")[1] if digest_fn else None)
-        for option, fn_ in (("--bench-inputs", self._inputs), ("--bench-digest", self._digest)):
-            if fn_ is not None and not callable(fn_):
-                raise WorkloadError(f"{option} must name a function, got {type(fn_).__name__}")
-        self.by_value = not _server_can_import(module.__name__.partition(".")[0])
-        if self.by_value:
-            covalent_api.pickle_by_value(module)
-            # Lattices pickle their function when they are made, at import: made again now,
-            # they (and the sublattices inside them) carry the module by value.
-            module.__spec__.loader.exec_module(module)  # type: ignore[union-attr]
-            self._lattice = resolve(ref)[1]
+        self._inputs: Callable[..., Any] | None = _function(inputs, "--bench-inputs")
+        self._digest: Callable[[Any], Any] | None = _function(digest_fn, "--bench-digest")
+        refs = [x if isinstance(x, str) or x is None else _ref_of(x)
+                for x in (inputs, digest_fn)]
+        # Another interpreter (an environment's client) loads the workload by these names;
+        # None: it cannot (something defined only in this process).
+        named = self.lattice_ref is not None and all(
+            r is not None for r, x in zip(refs, (inputs, digest_fn), strict=True) if x)
+        self._refs = (self.lattice_ref if named else None, refs[0], refs[1])
+        self._lattice = lattice
+        self.shipped = ship_client_only_modules(lattice)
+        self.by_value = bool(self.shipped)
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """The lattice function's signature: its parameters are the workload's."""
+        return self._signature
 
     def defaults(self) -> dict[str, Any]:
         return {name: (None if p.default is inspect.Parameter.empty else p.default)
@@ -135,7 +237,7 @@ class LatticeWorkload(Workload):
                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
     @property
-    def ref(self) -> tuple[str, str | None, str | None]:
+    def ref(self) -> tuple[str | None, str | None, str | None]:
         return self._refs
 
     def open_ended(self) -> bool:
@@ -172,3 +274,10 @@ class LatticeWorkload(Workload):
         if isinstance(value, int | float | str | bool) or value is None:
             metrics["value"] = value
         return Outcome(shown if isinstance(shown, str) else digest(shown), metrics)
+
+
+def _function(given: str | Callable[..., Any] | None, option: str) -> Callable[..., Any] | None:
+    fn = resolve(given, option)[1] if isinstance(given, str) else given
+    if fn is not None and not callable(fn):
+        raise WorkloadError(f"{option} must name a function, got {type(fn).__name__}")
+    return fn

@@ -3,7 +3,7 @@ server's Covalent release, so a run against another environment's server
 (bench.services.environments) is dispatched, awaited and downloaded by that environment's
 interpreter.
 
-`python -m bench.measure.client` (the child) answers JSON lines on stdin with JSON lines on
+`python -m bench.run.client` (the child) answers JSON lines on stdin with JSON lines on
 stdout. It first writes {"ready": true, "covalent": VERSION, "python": ..., "pid": ...}; then,
 for each request
 
@@ -11,7 +11,7 @@ for each request
      "label": "local", "address": "http://127.0.0.1:P", "probe_dir": "...", "concurrency": 1,
      "timeout_s": 600, "probe": true, "dispatch_to": null}
 
-it runs bench.measure.runner.measure_covalent_batch (no server meter: the server's processes
+it runs bench.run.runner.measure_covalent_batch (no server meter: the server's processes
 belong to the parent) and answers one line: {"ok": true, "records": [...]}, or {"ok": false,
 "kind": K, ...} with K "server_unavailable" (reason and records: the parent raises
 ServerUnavailableError with them), "interrupted" (records: the runs of a batch that a SIGINT
@@ -99,7 +99,7 @@ class _Child:
         return self.workloads[key]
 
     def serve(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        from bench.measure.runner import ServerUnavailableError, measure_covalent_batch
+        from bench.run.runner import ServerUnavailableError, measure_covalent_batch
         from bench.services.server import CovalentServer
 
         try:
@@ -201,7 +201,7 @@ class RemoteClient:
     """Covalent runs measured by another interpreter (`python`), with `env` added to ours.
 
     Use as a context manager; measure_covalent_batch sends one batch and returns its
-    records like bench.measure.runner.measure_covalent_batch does."""
+    records like bench.run.runner.measure_covalent_batch does."""
 
     def __init__(self, python: str, env: Mapping[str, str] | None = None,
                  request_timeout_s: float | None = None,
@@ -244,7 +244,7 @@ class RemoteClient:
         self._stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         try:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "bench.measure.client"],
+                [self.python, "-m", "bench.run.client"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
                 text=True, bufsize=1, start_new_session=True,  # signals reach it from us only
             )
@@ -302,13 +302,13 @@ class RemoteClient:
         dispatch_to: str | None = None,
         server: Any = None,
     ) -> list[Any]:
-        """bench.measure.runner.measure_covalent_batch, run by the child: `workload_ref` is a
+        """bench.run.runner.measure_covalent_batch, run by the child: `workload_ref` is a
         built-in workload's name or MODULE:ATTR (with `inputs`/`digest` as for
         bench.workloads.workload_for), `dispatch_to` a Dask scheduler address for an external
         cluster. `server` (a CovalentServer), if given, is metered here as the runner would:
         server_cpu_s and worker-restart flags. Raises ServerUnavailableError (with the
         records) if the server went away, RemoteClientError if the child failed."""
-        from bench.measure.runner import CpuMeter, ServerUnavailableError, attach_records
+        from bench.run.runner import CpuMeter, ServerUnavailableError, attach_records
 
         request = {"workload": workload_ref, "inputs": inputs, "digest": digest,
                    "params": dict(params), "label": label, "address": address,

@@ -3,7 +3,7 @@
 The Covalent path times the client's own view of a run: the dispatch call, waiting for a
 terminal status (polled every POLL_S, not the stock 1 s sleep, which would quantise wall
 times to about a second), and downloading the result. Tasks in both modes are wrapped by
-a probe that records their own time (bench.measure.probes), so a run's wall time splits
+a probe that records their own time (bench.run.probes), so a run's wall time splits
 into phases: client submit, wait until the server runs it, each task's node span and
 in-task time, completion detection, result retrieval. This is the harness's one
 dispatch -> poll -> download loop; every workload goes through it.
@@ -23,9 +23,9 @@ from typing import Any
 import psutil
 
 from bench import records as R
-from bench.measure import covalent_api as api
-from bench.measure.probes import read_probes, task_probe
 from bench.records import RunRecord
+from bench.run import covalent_api as api
+from bench.run.probes import read_probes, task_probe
 from bench.workloads import Workload
 
 POLL_S = 0.05

@@ -361,3 +361,18 @@ def result_times(result: Any) -> tuple[float | None, float | None]:
 
 def result_error(result: Any) -> str:
     return str(result.error or "")
+
+
+def electron_function(obj: Any) -> Callable[..., Any] | None:
+    """The plain function behind `ct.electron(fn)` (a wrapper carrying its Electron), or None
+    for anything else."""
+    electron = getattr(obj, "electron_object", None)
+    return getattr(electron, "function", None) if electron is not None else None
+
+
+def reserialize(lattice: Lattice, fn: Callable[..., Any] | None = None) -> None:
+    """Pickle the lattice's function (or `fn`, the same function unpickled) again: a lattice
+    pickles it when it is made, so a module registered by value (pickle_by_value) after that
+    is still referenced by name in it."""
+    lattice.workflow_function = TransportableObject.make_transportable(
+        fn if fn is not None else lattice_function(lattice))
