@@ -19,6 +19,7 @@ every run instead (as --bench-inputs), `matrix=` sweeps parameters (as [[matrix]
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import inspect
@@ -188,6 +189,9 @@ def measure(
     records the run in flight as INTERRUPTED, cancels its dispatch, stops the servers and
     raises KeyboardInterrupt; `Session.load(out)` opens what was measured."""
     try:
+        _check_options(precision=precision, max_rounds=max_rounds,
+                       time_budget_s=time_budget_s, external_workers=external_workers,
+                       covalent_workers=covalent_workers, threads_per_worker=threads_per_worker)
         workload, params = _workload(workflow, args, kwargs, inputs, digest)
         name = profile or LATTICE_PROFILE
         where, base = profile_doc(name)
@@ -223,6 +227,24 @@ def measure(
     except (ProfileError, WorkloadError, SetupError) as exc:
         raise BenchError(str(exc)) from None
     return _run(the_profile, run_settings, cases, progress)
+
+
+def _check_options(**values: Any) -> None:
+    """The CLI's validators for the same settings (bench.config.options): one line each."""
+    from bench.config import options
+
+    checks = {"precision": options.precision_seconds, "max_rounds": options.max_rounds,
+              "time_budget_s": options.precision_seconds,  # seconds > 0, finite
+              "external_workers": options.worker_count,
+              "covalent_workers": options.worker_count,
+              "threads_per_worker": options.threads_per_worker}
+    for name, value in values.items():
+        if value is None:
+            continue
+        try:
+            checks[name](str(value))
+        except argparse.ArgumentTypeError as exc:
+            raise BenchError(f"{name}={value!r}: {exc}") from None
 
 
 def _run(profile: Profile, settings: Settings, cases: list, progress: bool) -> Session:

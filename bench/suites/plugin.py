@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bench.config import options
 from bench.config.profiles import Profile, ProfileError, load_profile
 from bench.engine import ORDERS, Engine, Settings, SetupError, plan, planned_runs, prepare
 from bench.services.processes import loopback_no_proxy
@@ -71,12 +72,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(repeatable), e.g. old-dask:COVALENT_USE_OLD_DASK=1",
     )
     group.addoption(
-        "--bench-precision", type=float, default=None, metavar="SECONDS",
+        "--bench-precision", type=options.precision_seconds, default=None, metavar="SECONDS",
         help="keep adding interleaved rounds until the 95 %% CI half-width of orchestration is "
         "at most SECONDS for every executor (see --bench-max-rounds, --bench-time-budget)")
-    group.addoption("--bench-max-rounds", type=int, default=30,
+    group.addoption("--bench-max-rounds", type=options.max_rounds, default=30,
                     help="with --bench-precision: the most measured rounds (default 30)")
-    group.addoption("--bench-time-budget", type=float, default=None, metavar="MINUTES",
+    group.addoption("--bench-time-budget", type=options.time_budget_minutes, default=None,
+                    metavar="MINUTES",
                     help="with --bench-precision: stop adding rounds after this many minutes")
     group.addoption(
         "--bench-set",
@@ -117,12 +119,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "scheduler address (env COVALENT_BENCH_DASK_SCHEDULER); without it the harness starts "
         "its own loopback cluster (scheduler + --external-workers workers) and stops it after",
     )
-    group.addoption("--external-workers", type=int, default=2,
+    group.addoption("--external-workers", type=options.worker_count, default=2,
                     help="workers of the harness's own external cluster (1 thread each)")
-    group.addoption("--covalent-workers", type=int, default=None, help="Dask workers")
-    group.addoption(
-        "--covalent-threads-per-worker", type=int, default=None, help="threads per Dask worker"
-    )
+    group.addoption("--covalent-workers", type=options.worker_count, default=None,
+                    help="Dask workers")
+    group.addoption("--covalent-threads-per-worker", type=options.threads_per_worker,
+                    default=None, help="threads per Dask worker")
 
 
 @pytest.fixture(scope="session")
