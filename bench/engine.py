@@ -337,6 +337,13 @@ class Engine:
             raise SessionEndedError(
                 f"the Covalent server is gone: {exc}; every earlier run is in "
                 f"{self.writer.path if self.writer else self.out_dir}") from None
+        except SetupError:
+            raise
+        except Exception as exc:  # unforeseen, in the harness: a row saying so; it goes on
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
+            write([RunRecord(case.mode, case.executor, 0.0, status=ERROR, probed=case.probed,
+                             error=f"harness: {text}")])
+            return rows
         except BaseException as exc:  # Ctrl-C, SIGTERM: the interrupted runs get rows too
             with contextlib.suppress(Exception):  # and the interrupt goes on, whatever
                 write(getattr(exc, "bench_records", []))

@@ -11,6 +11,8 @@ dispatch -> poll -> download loop; every workload goes through it.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import tempfile
 import threading
 import time
@@ -29,6 +31,7 @@ from bench.run.probes import read_probes, task_probe
 from bench.workloads import Workload
 
 POLL_S = 0.05
+FAILED = "FAILED"  # Covalent's own status name; plain runs and runs that never started too
 DEFAULT_TIMEOUT_S = 3600.0
 # A status poll that fails is retried; this many failures in a row with the server still
 # healthy end the wait anyway (the rows say why).
@@ -111,7 +114,50 @@ def _client_rss_mb() -> float:
 
 
 def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:2000]
+    """'Type: message' on one line (a row's error is one line, whatever the message)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
+
+
+class _RunSetupError(Exception):
+    """The workload's inputs or lattice could not be made for a run: the user's code raised
+    before anything ran. The message is the row's error."""
+
+
+def _run_inputs(workload: Workload, params: Mapping[str, Any]) -> tuple[tuple, dict, Any]:
+    """(args, kwargs, lattice) for one run, or _RunSetupError saying which step raised."""
+    try:
+        args, kwargs = workload.inputs(params)
+    except Exception as exc:
+        raise _RunSetupError(f"inputs: the workload's inputs (--bench-inputs / inputs=) "
+                             f"raised {_error_text(exc)}; fix that function") from exc
+    try:
+        lattice = workload.lattice(params)
+    except Exception as exc:
+        raise _RunSetupError(f"lattice: building the workload's lattice raised "
+                             f"{_error_text(exc)}") from exc
+    return args, kwargs, lattice
+
+
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+
+
+def _explained(error: str) -> str:
+    """A task error, with what to do where it is a module the server lacks but this client
+    has: one the workflow's code reaches without naming it (importlib, a string), so the
+    harness could not ship it by value."""
+    found = _MISSING_MODULE.search(error)
+    if not found:
+        return error
+    name = found.group(1).partition(".")[0]
+    try:
+        here = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        here = False
+    if not here:
+        return error
+    return (f"{error} (module {name!r} is importable only on this client and was not shipped "
+            f"to the server: import it at the top of the workflow's module, so that the "
+            f"harness ships it, or install it where the server runs, e.g. pip install -e)")
 
 
 def _outcome_into(record: RunRecord, workload: Workload, value: Any,
@@ -128,11 +174,18 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
     is False: the bare run that tells what the probes cost). A failure is a FAILED record
     with its error, not an exception."""
     run_id = uuid.uuid4().hex[:12]
-    args, kwargs = workload.inputs(params)
-    lattice = workload.lattice(params)
+    record = RunRecord("plain", "", 0.0, run_id=run_id, status="COMPLETED", probed=probe)
+    try:
+        args, kwargs, lattice = _run_inputs(workload, params)
+    except _RunSetupError as exc:  # nothing ran: a row saying why, no timings
+        record.status, record.error = FAILED, str(exc)
+        return record
+    except BaseException as exc:  # Ctrl-C while the inputs are made
+        record.status, record.error = R.INTERRUPTED, f"interrupted ({type(exc).__name__})"
+        attach_records(exc, [record])
+        raise
     t0 = time.time()
     start = time.perf_counter()
-    record = RunRecord("plain", "", 0.0, run_id=run_id, status="COMPLETED", probed=probe)
     try:
         value = api.run_plain(lattice, args, kwargs,
                               wrap=task_probe(probe_dir, run_id) if probe else None)
@@ -182,8 +235,14 @@ def _stock_wait(dispatch_id: str, address: str, seen: list[float]) -> None:
 def _submit(workload: Workload, params: Mapping[str, Any], executor: Any, address: str,
             probe_dir: str | Path, probe: bool = True) -> _Dispatched:
     run_id = uuid.uuid4().hex[:12]
-    args, kwargs = workload.inputs(params)
-    lattice = workload.lattice(params)
+    try:
+        args, kwargs, lattice = _run_inputs(workload, params)
+    except _RunSetupError as exc:  # nothing was dispatched: a row saying why
+        now = time.perf_counter()
+        run = _Dispatched(run_id, "", time.time(), now, now, status=FAILED, error=str(exc),
+                          probed=probe)
+        run.done = now
+        return run
     t0 = time.time()
     start = time.perf_counter()
     try:
@@ -258,7 +317,7 @@ def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], la
                        dispatch_id=run.dispatch_id, status=run.status, error=run.error,
                        probed=run.probed)
     record.timings["submit_s"] = run.submitted - run.start
-    if run.status in (R.ERROR, R.TIMEOUT):
+    if run.status in (R.ERROR, R.TIMEOUT) or not run.dispatch_id:
         record.phases = [_phase(R.SUBMIT, 0.0, record.timings["submit_s"])]
         return record
     with tempfile.TemporaryDirectory(prefix="covalent-bench-result-") as results_dir:
@@ -273,7 +332,8 @@ def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], la
             _outcome_into(record, workload, api.result_value(result), params)
         else:
             detail = "; ".join(api.task_errors(result, address, results_dir))
-            record.error = detail or api.result_error(result) or "no task error recorded"
+            record.error = _explained(detail or api.result_error(result)
+                                      or "no task error recorded")
         sizes = api.output_sizes(run.dispatch_id, address, results_dir)  # after the clock
     if run.stock is not None:
         run.stock.join(timeout=5)

@@ -57,6 +57,11 @@ def _import(module_ref: str, what: str) -> ModuleType:
             path = Path(module_ref).resolve()
             if not path.is_file():
                 raise FileNotFoundError(f"no such file: {path}")
+            # As `python path/to/file.py` would: its directory first on sys.path, so that its
+            # own imports of sibling modules and packages (`from helpers import scale`) work.
+            folder = str(path.parent)
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
             name = path.stem
             spec = importlib.util.spec_from_file_location(name, path)
             assert spec is not None and spec.loader is not None

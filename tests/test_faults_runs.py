@@ -1,0 +1,191 @@
+"""Faults of single runs, on a real server (issue 22, second sweep): every way a run can fail
+leaves a row naming the failure, and the session goes on or ends with the reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.records import load_runs
+from bench.workloads.digest import digest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(out: Path, address: str, *args: str, cwd: Path = REPO,
+           timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pytest", str(REPO / "bench"), "--benchmark-only", "-q", "-p",
+           "no:cacheprovider", "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml"),
+           "--bench-out", str(out), "--covalent-address", address,
+           "--bench-set", "rounds=1", "--bench-set", "warmup_rounds=0", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+
+
+# --- A: an inputs factory that raises -------------------------------------------------------
+
+BAD_INPUTS = '''
+import covalent as ct
+
+
+@ct.electron
+def total(values):
+    return sum(values)
+
+
+@ct.lattice
+def wf(values):
+    return total(values)
+
+
+def inputs(**params):
+    raise ValueError("no inputs today")
+'''
+
+
+@pytest.mark.slow
+def test_an_inputs_factory_that_raises_is_a_failed_row_in_every_mode(
+    covalent_server, tmp_path: Path
+) -> None:
+    _write(tmp_path, {"bad_inputs.py": BAD_INPUTS})
+    module = tmp_path / "bad_inputs.py"
+    out = tmp_path / "out"
+    proc = _bench(out, covalent_server.address, "--bench-workload", f"{module}:wf",
+                  "--bench-inputs", f"{module}:inputs", "--bench-set", "executors=['local']")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 failed" in proc.stdout
+    runs = load_runs(out)
+    assert list(runs["mode"]) == ["plain", "covalent"]
+    assert (runs["status"] == "FAILED").all()
+    for error in runs["error"]:
+        assert error.startswith("inputs: the workload's inputs") and "\n" not in error
+        assert "ValueError: no inputs today" in error
+    assert (out / "summary.csv").exists()
+
+
+# --- B: a workflow spread over the user's own files -----------------------------------------
+
+SPREAD = {
+    "helpers.py": '''
+        import covalent as ct
+
+
+        def scale(x, k):
+            return x * k
+
+
+        @ct.electron
+        def scaled(x, k):
+            return scale(x, k)
+    ''',
+    "mypkg/__init__.py": '''
+        from mypkg.ops import offset  # noqa: F401
+    ''',
+    "mypkg/ops.py": '''
+        import covalent as ct
+
+
+        def offset(x):
+            return x + 1
+
+
+        @ct.electron
+        def shift(x):
+            return offset(x)
+
+
+        @ct.lattice
+        def inner(x):
+            return shift(x)
+    ''',
+    "flow.py": '''
+        import covalent as ct
+        import mypkg
+        from helpers import scale, scaled
+        from mypkg.ops import inner
+
+
+        @ct.electron
+        def combine(a, b):
+            return scale(a, 1) + mypkg.offset(b)
+
+
+        @ct.lattice
+        def flow(x: int = 3):
+            return combine(scaled(x, 2), ct.electron(inner)(x))
+    ''',
+}
+
+
+@pytest.mark.slow
+def test_a_workflow_over_two_files_and_a_package_runs_by_its_path(
+    covalent_server, tmp_path: Path
+) -> None:
+    """`--bench-workload path/to/flow.py:flow`, run from another directory: flow.py imports a
+    sibling module and a package of the user's (none installed), one holding a sublattice."""
+    project = tmp_path / "project"
+    _write(project, SPREAD)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    proc = _bench(out, covalent_server.address, "--bench-workload",
+                  str(project / "flow.py") + ":flow", "--bench-set",
+                  "executors=['local', 'dask']", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    runs = load_runs(out)
+    assert list(runs["executor"].fillna("")) == ["", "local", "dask"]
+    assert (runs["status"] == "COMPLETED").all(), runs["error"].tolist()
+    assert set(runs["output_digest"]) == {digest(11)}
+
+
+HIDDEN = {
+    "hidden.py": '''
+        def value():
+            return 7
+    ''',
+    "reaching.py": '''
+        import importlib
+
+        import covalent as ct
+
+
+        @ct.electron
+        def fetch(name):
+            return importlib.import_module(name).value()
+
+
+        @ct.lattice
+        def reaching(name: str = "hidden"):
+            return fetch(name)
+    ''',
+}
+
+
+@pytest.mark.slow
+def test_a_module_the_harness_cannot_ship_is_named_with_what_to_do(
+    covalent_server, tmp_path: Path
+) -> None:
+    """A task that imports a sibling module by a string: nothing in the code names it, so it
+    cannot travel by value; the row names the module and says how to fix it."""
+    _write(tmp_path / "project", HIDDEN)
+    out = tmp_path / "out"
+    proc = _bench(out, covalent_server.address, "--bench-workload",
+                  str(tmp_path / "project" / "reaching.py") + ":reaching",
+                  "--bench-set", "executors=['local']", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-3000:]
+    plain, local = load_runs(out).itertuples()
+    assert plain.status == "COMPLETED"
+    assert local.status == "FAILED" and "\n" not in local.error
+    assert "No module named 'hidden'" in local.error
+    assert ("module 'hidden' is importable only on this client and was not shipped to the "
+            "server: import it at the top of the workflow's module") in local.error
