@@ -150,13 +150,21 @@ def _electron_calls(wrap: TaskWrapper | None) -> Iterator[None]:
     Covalent writes the lattice's defaults (executor ...) into a module-level electron when
     a graph is built, so the next lattice would inherit the previous one's executor."""
     original = Electron.__call__
+    inside = threading.local()  # within a probed task: its own electron calls are its body
 
     def call(self: Electron, *args: Any, **kwargs: Any) -> Any:
         if active_lattice_manager.get_active_lattice() is None:
             fn = self.function
-            if wrap is None or isinstance(fn, Lattice):  # a sublattice: its electrons are probed
+            # A sublattice: its electrons are probed. An electron called inside a task (the
+            # tutorial's train_model calls train_over_one_epoch) is part of that task, as it
+            # is on Covalent, where it runs as a plain call inside the task's process.
+            if wrap is None or isinstance(fn, Lattice) or getattr(inside, "task", False):
                 return fn(*args, **kwargs)
-            return wrap(fn)(*args, **kwargs)
+            inside.task = True
+            try:
+                return wrap(fn)(*args, **kwargs)
+            finally:
+                inside.task = False
         saved = copy.deepcopy(self.metadata)
         try:
             return original(self, *args, **kwargs)
