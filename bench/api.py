@@ -223,10 +223,23 @@ def measure(
             covalent_threads_per_worker=threads_per_worker, dask_scheduler=dask_scheduler,
             external_workers=external_workers, precision=precision, max_rounds=max_rounds,
             time_budget_s=time_budget_s)
+        _importable_where_needed(the_profile)
         cases = plan(the_profile, run_settings)
     except (ProfileError, WorkloadError, SetupError) as exc:
         raise BenchError(str(exc)) from None
     return _run(the_profile, run_settings, cases, progress)
+
+
+def _importable_where_needed(profile: Profile) -> None:
+    """A Covalent environment's client imports the workflow by name: refuse a lattice from a
+    notebook cell there before any server starts, not run by run."""
+    for scenario in profile.scenarios:
+        if scenario.environments and scenario.workload.ref[0] is None:
+            raise BenchError(
+                f"workflow {scenario.workload.name!r} is defined in this process (a notebook "
+                f"cell, or given objects as arguments), and a Covalent environment's client "
+                f"cannot import it: measure it without environments=, or put the lattice in "
+                f"a module (with inputs= a module's function) and pass it as 'module:attr'")
 
 
 def _check_options(**values: Any) -> None:
