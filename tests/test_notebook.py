@@ -104,6 +104,17 @@ def tutorial_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def test_the_notebook_holds_the_seed_tutorials_cells_verbatim() -> None:
+    from examples.tutorial_seed import definition_cells, tutorial_path
+
+    seed = [source.rstrip("\n") for _, source in definition_cells(tutorial_path().read_text())]
+    code = [c.source for c in nbformat.read(TUTORIAL, as_version=4).cells
+            if c.cell_type == "code"]
+    start = code.index(seed[0])
+    assert code[start:start + len(seed)] == seed  # in order, none edited (not even by a linter)
+    assert "measure(workflow" in code[start + len(seed)]
+
+
 @pytest.mark.slow
 def test_the_tutorial_notebook_measures_its_workflow(tutorial_home: Path, tmp_path: Path
                                                       ) -> None:
