@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BenchError", "Session", "measure"]
+__all__ = ["BenchError", "Interrupted", "Session", "measure"]
 
 
 def __getattr__(name: str) -> Any:

@@ -53,7 +53,7 @@ from bench.records import RUNS_CSV, NoRecordsError, load_phases, load_runs, utc_
 from bench.suites.progress import Progress, duration
 from bench.workloads import Workload, WorkloadError, workload_for
 
-__all__ = ["BenchError", "Session", "measure"]
+__all__ = ["BenchError", "Interrupted", "Session", "measure"]
 
 DEFAULT_OUT = "covalent-bench"  # under the working directory: one folder per session
 # Values that are parameters (recorded, part of the id), not objects copied per run.
@@ -62,6 +62,16 @@ _SCALARS = (bool, int, float, str, type(None))
 
 class BenchError(ValueError):
     """A measurement that cannot be done as asked; the message says what to change."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or a kernel interrupt stopped measure(); the message says where the rows are."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
 
 
 def _is_parameter(value: Any) -> bool:
@@ -187,7 +197,7 @@ def measure(
     interrupt; `address` attaches to a running one instead. Records go to `out` (default
     ./covalent-bench/<time>), a row the moment each run ends. Ctrl-C (a kernel interrupt)
     records the run in flight as INTERRUPTED, cancels its dispatch, stops the servers and
-    raises KeyboardInterrupt; `Session.load(out)` opens what was measured."""
+    raises Interrupted (a KeyboardInterrupt); `Session.load(out)` opens what was measured."""
     try:
         _check_options(precision=precision, max_rounds=max_rounds,
                        time_budget_s=time_budget_s, external_workers=external_workers,
@@ -287,10 +297,10 @@ def _run(profile: Profile, settings: Settings, cases: list, progress: bool) -> S
                 engine.__exit__(None, None, None)
     except KeyboardInterrupt:
         _finish(engine)
-        print(f"interrupted: {engine.rows} run(s) recorded in {engine.out_dir} (the one in "
-              f"flight as INTERRUPTED); Session.load({str(engine.out_dir)!r}) opens them",
-              file=sys.stderr)
-        raise
+        raise Interrupted(f"{engine.rows} run(s) recorded in {engine.out_dir} (the one in "
+                          f"flight as INTERRUPTED, its dispatch cancelled, the servers "
+                          f"stopped); Session.load({str(engine.out_dir)!r}) opens them"
+                          ) from None
     _finish(engine)
     if failed:
         warnings.warn(f"{len(failed)} run(s) did not complete; the first: {failed[0][:300]}",
