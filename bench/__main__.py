@@ -16,7 +16,7 @@ COMMANDS = ("run", "report", "gate", "list")
 
 def _list() -> int:
     from bench.config.profiles import available_profiles, load_profile
-    from bench.workloads import BUILT_IN, workload_for
+    from bench.workloads import BUILT_IN
 
     print("profiles (bench/config/, or the path of a .toml file):")
     for name in available_profiles():
@@ -26,8 +26,8 @@ def _list() -> int:
             description = f"(invalid: {exc})"
         print(f"  {name:<10} {description}")
     print("workloads (or any lattice as MODULE:ATTR / path/to/file.py:ATTR):")
-    for name in BUILT_IN:
-        print(f"  {name:<10} {workload_for(name).description}")
+    for name, workload in BUILT_IN.items():
+        print(f"  {name:<10} {workload.description}")
     return 0
 
 

@@ -22,6 +22,7 @@ from scipy import stats
 
 from bench import records as R
 from bench.analysis.stats import fit_line, median_ci
+from bench.workloads import declared
 
 ORCHESTRATION_PARTS = (
     "submit_s",
@@ -52,9 +53,6 @@ ESTIMATORS = ("total_overhead_s", "total_overhead_pct", "orchestration_s",
 TASK_WORK = {"cpu_s": "in_task_cpu_s", "sys_cpu_s": "in_task_sys_cpu_s",
              "page_faults": "in_task_page_faults"}
 
-# Outputs (runs.csv `outputs`) that describe the run rather than its result: compared for
-# comparability (same threads and device), not summarized as results.
-RUN_FACTS = ("torch_threads", "resolved_device")
 # Fixed columns of summary.csv; after them come the workload's parameters and, for each
 # numeric output (MNIST: accuracy, test_loss), plain_<name> and covalent_<name>.
 SUMMARY_COLUMNS = (
@@ -289,13 +287,22 @@ def param_columns(frame: pd.DataFrame) -> list[str]:
     return [n for n in names if n in frame]
 
 
+def run_facts(frame: pd.DataFrame) -> list[str]:
+    """Outputs (runs.csv `outputs`) that describe how the rows ran rather than what they
+    computed, as their workloads declare them (Workload.run_facts; MNIST: torch threads and
+    device): compared for comparability, not summarized as results."""
+    names = frame.get("workload", pd.Series(dtype=str)).dropna().unique()
+    return list(dict.fromkeys(f for name in names for f in declared(name).run_facts))
+
+
 def numeric_outputs(frame: pd.DataFrame) -> list[str]:
     """Numeric outputs the rows carry as columns (runs.csv `outputs`), results only."""
     names: dict[str, None] = {}
+    facts = set(run_facts(frame))
     for text in frame.get("outputs", pd.Series(dtype=str)).dropna().unique():
         for key, value in json.loads(text).items():
             if isinstance(value, int | float) and not isinstance(value, bool) \
-                    and key not in RUN_FACTS:
+                    and key not in facts:
                 names[key] = None
     return [n for n in names if n in frame]
 
@@ -379,7 +386,6 @@ def _compare(
     plain_digests = set(plain["output_digest"].astype(str))
     digests = plain_digests | set(cov["output_digest"].astype(str))
     plain_threads, cov_threads = _facts(plain, "torch_threads"), _facts(cov, "torch_threads")
-    devices = set(_facts(plain, "resolved_device")) | set(_facts(cov, "resolved_device"))
     first = cov.iloc[0]
     row = {
         "profile": profile,
@@ -407,8 +413,8 @@ def _compare(
                                             .dropna().astype(str)))),
         "plain_threads": "/".join(plain_threads),
         "covalent_threads": "/".join(cov_threads),
-        # A pair that ran with other thread counts or devices measures those, not Covalent.
-        "comparable": plain_threads == cov_threads and len(devices) <= 1,
+        # A pair that ran otherwise (other thread counts, devices) measures that, not Covalent.
+        "comparable": all(_facts(plain, f) == _facts(cov, f) for f in run_facts(cov)),
         "plain_in_task_s": _median(plain, "in_task_s"),
         "covalent_in_task_s": _median(cov, "in_task_s"),
         **{f"{mode}_{col}": _median(rows, col) for col in TASK_WORK.values()

@@ -1,18 +1,20 @@
 """Workloads: what the harness measures (bench.workloads.base.Workload).
 
-Built in: `mnist` (the Covalent tutorial's classifier, every shape), `chain` and `fanout`
-(per-task cost). Any other importable lattice is named `MODULE:ATTR`.
+Built in (BUILT_IN, each registered by its own module): `mnist` (the Covalent tutorial's
+classifier, every shape), `chain` and `fanout` (per-task cost). Any other importable
+lattice is named `MODULE:ATTR`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench.workloads.base import Outcome, Workload, WorkloadError
+# Imported for their registration: a new built-in workload's module is added here.
+from bench.workloads import mnist, tasks  # noqa: F401
+from bench.workloads.base import BUILT_IN, Outcome, Workload, WorkloadError, register
 
-__all__ = ["BUILT_IN", "Outcome", "Workload", "WorkloadError", "workload_for"]
-
-BUILT_IN = ("mnist", "chain", "fanout")
+__all__ = ["BUILT_IN", "Outcome", "Workload", "WorkloadError", "declared", "register",
+           "workload_for"]
 
 
 def workload_for(name: Any, inputs: Any = None, digest: Any = None) -> Workload:
@@ -25,15 +27,16 @@ def workload_for(name: Any, inputs: Any = None, digest: Any = None) -> Workload:
     if inputs or digest:
         raise WorkloadError("--bench-inputs and --bench-digest apply to a lattice named "
                             "MODULE:ATTR, not to a built-in workload")
-    if name == "mnist":
-        from bench.workloads.mnist import MnistWorkload
+    if name not in BUILT_IN:
+        raise WorkloadError(
+            f"unknown workload {name!r}; built in: {', '.join(BUILT_IN)}, or a lattice as "
+            f"MODULE:ATTR (path/to/file.py:ATTR)"
+        )
+    return BUILT_IN[name]
 
-        return MnistWorkload()
-    if name in ("chain", "fanout"):
-        from bench.workloads import pertask
 
-        return pertask.CHAIN if name == "chain" else pertask.FANOUT
-    raise WorkloadError(
-        f"unknown workload {name!r}; built in: {', '.join(BUILT_IN)}, or a lattice as "
-        f"MODULE:ATTR (path/to/file.py:ATTR)"
-    )
+def declared(name: object) -> Workload | type[Workload]:
+    """What the workload named in the records' `workload` column declares for analysis and
+    report (run_facts, report_sections): the built-in's, else (a user's lattice) the
+    defaults of Workload."""
+    return BUILT_IN.get(str(name), Workload)

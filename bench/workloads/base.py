@@ -14,7 +14,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 
 class WorkloadError(ValueError):
@@ -34,6 +34,12 @@ class Workload(ABC):
 
     name: str = ""
     description: str = ""
+    # Outcome.metrics keys that say how the run ran, not what it computed: plain and
+    # Covalent runs are comparable only where these agree, and they are never summarized as
+    # results (bench.analysis.decompose).
+    run_facts: tuple[str, ...] = ()
+    # The report sections (bench.report.registry, by name) drawn from this workload's rows.
+    report_sections: tuple[str, ...] = ("scaling",)
 
     @abstractmethod
     def defaults(self) -> dict[str, Any]:
@@ -85,6 +91,20 @@ class Workload(ABC):
     @abstractmethod
     def outcome(self, value: Any, params: Mapping[str, Any]) -> Outcome:
         """The Outcome of the lattice's return value."""
+
+
+W = TypeVar("W", bound=Workload)
+# The built-in workloads by name, in the order their modules registered them.
+BUILT_IN: dict[str, Workload] = {}
+
+
+def register(workload: W) -> W:
+    """Make `workload` a built-in, named by its `name`: each built-in module registers its
+    own when bench.workloads imports it."""
+    if workload.name in BUILT_IN:
+        raise ValueError(f"workload {workload.name!r} is registered twice")
+    BUILT_IN[workload.name] = workload
+    return workload
 
 
 def _short(value: Any) -> str:

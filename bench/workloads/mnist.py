@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from bench.workloads.base import Outcome, Workload, WorkloadError
+from bench.workloads.base import Outcome, Workload, WorkloadError, register
 from mnist_core.config import WorkflowConfig
 from mnist_core.data import (
     MNIST_SIZES,
@@ -22,6 +22,11 @@ class MnistWorkload(Workload):
     name = "mnist"
     description = ("The Covalent MNIST tutorial: CNN training and test, cut into tasks as "
                    "`shape` says (tutorial, lean, per-epoch, monolithic)")
+    # A run with other torch threads or another device measures those, not Covalent.
+    run_facts = ("torch_threads", "resolved_device")
+    # Its configuration matrix (shapes, sizes, K-model sweeps, concurrency) has a section of
+    # its own in place of the generic overhead-growth one.
+    report_sections = ("matrix",)
 
     def defaults(self) -> dict[str, Any]:
         return WorkflowConfig(threads=WorkflowConfig().threads).as_dict()
@@ -82,3 +87,6 @@ class MnistWorkload(Workload):
         metrics["torch_threads"] = metrics.pop("threads")
         metrics["resolved_device"] = metrics.pop("device")
         return Outcome(out.weights_sha256, metrics)
+
+
+register(MnistWorkload())
