@@ -14,14 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.analysis.decompose import environments_of  # noqa: E402
+from bench.analysis.findings import ENVIRONMENTS  # noqa: E402
 from bench.report.blocks import Block, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.registry import ReportData, plot, section  # noqa: E402
 
-PLOTS = {"environments": "environments.png"}
-CAPTIONS = {"environments": "Per configuration (one row each): orchestration and total overhead "
-                            "per environment and executor (median, 95 % CI), and on the right "
-                            "each environment minus the reference in the same round (median, "
-                            "95 % CI; a filled marker is significant): a bar or marker that "
-                            "stands apart from the reference is a real change."}
 FAMILIES = (("orchestration_s", "orchestration"), ("total_overhead_s", "total overhead"))
 
 
@@ -29,7 +25,15 @@ def _wrap(text: str, width: int = 60) -> str:
     return "\n".join(text[i:i + width] for i in range(0, len(text), width))
 
 
-def plot_environments(summary: pd.DataFrame, diffs: pd.DataFrame, path: Path) -> bool:
+# Environments side by side answer the question the session asked: the key plot first.
+@plot("environments", "environments.png", section="environments", key=0,
+      topics={ENVIRONMENTS: 0}, when=lambda d: not d.diffs.empty, caption=(
+          "Per configuration (one row each): orchestration and total overhead per environment "
+          "and executor (median, 95 % CI), and on the right each environment minus the "
+          "reference in the same round (median, 95 % CI; a filled marker is significant): a "
+          "bar or marker that stands apart from the reference is a real change."))
+def plot_environments(data: ReportData, path: Path) -> bool:
+    summary, diffs = data.full_summary, data.diffs
     envs = environments_of(summary)
     if len(envs) < 2:
         return False
@@ -116,9 +120,10 @@ def definitions_table(definitions: list[dict]) -> pd.DataFrame:
                                if not frame[c].astype(bool).any()])
 
 
-def environments_section(summary: pd.DataFrame, diffs: pd.DataFrame, out_dir: Path,
-                         definitions: list[dict] | None = None) -> list[Block]:
-    if (diffs is None or diffs.empty) and not definitions:
+@section("environments", order=20)
+def environments_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    diffs, definitions = data.diffs, data.definitions
+    if diffs.empty and not definitions:
         return []
     blocks: list[Block] = [Heading("Covalent environments side by side")]
     if definitions:
@@ -126,9 +131,8 @@ def environments_section(summary: pd.DataFrame, diffs: pd.DataFrame, out_dir: Pa
                         "environment with that requirement, its own server and client, and "
                         "these variables for both; the first is the reference."),
                    Table(definitions_table(definitions), floatfmt=".1f")]
-    if diffs is None or diffs.empty:
+    if diffs.empty:
         return blocks
-    drawn = plot_environments(summary, diffs, out_dir / PLOTS["environments"])
     families = diffs[diffs["metric"].isin([c for c, _ in FAMILIES])]
     parts = diffs[~diffs["metric"].isin([c for c, _ in FAMILIES])
                   & diffs["significant"].astype(bool)]
@@ -145,6 +149,4 @@ def environments_section(summary: pd.DataFrame, diffs: pd.DataFrame, out_dir: Pa
         blocks += [Text("Orchestration parts that changed significantly (a part that changed "
                         "for a known reason, such as completion detection, shows as itself):"),
                    Table(parts, floatfmt=".3f")]
-    if drawn:
-        blocks.append(Figure(PLOTS["environments"], CAPTIONS["environments"], "environments"))
-    return blocks
+    return blocks + figures

@@ -1,4 +1,5 @@
-"""The configuration matrix read across configurations: overhead against workload size
+"""The configuration matrix read across configurations (the MNIST workload's own section,
+Workload.report_sections): overhead against workload size
 per graph shape (with the fitted lines of fits.csv), bytes moved per shape, the K-model
 sweep against the ideal parallel line, concurrent dispatches, and the findings in words
 (the page's blocks, bench.report.blocks).
@@ -19,28 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.analysis.decompose import family  # noqa: E402
+from bench.analysis.findings import CHEAPEST, PAYOFF  # noqa: E402
 from bench.analysis.stats import fit_line  # noqa: E402
 from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.registry import ReportData, plot, section  # noqa: E402
 
-PLOTS = {
-    "scaling": "matrix_scaling.png",
-    "bytes": "matrix_bytes.png",
-    "sweep": "matrix_sweep.png",
-    "concurrency": "matrix_concurrency.png",
-}
-CAPTIONS = {  # one line per plot: what to look at
-    "scaling": "Overhead against training samples per graph shape and executor (top: seconds "
-               "with 95 % CI and the fitted line, dashed; bottom: % of plain): a line that "
-               "heads below zero is where Covalent would pay off.",
-    "bytes": "MiB Covalent serializes per run, by graph shape and training size: the shapes "
-             "with the tallest bars move the most data between tasks.",
-    "sweep": "K models trained plain one after another (solid) vs under Covalent (dashed), "
-             "with the ideal parallel line (dotted): Covalent pays off where its dashed line "
-             "drops below the solid one.",
-    "concurrency": "N workflows dispatched at once: throughput (left, higher is better) and "
-                   "latency (right, the band reaches the slowest) against plain one after "
-                   "another.",
-}
 SHAPE_ORDER = ("tutorial", "lean", "per-epoch", "monolithic")
 
 
@@ -70,8 +54,18 @@ def scaling_groups(summary: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
             if g["train_samples"].nunique() >= 2]
 
 
-def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
+def _matrix(data: ReportData) -> bool:
+    return data.full_summary["config_id"].nunique() >= 2
+
+
+@plot("matrix_scaling", "matrix_scaling.png", section="matrix", when=_matrix, key=1, sweep_key=True,
+      topics={CHEAPEST: 0, PAYOFF: 0}, caption=(
+          "Overhead against training samples per graph shape and executor (top: seconds with "
+          "95 % CI and the fitted line, dashed; bottom: % of plain): a line that heads below "
+          "zero is where Covalent would pay off."))
+def plot_scaling(data: ReportData, path: Path) -> bool:
     """Overhead (s, top; %, bottom) against training samples, one panel per executor."""
+    summary, fits = data.full_summary, data.fits
     groups = scaling_groups(summary)
     if not groups:
         return False
@@ -118,9 +112,12 @@ def _fit_for(fits: pd.DataFrame, executor: str, group: pd.Series) -> pd.Series |
     return rows.iloc[0] if len(rows) else None
 
 
-def plot_bytes(summary: pd.DataFrame, path: Path) -> bool:
+@plot("matrix_bytes", "matrix_bytes.png", section="matrix", when=_matrix, caption=(
+    "MiB Covalent serializes per run, by graph shape and training size: the shapes with the "
+    "tallest bars move the most data between tasks."))
+def plot_bytes(data: ReportData, path: Path) -> bool:
     """Median bytes serialized per run (all node outputs), per shape and training size."""
-    rows = _single(summary).dropna(subset=["bytes_moved_median"])
+    rows = _single(data.full_summary).dropna(subset=["bytes_moved_median"])
     rows = rows[(rows["epochs"] == rows["epochs"].mode().iloc[0])] if len(rows) else rows
     if rows.empty:
         return False
@@ -173,8 +170,12 @@ def sweep_crossover(rows: pd.DataFrame) -> dict[tuple[str, str], int | None]:
     return out
 
 
-def plot_sweep(summary: pd.DataFrame, path: Path) -> bool:
-    rows = sweep_rows(summary)
+@plot("matrix_sweep", "matrix_sweep.png", section="matrix", when=_matrix, topics={PAYOFF: 1},
+      caption=("K models trained plain one after another (solid) vs under Covalent (dashed), "
+               "with the ideal parallel line (dotted): Covalent pays off where its dashed line "
+               "drops below the solid one."))
+def plot_sweep(data: ReportData, path: Path) -> bool:
+    rows = sweep_rows(data.full_summary)
     if rows.empty:
         return False
     cores = os.cpu_count() or 1
@@ -225,8 +226,11 @@ def concurrency_rows(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[families == base].sort_values(["executor", "concurrency"])
 
 
-def plot_concurrency(summary: pd.DataFrame, path: Path) -> bool:
-    rows = concurrency_rows(summary)
+@plot("matrix_concurrency", "matrix_concurrency.png", section="matrix", when=_matrix, caption=(
+    "N workflows dispatched at once: throughput (left, higher is better) and latency (right, "
+    "the band reaches the slowest) against plain one after another."))
+def plot_concurrency(data: ReportData, path: Path) -> bool:
+    rows = concurrency_rows(data.full_summary)
     if rows.empty:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -362,22 +366,16 @@ def findings(summary: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
     return out
 
 
-def matrix_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[Block]:
-    """Plots written to out_dir and the page's blocks; empty when there is no matrix."""
-    if summary["config_id"].nunique() < 2:
+@section("matrix", order=40, per_workload=True)
+def matrix_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    """The page's blocks; empty when there is no matrix (none of its plots drawn)."""
+    if not figures:
         return []
-    made = {
-        "scaling": plot_scaling(summary, fits, out_dir / PLOTS["scaling"]),
-        "bytes": plot_bytes(summary, out_dir / PLOTS["bytes"]),
-        "sweep": plot_sweep(summary, out_dir / PLOTS["sweep"]),
-        "concurrency": plot_concurrency(summary, out_dir / PLOTS["concurrency"]),
-    }
-    if not any(made.values()):
-        return []
+    summary, fits = data.full_summary, data.fits
     blocks: list[Block] = [
         Heading("Across the matrix: where Covalent pays off and where it costs"),
         Bullets(tuple(findings(summary, fits))),
-        *[Figure(PLOTS[name], CAPTIONS[name], name) for name, ok in made.items() if ok],
+        *figures,
     ]
     if len(fits):
         blocks += [Text("Fitted lines (`fits.csv`; least squares over every measured round):"),

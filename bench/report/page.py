@@ -30,11 +30,9 @@ from bench.analysis.decompose import (  # noqa: E402
 )
 from bench.analysis.findings import (  # noqa: E402
     CHEAPEST,
-    ENVIRONMENTS,
     INFLATION,
     LARGEST_PART,
     OVERHEAD,
-    PAYOFF,
     PRECISION,
     SAME_WORK,
     findings,
@@ -51,6 +49,10 @@ from bench.records import (  # noqa: E402
     load_runs,
     missing_note,
 )
+
+# Imported for their sections and plots, which they declare in the registry.
+from bench.report import environments, matrix, scaling  # noqa: E402, F401
+from bench.report import registry as reg  # noqa: E402
 from bench.report.blocks import (  # noqa: E402
     Block,
     Figure,
@@ -60,16 +62,8 @@ from bench.report.blocks import (  # noqa: E402
     Text,
     to_markdown,
 )
-from bench.report.environments import CAPTIONS as ENV_CAPTIONS  # noqa: E402
-from bench.report.environments import PLOTS as ENV_PLOTS  # noqa: E402
-from bench.report.environments import environments_section  # noqa: E402
 from bench.report.html import write_html  # noqa: E402
-from bench.report.matrix import CAPTIONS as MATRIX_CAPTIONS  # noqa: E402
-from bench.report.matrix import PLOTS as MATRIX_PLOTS  # noqa: E402
-from bench.report.matrix import matrix_section  # noqa: E402
-from bench.report.scaling import CAPTIONS as SCALING_CAPTIONS  # noqa: E402
-from bench.report.scaling import PLOTS as SCALING_PLOTS  # noqa: E402
-from bench.report.scaling import scaling_section  # noqa: E402
+from bench.report.registry import ReportData, plot, section  # noqa: E402
 from bench.report.tables import write_summary  # noqa: E402
 
 # Per-configuration plots stay readable up to this many configurations; a larger matrix
@@ -77,36 +71,6 @@ from bench.report.tables import write_summary  # noqa: E402
 MAX_DETAIL = 8
 
 MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868", "external": "#8172b3"}
-PLOTS = {
-    "wall_time": "wall_time.png",
-    "overhead": "overhead.png",
-    "accuracy": "accuracy.png",
-    "loss_curves": "loss_curves.png",
-    "breakdown": "breakdown.png",
-    "overhead_parts": "overhead_parts.png",
-    "overhead_ci": "overhead_ci.png",
-    "timeline": "timeline.png",
-}
-CAPTIONS = {  # one line per plot: what to look at
-    "wall_time": "Each dot is one measured round, each bar the median: compare the Covalent "
-                 "bars with plain's, and look for rounds far from their median.",
-    "overhead": "Covalent − plain median wall time per configuration, whiskers spanning the "
-                "rounds: the bar's height is what Covalent costs per run.",
-    "accuracy": "Test accuracy of both modes side by side: equal bars mean both did the same "
-                "training.",
-    "loss_curves": "Training loss per logged batch: identical runs overlap, so one visible "
-                   "line per configuration is the good case.",
-    "breakdown": "Median wall time split into segments, one bar per mode: blue is the tasks' "
-                 "own compute, warm colours are orchestration; compare each bar with plain's.",
-    "overhead_parts": "The overhead split into its named parts (stacked, negative parts below "
-                      "zero), the diamond marking the total: the tallest block is the part to "
-                      "work on.",
-    "overhead_ci": "Total overhead, orchestration and compute inflation with their 95 % "
-                   "CIs: a whisker that crosses zero means no measurable effect.",
-    "timeline": "One round on one time axis: the gaps between the blue task bars are time "
-                "Covalent spends around the tasks (staging, scheduling, hand-off).",
-}
-HISTORY_PLOT = "history.png"
 PROBE_COST_CSV = "probe_cost.csv"
 ENVIRONMENTS_CSV = "environments.csv"
 PROBES_TEXT = (
@@ -117,25 +81,6 @@ PROBES_TEXT = (
     "Plain: the probed run against the bare task functions; Covalent: submit (the probe "
     "wrappers travel in the graph), the server's span, and wall time. Every other figure on "
     "this page comes from probed runs, so it includes this cost.")
-HISTORY_CAPTION = ("Each gate run's overhead across commits with its CI: red crosses are "
-                   "regressions, the dashed line the baseline.")
-# The plot that opens the page beside the findings: the first of these the report drew;
-# for a sweep of several configurations, its overhead-against-parameter plot comes first.
-# Environments side by side answer the question the session asked: their plot comes first.
-KEY_PLOTS = ("environments.png", "overhead_parts.png", "overhead_ci.png", "overhead.png",
-             "wall_time.png")
-KEY_PLOTS_SWEEP = ("environments.png", "matrix_scaling.png", "scaling.png", *KEY_PLOTS[1:])
-# Which plot shows each finding (the first that exists).
-TOPIC_PLOTS = {
-    OVERHEAD: ("overhead_ci.png", "overhead.png"),
-    LARGEST_PART: ("overhead_parts.png", "breakdown.png"),
-    INFLATION: ("overhead_ci.png", "breakdown.png"),
-    CHEAPEST: ("matrix_scaling.png", "scaling.png", "overhead.png"),
-    PAYOFF: ("matrix_scaling.png", "matrix_sweep.png", "scaling.png"),
-    SAME_WORK: ("accuracy.png", "loss_curves.png"),
-    PRECISION: ("overhead_ci.png",),
-    ENVIRONMENTS: ("environments.png",),
-}
 FAMILY_STYLE = {  # estimator: label, colour
     "total_overhead_s": ("total (Covalent − plain)", "#555555"),
     "orchestration_s": ("orchestration", "#dd8452"),
@@ -170,8 +115,25 @@ def _bar_figure(n_bars: int) -> tuple[plt.Figure, plt.Axes]:
     return plt.subplots(figsize=(max(5.0, 2.2 * n_bars + 1.5), 4.6))
 
 
-def plot_wall_time(runs: pd.DataFrame, path: Path) -> None:
+def _phases(data: ReportData) -> bool:
+    return data.phases is not None
+
+
+def _summary(data: ReportData) -> bool:
+    return not data.summary.empty
+
+
+def _summary_and_phases(data: ReportData) -> bool:
+    return _summary(data) and _phases(data)
+
+
+# The per-configuration plots ("plots" section), in the page's order.
+@plot("wall_time", "wall_time.png", section="plots", key=6, caption=(
+    "Each dot is one measured round, each bar the median: compare the Covalent bars with "
+    "plain's, and look for rounds far from their median."))
+def plot_wall_time(data: ReportData, path: Path) -> None:
     """Every measured round as a dot, the median as a bar, per configuration and mode."""
+    runs = data.runs
     configs = list(dict.fromkeys(runs["config_id"]))
     fig, axes = plt.subplots(
         1, len(configs), figsize=(4.5 * len(configs), 4), squeeze=False, sharey=False
@@ -196,8 +158,13 @@ def plot_wall_time(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_overhead(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
+@plot("overhead", "overhead.png", section="plots", when=_summary, key=5,
+      topics={OVERHEAD: 1, CHEAPEST: 2}, caption=(
+          "Covalent − plain median wall time per configuration, whiskers spanning the "
+          "rounds: the bar's height is what Covalent costs per run."))
+def plot_overhead(data: ReportData, path: Path) -> None:
     """Median overhead per configuration and executor; whiskers span the rounds' range."""
+    summary, runs = data.summary, data.runs
     fig, ax = _bar_figure(len(summary))
     for i, row in summary.reset_index(drop=True).iterrows():
         cov = runs[(runs["config_id"] == row["config_id"]) & (runs["executor"] == row["executor"])]
@@ -219,7 +186,13 @@ def plot_overhead(summary: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None
     plt.close(fig)
 
 
-def plot_accuracy(summary: pd.DataFrame, path: Path) -> None:
+@plot("accuracy", "accuracy.png", section="plots", topics={SAME_WORK: 0},
+      when=lambda d: _summary(d) and "plain_accuracy" in d.summary
+      and d.summary["plain_accuracy"].notna().any(), caption=(
+          "Test accuracy of both modes side by side: equal bars mean both did the same "
+          "training."))
+def plot_accuracy(data: ReportData, path: Path) -> None:
+    summary = data.summary
     fig, ax = _bar_figure(len(summary))
     width = 0.38
     for i, row in summary.reset_index(drop=True).iterrows():
@@ -247,8 +220,13 @@ def _listed(value: object) -> list:
     return json.loads(value) if isinstance(value, str) else list(value)  # type: ignore[arg-type]
 
 
-def plot_loss_curves(runs: pd.DataFrame, path: Path) -> None:
+@plot("loss_curves", "loss_curves.png", section="plots", topics={SAME_WORK: 1},
+      when=lambda d: "train_losses" in d.runs and d.runs["train_losses"].notna().any(),
+      caption=("Training loss per logged batch: identical runs overlap, so one visible line "
+               "per configuration is the good case."))
+def plot_loss_curves(data: ReportData, path: Path) -> None:
     """Training loss of the first measured round of each mode; identical runs overlap."""
+    runs = data.runs[data.runs["train_losses"].notna()]
     configs = list(dict.fromkeys(runs["config_id"]))
     fig, axes = plt.subplots(1, len(configs), figsize=(5 * len(configs), 3.8), squeeze=False)
     styles = {"plain": ("-", "o"), "local": ("--", "x"), "dask": (":", "+"),
@@ -272,8 +250,13 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_breakdown(runs: pd.DataFrame, path: Path) -> None:
+@plot("breakdown", "breakdown.png", section="plots", when=_phases,
+      topics={LARGEST_PART: 1, INFLATION: 1}, caption=(
+          "Median wall time split into segments, one bar per mode: blue is the tasks' own "
+          "compute, warm colours are orchestration; compare each bar with plain's."))
+def plot_breakdown(data: ReportData, path: Path) -> None:
     """Median of each wall-time segment, stacked, per configuration and mode."""
+    runs = with_breakdown(data.runs, data.phases)
     keys = runs.drop_duplicates(["config_id", "mode", "executor"])
     fig, ax = plt.subplots(figsize=(11, 1.4 + 0.7 * len(keys)))
     labels: list[str] = []
@@ -309,8 +292,13 @@ def plot_breakdown(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_overhead_parts(summary: pd.DataFrame, path: Path) -> None:
+@plot("overhead_parts", "overhead_parts.png", section="plots", when=_summary_and_phases,
+      key=3, topics={LARGEST_PART: 0}, caption=(
+          "The overhead split into its named parts (stacked, negative parts below zero), the "
+          "diamond marking the total: the tallest block is the part to work on."))
+def plot_overhead_parts(data: ReportData, path: Path) -> None:
     """The overhead's named parts stacked (negative parts below zero), per configuration."""
+    summary = data.summary
     parts = [*ORCHESTRATION_PARTS, "compute_inflation_s", "unexplained_s"]
     fig, ax = _bar_figure(len(summary))
     for i, row in enumerate(summary.itertuples()):
@@ -343,8 +331,13 @@ def plot_overhead_parts(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_overhead_ci(summary: pd.DataFrame, path: Path) -> None:
+@plot("overhead_ci", "overhead_ci.png", section="plots", when=_summary_and_phases, key=4,
+      topics={OVERHEAD: 0, INFLATION: 0, PRECISION: 0}, caption=(
+          "Total overhead, orchestration and compute inflation with their 95 % CIs: a "
+          "whisker that crosses zero means no measurable effect."))
+def plot_overhead_ci(data: ReportData, path: Path) -> None:
     """Each overhead family's median with its bootstrap 95 % CI, per configuration."""
+    summary = data.summary
     fig, ax = _bar_figure(len(summary))
     width = 0.8 / len(FAMILY_STYLE)
     for i, row in enumerate(summary.itertuples()):
@@ -368,9 +361,13 @@ def plot_overhead_ci(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_timeline(runs: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
+@plot("timeline", "timeline.png", section="plots", when=_phases, caption=(
+    "One round on one time axis: the gaps between the blue task bars are time Covalent "
+    "spends around the tasks (staging, scheduling, hand-off)."))
+def plot_timeline(data: ReportData, path: Path) -> None:
     """Gantt chart of one measured round: the plain run and each Covalent run, one time
     axis: client phases, each node's span on the server and the task's own time in it."""
+    runs, phases = data.runs, data.phases
     last = runs.sort_values("round").groupby(["config_id"])["round"].max()
     config_id, rnd = last.index[0], last.iloc[0]
     chosen = runs[(runs["config_id"] == config_id) & (runs["round"] == rnd)]
@@ -410,8 +407,12 @@ def plot_timeline(runs: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_history(history: pd.DataFrame, path: Path) -> None:
+@plot("history", "history.png", section="history", when=lambda d: d.history is not None,
+      caption=("Each gate run's overhead across commits with its CI: red crosses are "
+               "regressions, the dashed line the baseline."))
+def plot_history(data: ReportData, path: Path) -> None:
     """Each gate run's overhead (median, CI) across commits; regressions in red."""
+    history = data.history
     metrics = list(dict.fromkeys(history["metric"]))
     fig, axes = plt.subplots(len(metrics), 1, figsize=(9, 2.8 * len(metrics)), squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
@@ -588,94 +589,111 @@ def _probing(summary: pd.DataFrame) -> str:
             "task that was not probed counts as orchestration, not in-task time.")
 
 
-def _figures(out_dir: Path) -> dict[str, Figure]:
-    """Every plot this report drew, by file name, with its caption."""
-    drawn = [(PLOTS, CAPTIONS), (MATRIX_PLOTS, MATRIX_CAPTIONS),
-             (SCALING_PLOTS, SCALING_CAPTIONS), (ENV_PLOTS, ENV_CAPTIONS),
-             ({"history": HISTORY_PLOT},
-                                                 {"history": HISTORY_CAPTION})]
-    return {file: Figure(file, captions[name], name)
-            for plots, captions in drawn for name, file in plots.items()
-            if (out_dir / file).exists()}
-
-
-def findings_block(summary: pd.DataFrame, fits: pd.DataFrame | None, out_dir: Path,
-                   probes: pd.DataFrame | None = None, diffs: pd.DataFrame | None = None
-                   ) -> Findings:
+def findings_block(data: ReportData, figures: dict[str, Figure]) -> Findings:
     """The page's opening: the findings, each pointing at the plot that shows it, beside the
     key plot."""
-    figures = _figures(out_dir)
-    items = []
-    for finding in findings(summary, fits, probes, diffs):
-        fig = next((figures[f] for f in TOPIC_PLOTS.get(finding.topic, ()) if f in figures),
-                   None)
-        items.append((finding.text, fig))
-    order = KEY_PLOTS_SWEEP if summary["config_id"].nunique() > 1 else KEY_PLOTS
-    key = next((figures[f] for f in order if f in figures), None)
+    items = [(f.text, reg.topic_figure(f.topic, figures))
+             for f in findings(data.full_summary, data.fits, data.probes, data.diffs)]
+    key = reg.key_figure(data.full_summary["config_id"].nunique() > 1, figures)
     return Findings(tuple(items), key=key, note=FINDINGS_NOTE)
 
 
-def page_blocks(
-    runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
-    matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
-    scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
-    notes: list[str] | None = None, probes: pd.DataFrame | None = None,
-    diffs: pd.DataFrame | None = None,
-) -> list[Block]:
-    """The report page as blocks: findings first, then the detailed tables and plots.
-    `notes`: what the records themselves say (damaged lines dropped, runs left out);
-    `probes`: the probes' own cost (decompose.probe_cost), when the profile measured it."""
+def head_blocks(data: ReportData, opening: Findings) -> list[Block]:
+    """Title, findings, what was measured, and the summary table."""
+    summary, runs = data.full_summary, data.runs
     sessions = ", ".join(sorted(set(summary["session_id"].dropna()) | set(runs["session_id"])))
     outputs = [f"{mode}_{m}" for m in numeric_outputs(runs) for mode in ("plain", "covalent")
                if f"{mode}_{m}" in summary]
     table = summary[["profile", "config_id", "executor", "plain_median_s", "covalent_median_s",
                      "overhead_s", "overhead_pct", "plain_rounds", "covalent_rounds",
                      *outputs[:4], "same_output", "comparable"]]
-    opening = findings_block(summary, fits, out_dir, probes, diffs)
     blocks: list[Block] = [
         Heading(page_title(summary), level=1),
         opening,
         Text(INTRO_TEXT),
         Text(f"Sessions: {sessions}"),
-        *[Text(note) for note in notes or []],
+        *[Text(note) for note in data.notes],
         Heading("Summary"),
         Table(table),
     ]
     probing = _probing(summary)
-    blocks += [Text(probing)] if probing else []
-    blocks += scaling or []
-    blocks += matrix or []
-    detail = summary if detail is None else detail
-    if len(detail) < len(summary):
-        blocks += [Heading("Per configuration"), Text(
-            f"The plots and tables below cover {detail['config_id'].nunique()} core "
-            f"configurations of {summary['config_id'].nunique()} (tutorial shape and data "
-            "path, one model, one dispatch); summary.csv has every row.")]
+    return blocks + ([Text(probing)] if probing else [])
+
+
+@section("plots", order=50)
+def plots_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    if len(data.summary) < len(data.full_summary):
+        heading: list[Block] = [Heading("Per configuration"), Text(
+            f"The plots and tables below cover {data.summary['config_id'].nunique()} core "
+            f"configurations of {data.full_summary['config_id'].nunique()} (tutorial shape "
+            "and data path, one model, one dispatch); summary.csv has every row.")]
     else:
-        blocks.append(Heading("Plots"))
-    shown = {opening.key.file} if opening.key else set()
-    blocks += [Figure(file, CAPTIONS[name], name) for name, file in PLOTS.items()
-               if (out_dir / file).exists()]
-    summary = detail
-    if summary["orchestration_s"].notna().any():
-        blocks += [Heading("Where the time goes"), Text(WHERE_TEXT), *_families_table(summary),
-                   Text("Parts (medians over measured rounds, seconds):"),
-                   Table(summary[["config_id", "executor", *PART_COLUMNS]])]
-        blocks += _task_work_table(summary)
-        blocks += _task_table(runs, phases) if phases is not None else []
-        cold_rows = summary[["config_id", "executor", "cold_plain_s", "cold_covalent_s",
-                             "plain_median_s", "covalent_median_s"]]
-        blocks += [Text("Cold runs (the warm-up round right after the server started; "
-                        "excluded from everything above):"), Table(cold_rows)]
-    if probes is not None and not probes.empty:
-        blocks += [Heading("What the probes cost"), Text(PROBES_TEXT),
-                   Table(probes, floatfmt=".4f")]
-    if (out_dir / HISTORY_PLOT).exists():
-        blocks += [Heading("Overhead across commits"),
-                   Figure(HISTORY_PLOT, HISTORY_CAPTION, "history")]
-    blocks += [Heading("Environment"), _environment_table(runs)]
+        heading = [Heading("Plots")]
+    return heading + list(figures)
+
+
+@section("time", order=60)
+def time_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    """Where the time goes: the overhead's families and parts, what the tasks did, per task,
+    and the cold runs."""
+    summary = data.summary
+    if not summary["orchestration_s"].notna().any():
+        return []
+    blocks = [Heading("Where the time goes"), Text(WHERE_TEXT), *_families_table(summary),
+              Text("Parts (medians over measured rounds, seconds):"),
+              Table(summary[["config_id", "executor", *PART_COLUMNS]])]
+    blocks += _task_work_table(summary)
+    blocks += _task_table(data.runs, data.phases) if data.phases is not None else []
+    cold_rows = summary[["config_id", "executor", "cold_plain_s", "cold_covalent_s",
+                         "plain_median_s", "covalent_median_s"]]
+    return blocks + [Text("Cold runs (the warm-up round right after the server started; "
+                          "excluded from everything above):"), Table(cold_rows)]
+
+
+@section("probes", order=70)
+def probes_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    if data.probes.empty:
+        return []
+    return [Heading("What the probes cost"), Text(PROBES_TEXT),
+            Table(data.probes, floatfmt=".4f")]
+
+
+@section("history", order=80)
+def history_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    return [Heading("Overhead across commits"), *figures] if figures else []
+
+
+@section("environment", order=90)
+def environment_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    return [Heading("Environment"), _environment_table(data.runs)]
+
+
+def page_blocks(data: ReportData) -> list[Block]:
+    """The report page as blocks: findings first, then every section in its order, each
+    with the plots drawn for it (draw_plots)."""
+    figures = {p.file: p.figure() for p in reg.PLOTS if (data.out_dir / p.file).exists()}
+    opening = findings_block(data, figures)
+    blocks = head_blocks(data, opening)
+    for sec in reg.sections():
+        scoped = reg.scoped(sec, data)
+        if scoped is not None:
+            blocks += sec.build(scoped, [figures[p.file] for p in reg.plots_of(sec.name)
+                                         if p.file in figures])
     # The key plot opens the page; it is not repeated further down.
+    shown = {opening.key.file} if opening.key else set()
     return [b for b in blocks if not (isinstance(b, Figure) and b.file in shown)]
+
+
+def draw_plots(data: ReportData) -> None:
+    """Every declared plot the data supports, into data.out_dir; none left from an earlier
+    report that this data can't make."""
+    for p in reg.PLOTS:
+        (data.out_dir / p.file).unlink(missing_ok=True)
+    for sec in reg.sections():
+        scoped = reg.scoped(sec, data)
+        for p in reg.plots_of(sec.name) if scoped is not None else []:
+            if p.when(scoped):
+                p.draw(scoped, data.out_dir / p.file)
 
 
 def page_title(summary: pd.DataFrame) -> str:
@@ -693,21 +711,14 @@ class Report:
     title: str
 
 
-def write_page(
-    runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, phases: pd.DataFrame | None,
-    matrix: list[Block] | None = None, detail: pd.DataFrame | None = None,
-    scaling: list[Block] | None = None, fits: pd.DataFrame | None = None,
-    notes: list[str] | None = None, probes: pd.DataFrame | None = None,
-    diffs: pd.DataFrame | None = None,
-) -> Report:
+def write_page(data: ReportData) -> Report:
     """README.md (for GitHub) and index.html (self-contained, plots embedded) beside it,
     from the same blocks."""
-    blocks = page_blocks(runs, summary, out_dir, phases, matrix, detail, scaling, fits, notes,
-                         probes, diffs)
-    page = out_dir / "README.md"
+    blocks = page_blocks(data)
+    page = data.out_dir / "README.md"
     page.write_text(to_markdown(blocks))
-    title = page_title(summary)
-    write_html(blocks, out_dir, title)
+    title = page_title(data.full_summary)
+    write_html(blocks, data.out_dir, title)
     return Report(page, tuple(blocks), title)
 
 
@@ -752,45 +763,25 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if runs.empty:
         raise NoRecordsError(f"{in_dir}: runs.csv has no completed, measured (non-warm-up) runs")
     full_summary, fits = write_summary(out_dir, in_dir, include_flagged)
-    # A plot this data can't make must not linger from an earlier report.
-    for stale in [*PLOTS.values(), *MATRIX_PLOTS.values(), *SCALING_PLOTS.values(),
-                  *ENV_PLOTS.values(),
-                  HISTORY_PLOT]:
-        (out_dir / stale).unlink(missing_ok=True)
-    mnist = full_summary[full_summary["workload"] == "mnist"]
-    matrix = matrix_section(mnist, fits[fits["workload"] == "mnist"], out_dir) \
-        if len(mnist) else []
     diffs = environment_diffs(all_runs, phases)
     if not diffs.empty:
         diffs.to_csv(out_dir / ENVIRONMENTS_CSV, index=False, float_format="%.4f")
     sessions = set(all_runs["session_id"].astype(str))
-    definitions = [d for d in load_environments(in_dir) if d["session_id"] in sessions]
-    scaling = environments_section(full_summary, diffs, out_dir, definitions) + scaling_section(
-        full_summary, fits, out_dir)
-    keep = detail_configs(full_summary)
-    summary = full_summary[full_summary["config_id"].isin(keep)]
-    runs = runs[runs["config_id"].isin(keep)]
-    plot_wall_time(runs, out_dir / PLOTS["wall_time"])
-    if "train_losses" in runs and runs["train_losses"].notna().any():  # MNIST runs only
-        plot_loss_curves(runs[runs["train_losses"].notna()], out_dir / PLOTS["loss_curves"])
-    if phases is not None:
-        plot_breakdown(with_breakdown(runs, phases), out_dir / PLOTS["breakdown"])
-        plot_timeline(runs, phases, out_dir / PLOTS["timeline"])
-        if not summary.empty:
-            plot_overhead_parts(summary, out_dir / PLOTS["overhead_parts"])
-            plot_overhead_ci(summary, out_dir / PLOTS["overhead_ci"])
-    if not summary.empty:
-        plot_overhead(summary, runs, out_dir / PLOTS["overhead"])
-        if "plain_accuracy" in summary and summary["plain_accuracy"].notna().any():
-            plot_accuracy(summary, out_dir / PLOTS["accuracy"])
-    history = in_dir / HISTORY_CSV
-    if history.is_file() and history.stat().st_size:
-        plot_history(pd.read_csv(history, dtype={"executor": str}), out_dir / HISTORY_PLOT)
     probes = probe_cost(all_runs)
     if not probes.empty:
         probes.to_csv(out_dir / PROBE_COST_CSV, index=False, float_format="%.4f")
-    return write_page(runs, full_summary, out_dir, phases, matrix, summary, scaling, fits,
-                      notes, probes, diffs)
+    history = in_dir / HISTORY_CSV
+    keep = detail_configs(full_summary)
+    data = ReportData(
+        out_dir=out_dir, runs=runs[runs["config_id"].isin(keep)],
+        summary=full_summary[full_summary["config_id"].isin(keep)], full_summary=full_summary,
+        fits=fits, phases=phases, diffs=diffs,
+        definitions=[d for d in load_environments(in_dir) if d["session_id"] in sessions],
+        probes=probes, notes=notes,
+        history=pd.read_csv(history, dtype={"executor": str})
+        if history.is_file() and history.stat().st_size else None)
+    draw_plots(data)
+    return write_page(data)
 
 
 def main(argv: list[str] | None = None) -> int:

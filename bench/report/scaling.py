@@ -1,5 +1,6 @@
-"""How the overhead grows with a swept parameter, for any workload but MNIST (which has its
-own matrix section): orchestration per configuration against the parameter, with the
+"""How the overhead grows with a swept parameter, for the workloads that ask for this section
+(Workload.report_sections: every one by default; MNIST has its matrix section instead):
+orchestration per configuration against the parameter, with the
 fitted line of fits.csv. For the chain and fan-out workloads, the slope against n is the
 cost of one more task."""
 
@@ -14,23 +15,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.analysis.decompose import family  # noqa: E402
+from bench.analysis.findings import CHEAPEST, PAYOFF  # noqa: E402
 from bench.report.blocks import Block, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.registry import ReportData, plot, section  # noqa: E402
 
-PLOTS = {"scaling": "scaling.png"}
-CAPTIONS = {  # one line per plot: what to look at
-    "scaling": "Orchestration against the swept parameter, one colour per executor, with its "
-               "fitted line: the slope is what one more unit costs (for chain and fanout: one "
-               "more task); points off the line are configurations the fit does not explain.",
-}
 COLORS = {"local": "#dd8452", "dask": "#55a868", "external": "#8172b3"}
 
 
 def _fits(fits: pd.DataFrame) -> pd.DataFrame:
-    return fits[(fits["workload"] != "mnist") & (fits["y"] == "orchestration_s")
-                & (fits["x"] != "bytes_moved")]
+    return fits[(fits["y"] == "orchestration_s") & (fits["x"] != "bytes_moved")]
 
 
-def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
+@plot("scaling", "scaling.png", section="scaling", key=2, sweep_key=True,
+      topics={CHEAPEST: 1, PAYOFF: 2}, when=lambda d: not _fits(d.fits).empty, caption=(
+          "Orchestration against the swept parameter, one colour per executor, with its "
+          "fitted line: the slope is what one more unit costs (for chain and fanout: one more "
+          "task); points off the line are configurations the fit does not explain."))
+def plot_scaling(data: ReportData, path: Path) -> bool:
+    summary, fits = data.full_summary, data.fits
     groups = list(_fits(fits).groupby(["workload", "x", "family"], sort=False))
     if not groups:
         return False
@@ -65,11 +67,11 @@ def plot_scaling(summary: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def scaling_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[Block]:
-    rows = _fits(fits)
+@section("scaling", order=30, per_workload=True)
+def scaling_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    rows = _fits(data.fits)
     if rows.empty:
         return []
-    drawn = plot_scaling(summary, fits, out_dir / PLOTS["scaling"])
     table = rows.assign(
         per_unit_ms=(rows["slope_s_per_unit"] * 1000).round(2),
         stderr_ms=(rows["slope_stderr"] * 1000).round(2),
@@ -83,6 +85,4 @@ def scaling_section(summary: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) ->
              "is the cost of a dispatch with no tasks."),
         Table(table, floatfmt=".3g"),
     ]
-    if drawn:
-        blocks.append(Figure(PLOTS["scaling"], CAPTIONS["scaling"], "scaling"))
-    return blocks
+    return blocks + figures
