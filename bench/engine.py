@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from bench.config.profiles import Profile, Scenario
 from bench.records import (
     ERROR,
+    TIMEOUT,
     CsvAppender,
     RunContext,
     RunRecord,
@@ -368,19 +369,29 @@ class Engine:
                                  f"cannot import it; put it in a module to measure it there")
             target = (self.cluster.address if case.executor == "external" and self.cluster
                       else None)
-            return place.client.measure_covalent_batch(
+            records = place.client.measure_covalent_batch(
                 name, params, case.executor, place.server.address, self.probe_dir, n,
                 scenario.timeout_s, case.probed, inputs=inputs, digest=digest,
                 dispatch_to=target, server=place.server)
+            if any(r.status == TIMEOUT for r in records):  # its client cancelled; we stop
+                stopped = (self.cluster.stop_tasks() if target and self.cluster
+                           else place.server.stop_tasks(case.executor))
+                for record in records:
+                    if record.status == TIMEOUT and stopped:
+                        record.error = f"{record.error}; {stopped}"
+            return records
         if case.mode == "plain":
             return measure_plain_batch(workload, params, self.probe_dir, self.server, n,
                                        case.probed)
-        target = (self.cluster.executor() if case.executor == "external" and self.cluster
-                  else None)
+        external = case.executor == "external" and self.cluster is not None
+        target = self.cluster.executor() if external and self.cluster else None
+        server = self.server
+        stop = (self.cluster.stop_tasks if external and self.cluster else
+                 (lambda: server.stop_tasks(case.executor)))
         return measure_covalent_batch(
             workload, params, case.executor, self.server.address, self.probe_dir,
             self.server, n, timeout_s=scenario.timeout_s, dispatch_to=target,
-            health=self.server.check_alive, probe=case.probed)
+            health=self.server.check_alive, probe=case.probed, stop=stop)
 
     def _record(self, scenario: Scenario, record: RunRecord, round_: int,
                 server: CovalentServer | None, environment: str = "",

@@ -189,3 +189,102 @@ def test_a_module_the_harness_cannot_ship_is_named_with_what_to_do(
     assert "No module named 'hidden'" in local.error
     assert ("module 'hidden' is importable only on this client and was not shipped to the "
             "server: import it at the top of the workflow's module") in local.error
+
+
+# --- F, G: timeouts stop the work; a task that kills its own process -----------------------
+
+TASKS = '''
+import os
+
+import covalent as ct
+
+
+@ct.electron
+def spin(pid_file):
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        pass
+
+
+@ct.lattice
+def spinning(pid_file: str = ""):
+    return spin(pid_file)
+
+
+@ct.electron
+def die(code):
+    os._exit(code)
+
+
+@ct.lattice
+def dying(code: int = 3):
+    return die(code)
+
+
+@ct.electron
+def one():
+    return 1
+
+
+@ct.lattice
+def fine():
+    return one()
+'''
+
+
+@pytest.fixture
+def tasks_module(tmp_path: Path) -> Path:
+    _write(tmp_path, {"fault_tasks.py": TASKS})
+    return tmp_path / "fault_tasks.py"
+
+
+def _measure(module: Path, attr: str, executor: str, server, probe_dir: Path,
+             timeout_s: float = 600, **params):
+    from bench.run.runner import measure_covalent_batch
+    from bench.workloads import workload_for
+
+    workload = workload_for(f"{module}:{attr}")
+    (record,) = measure_covalent_batch(
+        workload, workload.check(params), executor, server.address, probe_dir, server,
+        timeout_s=timeout_s, health=server.check_alive,
+        stop=lambda: server.stop_tasks(executor))
+    return record
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_a_task_past_the_timeout_is_stopped_not_only_cancelled(
+    covalent_server, tasks_module: Path, tmp_path: Path, executor: str
+) -> None:
+    """A spinning task past timeout_s: its dispatch is cancelled and its process stopped
+    (Covalent's cancel alone left it spinning); the executor works for the next run."""
+    import psutil
+
+    pid_file = tmp_path / "pid"
+    record = _measure(tasks_module, "spinning", executor, covalent_server, tmp_path,
+                      timeout_s=10, pid_file=str(pid_file))
+    assert record.status == "TIMEOUT", record.error
+    assert "after the dispatch timeout of 10 s; cancelled; " in record.error
+    expected = ("killed its task processes (the local executor's pool workers" if
+                executor == "local" else "Dask worker(s) running its tasks (pids")
+    assert expected in record.error and "\n" not in record.error
+    pid = int(pid_file.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    after = _measure(tasks_module, "fine", executor, covalent_server, tmp_path)
+    assert after.status == "COMPLETED", after.error
+
+
+@pytest.mark.slow
+def test_a_task_that_exits_its_process_on_local_is_a_failed_row_naming_it(
+    covalent_server, tasks_module: Path, tmp_path: Path
+) -> None:
+    record = _measure(tasks_module, "dying", "local", covalent_server, tmp_path, code=3)
+    assert record.status == "FAILED"
+    assert record.error.startswith("die: the local executor's process pool broke under it ("), \
+        record.error
+    assert "ended with exit code 3" in record.error and "fresh pool" in record.error
+    # The pool is replaced: later local runs work (they failed with "not usable anymore").
+    for _ in range(2):
+        after = _measure(tasks_module, "fine", "local", covalent_server, tmp_path)
+        assert after.status == "COMPLETED", after.error

@@ -11,8 +11,10 @@ dispatch -> poll -> download loop; every workload goes through it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
+import signal
 import tempfile
 import threading
 import time
@@ -38,6 +40,9 @@ DEFAULT_TIMEOUT_S = 3600.0
 MAX_POLL_FAILURES = 20
 # What a caller passes to tell whether the server is still there: None, or why it is not.
 Health = Callable[[], "str | None"]
+# What a caller passes to stop the task processes of timed-out dispatches (Covalent's cancel
+# leaves a running local or Dask task running); returns what it did, for the rows.
+Stopper = Callable[[], str]
 
 
 class ServerUnavailableError(RuntimeError):
@@ -261,10 +266,11 @@ def _submit(workload: Workload, params: Mapping[str, Any], executor: Any, addres
 
 
 def _await_all(runs: list[_Dispatched], address: str, timeout_s: float,
-               health: Health | None = None) -> None:
+               health: Health | None = None, stop: Stopper | None = None) -> None:
     """Poll every POLL_S until each dispatch is terminal; note when each was seen so. A
-    dispatch past `timeout_s` is cancelled on the server and marked TIMEOUT. A poll that
-    fails asks `health`; a server that is gone raises ServerUnavailableError at once."""
+    dispatch past `timeout_s` is cancelled on the server, its task processes stopped by
+    `stop`, and marked TIMEOUT. A poll that fails asks `health`; a server that is gone
+    raises ServerUnavailableError at once."""
     pending = [r for r in runs if not r.status]
     since = time.perf_counter()
     failures = 0
@@ -294,10 +300,18 @@ def _await_all(runs: list[_Dispatched], address: str, timeout_s: float,
                     api.cancel(run.dispatch_id, address)
                 except Exception:  # the row says TIMEOUT either way
                     pass
-                run.error = (f"still {run.status or 'not started'} after the dispatch timeout "
-                             f"of {timeout_s:.0f} s; cancelled (raise it with "
-                             f"--bench-set timeout_s=SECONDS)")
-                run.status, run.done = R.TIMEOUT, time.perf_counter()
+                run.status, run.done = run.status or "not started", time.perf_counter()
+            stopped = ""
+            if stop is not None:
+                try:
+                    stopped = stop()
+                except Exception as exc:  # the row says so; the next run finds out the rest
+                    stopped = f"could not stop its task processes: {_error_text(exc)}"
+            for run in pending:
+                run.error = (f"still {run.status} after the dispatch timeout of "
+                             f"{timeout_s:.0f} s; cancelled{'; ' + stopped if stopped else ''} "
+                             f"(raise it with --bench-set timeout_s=SECONDS)")
+                run.status = R.TIMEOUT
             return
 
 
@@ -310,8 +324,29 @@ def _cancel_quietly(runs: list[_Dispatched], address: str) -> None:
                 pass
 
 
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _pool_broken(error: str, events: list[dict[str, Any]]) -> str:
+    """A failed run's error, where the server's hook saw the local executor's process pool
+    break under its tasks: which pool process died, and how."""
+    dead = sorted({(pid, code) for event in events for pid, code in event.get("dead", [])})
+    what = ", ".join(f"{pid} ended with {_exit_text(code)}" for pid, code in dead)
+    note = (f"the local executor's process pool broke under it ({what or 'a pool process died'}"
+            f": os._exit, a crash or a kill in a task); the next task gets a fresh pool")
+    return error.replace("no error text", note) if "no error text" in error else (
+        f"{error}; {note}")
+
+
 def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], label: str,
-             address: str, probe_dir: str | Path) -> RunRecord:
+             address: str, probe_dir: str | Path, server: Any = None) -> RunRecord:
     """Download the result and turn the run's clocks into timings and phases."""
     record = RunRecord("covalent", label, run.done - run.start, run_id=run.run_id,
                        dispatch_id=run.dispatch_id, status=run.status, error=run.error,
@@ -334,6 +369,11 @@ def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], la
             detail = "; ".join(api.task_errors(result, address, results_dir))
             record.error = _explained(detail or api.result_error(result)
                                       or "no task error recorded")
+            events = (server.pool_events({run.dispatch_id, *(
+                n["sub_dispatch_id"] for n in api.node_runs(result) if n["sub_dispatch_id"])})
+                if hasattr(server, "pool_events") else [])
+            if events:
+                record.error = _pool_broken(record.error, events)
         sizes = api.output_sizes(run.dispatch_id, address, results_dir)  # after the clock
     if run.stock is not None:
         run.stock.join(timeout=5)
@@ -388,6 +428,7 @@ def measure_covalent_batch(
     dispatch_to: Any = None,
     health: Health | None = None,
     probe: bool = True,
+    stop: Stopper | None = None,
 ) -> list[RunRecord]:
     """`concurrency` dispatches submitted back to back, awaited together, then downloaded.
 
@@ -395,7 +436,8 @@ def measure_covalent_batch(
     lattice runs on if that differs (an external cluster's executor). Each record's wall_s
     runs from its own dispatch call to its result in hand; latency_s from the batch's start;
     batch_wall_s is the whole batch (the same on every record). `health` tells whether the
-    server is still there (see _await_all). Every dispatch gets a record, whatever happens:
+    server is still there (see _await_all); `stop` stops the task processes of dispatches
+    past `timeout_s`. Every dispatch gets a record, whatever happens:
     a dead server raises ServerUnavailableError carrying them; an interrupt carries them on
     the exception (attach_records)."""
     meter = CpuMeter(server.processes()) if server is not None else None
@@ -410,7 +452,7 @@ def measure_covalent_batch(
             if reason:
                 run.error = f"server unavailable: {reason}"
                 raise ServerUnavailableError(reason)
-        _await_all(runs, address, timeout_s, health)
+        _await_all(runs, address, timeout_s, health, stop)
     except ServerUnavailableError as exc:
         exc.records = [_unfinished(run, label, run.error or f"server unavailable: {exc}")
                        for run in runs]
@@ -422,7 +464,7 @@ def measure_covalent_batch(
         raise
     records = []
     for run in sorted(runs, key=lambda r: r.done):  # first finished, first fetched
-        record = _collect(run, workload, params, label, address, probe_dir)
+        record = _collect(run, workload, params, label, address, probe_dir, server)
         record.timings["latency_s"] = time.perf_counter() - batch_start
         record.timings["slot"] = runs.index(run)  # order of submission
         records.append(record)

@@ -95,6 +95,16 @@ class DaskCluster:
         staging = str(self.staging_dir) if self.staging_dir is not None else ""
         return ct.executor.DaskExecutor(scheduler_address=self.address, cache_dir=staging)
 
+    def stop_tasks(self) -> str:
+        """Kill the workers of an owned cluster that run a task (their nannies restart them):
+        the only way to stop a task that a cancelled dispatch left running (Dask cannot
+        interrupt a task's thread). Returns what was done, for the row."""
+        if not self.owned:
+            return "left its tasks running on the external cluster (not the harness's)"
+        from bench.services.server import stop_dask_tasks
+
+        return stop_dask_tasks(self.address, "the external cluster's", self.processes())
+
     def processes(self) -> list[psutil.Process]:
         """Live processes of the cluster: scheduler, nannies, workers and their children."""
         found: dict[int, psutil.Process] = {}

@@ -11,6 +11,7 @@ and a watchdog kills it and removes its state should this process die without do
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -89,12 +90,24 @@ _STATE_DIRS = {
 
 CACHE_DB_NAME = "dispatcher_cache.sqlite"  # COVALENT_CACHE_DB_URL, next to the main database
 
+# What the hook in the server records about Covalent's local executor's process pool, in the
+# server's cache directory: the pool's worker pids, and a line per task that the pool lost.
+POOL_PIDS_NAME = "bench-local-pool.pids"
+POOL_EVENTS_NAME = "bench-local-pool.jsonl"
+
 # Put on the PYTHONPATH of an owned server, so every Python process of it loads this first.
-# Covalent's server creates its Dask LocalCluster with no dashboard address, and Dask's default
-# ":8787" listens on all interfaces (no Dask setting moves it; even with the dashboard off the
-# scheduler's HTTP server listens there). This moves it to a free loopback port.
+# 1. Covalent's server creates its Dask LocalCluster with no dashboard address, and Dask's
+#    default ":8787" listens on all interfaces (no Dask setting moves it; even with the
+#    dashboard off the scheduler's HTTP server listens there). This moves it to a free
+#    loopback port.
+# 2. Covalent's local executor runs every task in one module-level ProcessPoolExecutor for
+#    the server's whole life: a task whose process dies (os._exit, a crash, our kill of a
+#    task past its timeout) breaks it, and every later local task fails with "the process
+#    pool is not usable anymore". This replaces a broken pool at the next submit, and notes
+#    the pool's pids and which process died with which exit code (the rows say so).
 _SITECUSTOMIZE = """\
-\"\"\"Written by bench.services.server: the server's Dask dashboard listens on loopback only.\"\"\"
+\"\"\"Written by bench.services.server: the server's Dask dashboard listens on loopback only;
+Covalent's local executor gets a fresh process pool when a task broke the last one.\"\"\"
 import importlib.machinery
 import importlib.util
 import os
@@ -103,7 +116,7 @@ import sys
 _ADDRESS = "127.0.0.1:0"
 
 
-def _patch(module):
+def _patch_dask(module):
     import functools
     import inspect
 
@@ -120,9 +133,69 @@ def _patch(module):
     cls.__init__ = __init__
 
 
+def _patch_local(module):
+    import json
+    import threading
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # Covalent loads its executor plugins from their files, not as modules by name: the
+    # local executor's module is the namespace of its class's methods.
+    local = getattr(module, "_executor_manager").executor_plugins_map.get("local")
+    namespace = getattr(getattr(local, "_send", None), "__globals__", {})
+    cache = os.environ.get("COVALENT_CACHE_DIR")
+    if not cache or not isinstance(namespace.get("proc_pool"), ProcessPoolExecutor):
+        return
+    events = os.path.join(cache, "@EVENTS@")
+    pids_file = os.path.join(cache, "@PIDS@")
+
+    def note(event):
+        with open(events, "a") as f:
+            f.write(json.dumps(event) + "\\n")
+
+    class HealingPool:
+        def __init__(self, pool):
+            self._pool, self._lock, self._pids = pool, threading.Lock(), ()
+
+        def submit(self, fn, *args, **kwargs):
+            with self._lock:
+                if getattr(self._pool, "_broken", False):
+                    self._pool.shutdown(wait=False)
+                    self._pool = ProcessPoolExecutor()
+                    note({"event": "replaced", "time": time.time()})
+                pool = self._pool
+                future = pool.submit(fn, *args, **kwargs)
+                procs = dict(getattr(pool, "_processes", None) or {})
+                if tuple(sorted(procs)) != self._pids:
+                    self._pids = tuple(sorted(procs))
+                    with open(pids_file, "w") as f:
+                        f.write(" ".join(map(str, self._pids)))
+            meta = next((a for a in args if isinstance(a, dict) and "dispatch_id" in a), {})
+
+            def done(fut):
+                if fut.cancelled() or not isinstance(fut.exception(), BrokenProcessPool):
+                    return
+                dead = [[pid, p.exitcode] for pid, p in procs.items() if p.exitcode is not None]
+                note({"event": "broken", "dispatch_id": meta.get("dispatch_id"),
+                      "node_ids": meta.get("node_ids"), "dead": dead, "time": time.time()})
+
+            future.add_done_callback(done)
+            return future
+
+        def __getattr__(self, name):
+            return getattr(self._pool, name)
+
+    namespace["proc_pool"] = HealingPool(namespace["proc_pool"])
+
+
+_PATCHES = {"distributed.deploy.local": _patch_dask, "covalent.executor": _patch_local}
+
+
 class _PatchOnImport:
     def find_spec(self, name, path=None, target=None):
-        if name != "distributed.deploy.local":
+        patch = _PATCHES.get(name)
+        if patch is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
@@ -132,9 +205,9 @@ class _PatchOnImport:
         def exec_and_patch(module):
             exec_module(module)
             try:
-                _patch(module)
+                patch(module)
             except Exception as exc:  # never keep the server from starting
-                print(f"bench sitecustomize: LocalCluster not patched: {exc!r}", file=sys.stderr)
+                print(f"bench sitecustomize: {name} not patched: {exc!r}", file=sys.stderr)
 
         spec.loader.exec_module = exec_and_patch
         return spec
@@ -149,7 +222,7 @@ _spec = importlib.machinery.PathFinder.find_spec(
 )
 if _spec is not None and _spec.loader is not None:
     _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
-"""
+""".replace("@EVENTS@", POOL_EVENTS_NAME).replace("@PIDS@", POOL_PIDS_NAME)
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +253,54 @@ class CovalentServer:
     def processes(self) -> list[psutil.Process]:
         """The server's live process tree: top process and all its descendants."""
         return [] if self.pid is None else process_tree(self.pid)
+
+    def pool_events(self, dispatch_ids: set[str]) -> list[dict[str, Any]]:
+        """What the server's hook noted of these dispatches' tasks that lost their process
+        in the local executor's pool: [{"dispatch_id", "node_ids", "dead": [[pid, exit]]}]."""
+        if self.root is None:
+            return []
+        path = self.root / _STATE_DIRS["COVALENT_CACHE_DIR"] / POOL_EVENTS_NAME
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return []
+        events = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if event.get("event") == "broken" and event.get("dispatch_id") in dispatch_ids:
+                    events.append(event)
+        return events
+
+    def stop_tasks(self, executor: str) -> str:
+        """Stop whatever runs tasks on `executor` now, since Covalent's cancel does not stop a
+        running local or Dask task: the local executor's pool workers are killed (the hook
+        gives the server a fresh pool at the next task), the server's Dask workers restarted.
+        Only for an owned server, whose tasks are all the session's. Returns what was done,
+        for the row ("" if nothing)."""
+        if not self.owned or self.root is None:
+            return "left its task processes running (the server is not the harness's)"
+        if executor == "local":
+            pids_file = self.root / _STATE_DIRS["COVALENT_CACHE_DIR"] / POOL_PIDS_NAME
+            try:
+                pids = [int(p) for p in pids_file.read_text().split()]
+            except (OSError, ValueError):
+                return ""
+            ours = {p.pid: p for p in self.processes()}
+            procs = [ours[pid] for pid in pids if pid in ours and alive(ours[pid])]
+            if not procs:
+                return ""
+            kill(procs)
+            return (f"killed its task processes (the local executor's pool workers "
+                    f"{', '.join(str(p.pid) for p in procs)}; the next task gets a fresh pool)")
+        if executor == "dask":
+            try:
+                address = toml.load(self.root / _STATE_DIRS["COVALENT_CONFIG_DIR"]
+                                    / "covalent.conf")["dask"]["scheduler_address"]
+            except (OSError, KeyError, ValueError, toml.TomlDecodeError):
+                return ""
+            return stop_dask_tasks(str(address), "the server's", self.processes())
+        return ""
 
     def check_alive(self, timeout_s: float = 3.0) -> str | None:
         """None if the server is alive and answers HTTP within `timeout_s`, else a one-line
@@ -292,6 +413,32 @@ def server_for(address: str | None = None, **start_kwargs: Any) -> Iterator[Cova
         log.warning("attaching to %s: start options %s do not apply", address, ignored)
     with attached_server(address) as server:
         yield server
+
+
+def _running_task_pid(dask_worker: Any) -> int | None:
+    """On a Dask worker: its pid if a task thread runs there (a cancelled one included)."""
+    return os.getpid() if getattr(dask_worker, "active_threads", None) else None
+
+
+def stop_dask_tasks(address: str, whose: str, ours: list[psutil.Process]) -> str:
+    """Kill the workers of the Dask cluster at `address` that are running a task (their
+    nannies start fresh ones): the only way to stop a task thread that a cancelled future
+    left running. Only processes in `ours` are killed. Returns what was done, or why not."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=10, set_as_default=False) as client:
+            busy = client.run(_running_task_pid)
+    except Exception as exc:  # the row says so; the next run finds out the rest
+        return (f"could not stop its tasks on {whose} Dask workers: "
+                f"{type(exc).__name__}: {_first_line(exc)}")
+    mine = {p.pid: p for p in ours}
+    procs = [mine[pid] for pid in busy.values() if pid in mine]
+    if not procs:
+        return ""
+    kill(procs)
+    return (f"killed {whose} Dask worker(s) running its tasks (pids "
+            f"{', '.join(str(p.pid) for p in procs)}; their nannies start fresh ones)")
 
 
 # --- starting -------------------------------------------------------------------------------
