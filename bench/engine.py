@@ -56,7 +56,13 @@ class SetupError(Exception):
 
 
 class SessionEndedError(RuntimeError):
-    """The session's own server is gone: the session ends (its rows are written)."""
+    """The session cannot go on (its own server is gone, its records cannot be written): it
+    ends; every row written so far stays."""
+
+
+class RecordsUnwritableError(SessionEndedError):
+    """runs.csv or phases.csv cannot be appended to: measuring on would measure runs that no
+    record keeps, so the session ends at once."""
 
 
 class Reporter(Protocol):
@@ -408,10 +414,23 @@ class Engine:
             environment, {"covalent": covalent or "?"} if environment else {},
         )
         row = run_row(context, record)
-        self.writer.append(row)
-        self.phases.append(*phase_rows(row, record))
+        try:
+            self.writer.append(row)
+        except OSError as exc:
+            raise self._unwritable(exc, self.writer.path) from None
         self.rows += 1
+        try:
+            self.phases.append(*phase_rows(row, record))
+        except OSError as exc:
+            raise self._unwritable(exc, self.phases.path) from None
         return row
+
+    def _unwritable(self, exc: OSError, path: Path) -> RecordsUnwritableError:
+        assert self.writer is not None
+        return RecordsUnwritableError(
+            f"cannot write {exc.filename or path}: {exc.strerror or exc}; the session ends "
+            f"here, every earlier run stays in {self.writer.path} ({self.rows} rows this "
+            f"session); make it writable or choose another --bench-out")
 
     def finish(self) -> Any:
         """The session's summary (summary.csv, and precision.json with a precision target),

@@ -3,9 +3,12 @@ leaves a row naming the failure, and the session goes on or ends with the reason
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -288,3 +291,86 @@ def test_a_task_that_exits_its_process_on_local_is_a_failed_row_naming_it(
     for _ in range(2):
         after = _measure(tasks_module, "fine", "local", covalent_server, tmp_path)
         assert after.status == "COMPLETED", after.error
+
+
+# --- D: records that cannot be written ------------------------------------------------------
+
+NAP = '''
+import time
+
+import covalent as ct
+
+
+@ct.electron
+def nap(sleep_s):
+    time.sleep(sleep_s)
+    return sleep_s
+
+
+@ct.lattice
+def slow(sleep_s: float = 0.1):
+    return nap(sleep_s)
+'''
+
+
+def _spawn(out: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pytest", "bench", "--benchmark-only", "-q", "-p",
+           "no:cacheprovider", "--bench-out", str(out), *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+
+
+def _wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `path` holds `n` rows (a run's row is written the moment it ends)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= n + 1:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} rows in {path}")
+
+
+def _make_unwritable(path: Path) -> None:
+    if os.geteuid() == 0:  # root writes through permissions: make the file immutable
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    else:
+        path.chmod(0o444)
+
+
+def _make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+    else:
+        path.chmod(0o644)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("chattr") is None,
+                    reason="root ignores permissions and chattr is missing")
+def test_records_that_cannot_be_written_end_the_session_at_once(
+    covalent_server, tmp_path: Path
+) -> None:
+    _write(tmp_path, {"nap_wf.py": NAP})
+    out = tmp_path / "out"
+    proc = _spawn(out, "--covalent-address", covalent_server.address, "--bench-workload",
+                  f"{tmp_path / 'nap_wf.py'}:slow", "--bench-arg", "sleep_s=1",
+                  "--bench-set", "rounds=4", "--bench-set", "warmup_rounds=0",
+                  "--bench-set", "executors=['local']")
+    runs = out / "runs.csv"
+    try:
+        _wait_for_rows(runs, 1, proc)
+        _make_unwritable(runs)
+        before = runs.read_text()
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _make_writable(runs)
+    assert proc.returncode == 3, output[-3000:]
+    lines = [ln for ln in output.splitlines() if f"cannot write {runs}" in ln]
+    assert lines and "the session ends here, every earlier run stays in" in lines[0], output
+    assert "Traceback" not in output
+    assert runs.read_text() == before
+    written = len(before.splitlines()) - 1
+    assert written >= 1 and f"[{written + 1}/8]" not in output  # nothing ran after it

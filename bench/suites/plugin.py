@@ -142,6 +142,7 @@ def covalent_server(request: pytest.FixtureRequest) -> Iterator[CovalentServer]:
 
 _ENGINE = pytest.StashKey[Engine]()
 _SUMMARY = pytest.StashKey[Any]()
+_SUMMARY_ERROR = pytest.StashKey[str]()
 _PROFILE = pytest.StashKey[Profile]()
 _CASES = pytest.StashKey[list]()
 _PREPARED = pytest.StashKey[bool]()
@@ -231,7 +232,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     engine = session.config.stash.get(_ENGINE, None)
     if engine is None:
         return
-    summary = engine.finish()
+    try:
+        summary = engine.finish()
+    except Exception as exc:  # the rows are written; say why the summary is not, in one line
+        session.config.stash[_SUMMARY_ERROR] = (
+            f"summary not written: {type(exc).__name__}: {exc}; the runs are in "
+            f"{engine.out_dir}; python -m bench.report --in {engine.out_dir} retries")
+        return
     if summary is not None:
         session.config.stash[_SUMMARY] = summary
 
@@ -249,6 +256,8 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     bench = config.stash.get(_ENGINE, None)
     summary = config.stash.get(_SUMMARY, None)
+    if config.stash.get(_SUMMARY_ERROR, None):
+        terminalreporter.write_line(config.stash[_SUMMARY_ERROR], red=True)
     if bench is None or summary is None:
         return
     cols = ["config_id", "executor", "plain_median_s", "covalent_median_s", "overhead_s",
