@@ -132,25 +132,27 @@ def png_size(path: Path) -> tuple[int, int]:
 SESSION = "2026-01-01T000000+0000-test01"
 
 
-def write_records(out: Path) -> None:
+def write_records(out: Path, warmup: bool = False) -> None:
     """A small fan-out session through the harness's own writers: n = 2 and n = 4 tasks,
-    plain, local and dask, 3 interleaved rounds; every task timed from inside."""
+    plain, local and dask, 3 interleaved rounds; every task timed from inside. `warmup`: a
+    warm-up round first, its Covalent runs a second slower (the fresh server's first)."""
     runs, phases = runs_writer(out), phases_writer(out)
     for n in (2, 4):
-        for rnd in range(3):
+        for rnd in range(4 if warmup else 3):
+            cold = warmup and rnd == 0
             context = RunContext(session_id=SESSION, profile="pertask", workload="fanout",
                                  config_id=f"fanout-n={n}", params={"n": n, "sleep_s": 0.0},
-                                 concurrency=1, round=rnd, warmup=False,
+                                 concurrency=1, round=rnd, warmup=cold,
                                  server={"server_startup_s": 4.2})
             for executor in ("", "local", "dask"):
-                record = _record(n, rnd, executor)
+                record = _record(n, rnd, executor, cold)
                 row = run_row(context, record)
                 runs.append(row)
                 phases.append(*phase_rows(row, record))
 
 
-def _record(n: int, rnd: int, executor: str) -> RunRecord:
-    jitter = 0.02 * rnd
+def _record(n: int, rnd: int, executor: str, cold: bool = False) -> RunRecord:
+    jitter = 0.02 * rnd + (1.0 if cold else 0.0)
     task_s = 0.05 if executor != "dask" else 0.06  # dask's tasks run a bit slower
     env = "OMP_NUM_THREADS=1;MALLOC_TRIM_THRESHOLD_=65536" if executor == "dask" else ""
     faults = 900 if executor == "dask" else 100
@@ -330,3 +332,68 @@ def test_findings_lead_with_what_differs_from_the_reference_environment() -> Non
     assert "`now:dask`" in text["overhead"] and "old-dask:dask" not in text["overhead"]
     none = findings(summary, diffs=diffs[diffs["environment"] == "same"])[0]
     assert none.text.startswith("No environment's orchestration differs significantly")
+
+
+# --- the report's registry: a plot is one declaration ------------------------------------
+
+def _figure_files(blocks: tuple) -> list[str]:
+    from bench.report.blocks import Figure
+
+    return [b.file for b in blocks if isinstance(b, Figure)]
+
+
+def test_cold_start_plot_beside_the_per_configuration_plots(tmp_path: Path) -> None:
+    """A session with a warm-up round gets the cold-start plot last among the plots; one
+    without has none, and none left over from the earlier report."""
+    import pandas as pd
+
+    warm, plain, out = tmp_path / "warm", tmp_path / "plain", tmp_path / "report"
+    write_records(warm, warmup=True)
+    report = make_report(warm, out)
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["cold_covalent_s"] > summary["covalent_median_s"] + 0.9).all()
+    assert (out / "cold_start.png").stat().st_size > 10_000
+    files = _figure_files(report.blocks)
+    assert files[-1] == "cold_start.png" and files[-2] == "timeline.png", files
+    page = (out / "README.md").read_text()
+    assert "![cold_start](cold_start.png)" in page and "*The first warm-up run of each" in page
+    assert page.index("cold_start.png") < page.index("## Where the time goes")
+
+    write_records(plain)
+    report = make_report(plain, out)
+    assert not (out / "cold_start.png").exists()
+    assert "cold_start.png" not in _figure_files(report.blocks)
+
+
+def test_a_declared_plot_is_drawn_linked_from_its_finding_and_can_open_the_page(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One @plot declaration is all a plot needs: drawn where its condition holds, shown in
+    its section, the plot of the findings topics it ranks first for and, with the lowest
+    key rank, the key plot (then not repeated below)."""
+    import matplotlib.pyplot as plt
+
+    from bench.analysis.findings import OVERHEAD
+    from bench.report import registry
+
+    monkeypatch.setattr(registry, "PLOTS", list(registry.PLOTS))
+
+    @registry.plot("probe", "probe.png", section="plots", caption="A probe plot.",
+                   when=lambda d: not d.summary.empty, topics={OVERHEAD: -1}, key=-1)
+    def draw(data: registry.ReportData, path: Path) -> None:
+        fig, ax = plt.subplots()
+        ax.bar(range(len(data.summary)), data.summary["overhead_s"])
+        fig.savefig(path)
+        plt.close(fig)
+
+    with pytest.raises(ValueError, match="clashes"):
+        registry.plot("probe", "other.png", section="plots", caption="")(draw)
+    records = tmp_path / "records"
+    write_records(records)
+    report = make_report(records, tmp_path / "report")
+    opening = next(b for b in report.blocks if hasattr(b, "items"))
+    assert opening.key is not None and opening.key.file == "probe.png"
+    assert opening.key.caption == "A probe plot."
+    overhead = next(fig for text, fig in opening.items if "Per run, Covalent" in text)
+    assert overhead is not None and overhead.file == "probe.png"
+    assert "probe.png" not in _figure_files(report.blocks)  # the key plot opens the page
+    assert (tmp_path / "report" / "probe.png").is_file()

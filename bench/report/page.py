@@ -407,6 +407,54 @@ def plot_timeline(data: ReportData, path: Path) -> None:
     plt.close(fig)
 
 
+@plot("cold_start", "cold_start.png", section="plots",
+      when=lambda d: _summary(d) and d.summary[["cold_plain_s", "cold_covalent_s"]]
+      .notna().to_numpy().any(), caption=(
+          "The first warm-up run of each mode (hatched: right after the server started, left "
+          "out of every other figure) beside its measured median (whiskers: the rounds' "
+          "range): the gap is what a first run on a fresh server costs on top of a warm one."))
+def plot_cold_start(data: ReportData, path: Path) -> None:
+    """Per configuration and mode: the cold (warm-up) run against the measured rounds."""
+    summary, runs = data.summary, data.runs
+    configs = list(dict.fromkeys(summary["config_id"]))
+    fig, axes = plt.subplots(1, len(configs), figsize=(max(7.5, 4.5 * len(configs)), 4.6),
+                             squeeze=False)
+    width = 0.38
+    for ax, config_id in zip(axes[0], configs, strict=True):
+        rows = summary[summary["config_id"] == config_id]
+        mine = runs[runs["config_id"] == config_id]
+        modes = [("plain", rows["cold_plain_s"].iloc[0], mine[mine["mode"] == "plain"])]
+        modes += [(r.executor, r.cold_covalent_s,
+                   mine[(mine["mode"] == "covalent") & (mine["executor"] == r.executor)])
+                  for r in rows.itertuples()]
+        for x, (label, cold_s, walls) in enumerate(modes):
+            colour = MODE_COLORS.get(label.rpartition(":")[2], "grey")
+            wall = walls["wall_s"]
+            median = wall.median()
+            ax.bar(x - width / 2, median, width, color=colour, capsize=3,
+                   yerr=[[median - wall.min()], [wall.max() - median]])
+            if pd.notna(cold_s):
+                ax.bar(x + width / 2, cold_s, width, color=colour, alpha=0.35, hatch="//",
+                       edgecolor=colour)
+                ax.annotate(f"{cold_s - median:+.2f} s", (x + width / 2, cold_s), ha="center",
+                            va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
+        ax.set_xticks(range(len(modes)), [lb if lb == "plain" else f"Covalent\n{lb}"
+                                          for lb, _, _ in modes], fontsize=8)
+        ax.set_title(_wrap_id(config_id, 40), fontsize=8)
+        ax.set_ylabel("wall time (s)")
+        ax.margins(y=0.15)
+    handles = [plt.Rectangle((0, 0), 1, 1, color="grey"),
+               plt.Rectangle((0, 0), 1, 1, facecolor="grey", alpha=0.35, hatch="//")]
+    fig.legend(handles, ["measured median (whiskers: range over rounds)",
+                         "cold run (first warm-up); label: cold − median"],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("Cold start: the first run after the server started vs the measured rounds",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 @plot("history", "history.png", section="history", when=lambda d: d.history is not None,
       caption=("Each gate run's overhead across commits with its CI: red crosses are "
                "regressions, the dashed line the baseline."))
