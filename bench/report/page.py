@@ -417,8 +417,9 @@ def plot_cold_start(data: ReportData, path: Path) -> None:
     """Per configuration and mode: the cold (warm-up) run against the measured rounds."""
     summary, runs = data.summary, data.runs
     configs = list(dict.fromkeys(summary["config_id"]))
-    fig, axes = plt.subplots(1, len(configs), figsize=(max(7.5, 4.5 * len(configs)), 4.6),
-                             squeeze=False)
+    bars = 1 + summary.groupby("config_id")["executor"].count().max()  # modes per panel
+    fig, axes = plt.subplots(1, len(configs), squeeze=False,
+                             figsize=(max(7.5, max(4.5, 1.25 * bars) * len(configs)), 4.6))
     width = 0.38
     for ax, config_id in zip(axes[0], configs, strict=True):
         rows = summary[summary["config_id"] == config_id]
@@ -438,8 +439,10 @@ def plot_cold_start(data: ReportData, path: Path) -> None:
                        edgecolor=colour)
                 ax.annotate(f"{cold_s - median:+.2f} s", (x + width / 2, cold_s), ha="center",
                             va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
-        ax.set_xticks(range(len(modes)), [lb if lb == "plain" else f"Covalent\n{lb}"
-                                          for lb, _, _ in modes], fontsize=8)
+        # An environment's executor (env:executor) is named by both, one per line.
+        ax.set_xticks(range(len(modes)), [
+            lb if lb == "plain" else lb.replace(":", "\n") if ":" in lb else f"Covalent\n{lb}"
+            for lb, _, _ in modes], fontsize=8)
         ax.set_title(_wrap_id(config_id, 40), fontsize=8)
         ax.set_ylabel("wall time (s)")
         ax.margins(y=0.15)
