@@ -44,6 +44,7 @@ from bench.run.runner import (
     measure_plain_batch,
 )
 from bench.services.cluster import DaskCluster, cluster_for
+from bench.services.processes import signals_deferred, sigterm_raises, watchdog
 from bench.services.server import CovalentServer, client_dispatch_cache, server_for
 from bench.suites.precision import Precision
 from bench.workloads import WorkloadError
@@ -245,18 +246,28 @@ class Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        # A second Ctrl-C (or kill, or hang-up) while the places stop must not cut that short:
+        # the services' own clean-up holds it and raises it when done; by then all is stopped.
+        try:
+            with signals_deferred(reraise=False):
+                self._stack.close()
+        except (KeyboardInterrupt, SystemExit):
+            self.reporter.note("interrupted again while stopping; everything is stopped")
 
     def _up(self) -> None:
         s, stack = self.settings, self._stack
+        stack.enter_context(sigterm_raises())  # an attached server installs none
+        # Should this process die hard (kill -9), this removes our temporary directories.
+        dog = stack.enter_context(watchdog())
         self.probe_dir = Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="covalent-bench-probes-")))
+        dog.remove(self.probe_dir)
         self.writer, self.phases = runs_writer(self.out_dir), phases_writer(self.out_dir)
         # Up for plain runs too: they pay the idle server's tax, as a Covalent user's would.
         self.server = stack.enter_context(server_for(
             s.covalent_address, workers=s.covalent_workers,
             threads_per_worker=s.covalent_threads_per_worker))
-        stack.enter_context(client_dispatch_cache())  # the client's ~110 KB per dispatch
+        dog.remove(stack.enter_context(client_dispatch_cache()))  # ~110 KB per dispatch
         if any("external" in sc.executors for sc in self.profile.scenarios):
             self.cluster = stack.enter_context(cluster_for(s.dask_scheduler,
                                                            workers=s.external_workers))

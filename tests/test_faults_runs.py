@@ -302,14 +302,17 @@ import covalent as ct
 
 
 @ct.electron
-def nap(sleep_s):
+def nap(sleep_s, mark):
+    if mark:  # says that a task runs now
+        with open(mark, "w") as f:
+            f.write("started")
     time.sleep(sleep_s)
     return sleep_s
 
 
 @ct.lattice
-def slow(sleep_s: float = 0.1):
-    return nap(sleep_s)
+def slow(sleep_s: float = 0.1, mark: str = ""):
+    return nap(sleep_s, mark)
 '''
 
 
@@ -323,9 +326,12 @@ def _spawn(out: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
 def _wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     """Until `path` holds `n` rows (a run's row is written the moment it ends)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
+    while time.monotonic() < deadline:
         if path.exists() and len(path.read_text().splitlines()) >= n + 1:
             return
+        if proc.poll() is not None:
+            raise AssertionError(f"no {n} rows in {path}; exit {proc.returncode}:\n"
+                                 + proc.stdout.read()[-3000:])
         time.sleep(0.1)
     raise AssertionError(f"no {n} rows in {path}")
 
@@ -374,3 +380,137 @@ def test_records_that_cannot_be_written_end_the_session_at_once(
     assert runs.read_text() == before
     written = len(before.splitlines()) - 1
     assert written >= 1 and f"[{written + 1}/8]" not in output  # nothing ran after it
+
+
+# --- C: signals and leftovers ---------------------------------------------------------------
+
+
+def _ours(state: Path) -> list:
+    """Live processes started by a session whose temporary files live under `state`."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env, cmd = proc.environ(), " ".join(proc.cmdline())
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        if any(str(state) in v for v in env.values()) or str(state) in cmd:
+            found.append(proc)
+    return found
+
+
+def _leftovers(state: Path) -> list[str]:
+    return sorted(p.name for p in state.iterdir()
+                  if p.name.startswith(("covalent-dispatches-", "covalent-bench-")))
+
+
+def _until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s")
+        time.sleep(0.1)
+
+
+def _own_server_session(tmp_path: Path, sleep_s: int = 8) -> tuple[subprocess.Popen, Path,
+                                                                   Path]:
+    """A session with a server of its own; returns once its local dispatch's task runs."""
+    _write(tmp_path, {"nap_wf.py": NAP})
+    out, state, mark = tmp_path / "out", tmp_path / "state", tmp_path / "mark"
+    state.mkdir()
+    env = {**os.environ, "TMPDIR": str(state)}
+    env.pop("COVALENT_BENCH_SERVER", None)
+    proc = _spawn(out, "--bench-workload", f"{tmp_path / 'nap_wf.py'}:slow", "--bench-arg",
+                  f"sleep_s={sleep_s}", "--bench-arg", f"mark='{mark}'", "--bench-set",
+                  "rounds=2", "--bench-set", "warmup_rounds=0", "--bench-set",
+                  "executors=['local']", env=env)
+    try:
+        _wait_for_rows(out / "runs.csv", 1, proc)  # the plain run is in
+        mark.unlink()
+        _until(mark.exists, 120)  # local's task runs
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, out, state
+
+
+@pytest.mark.slow
+def test_sighup_then_a_second_ctrl_c_while_stopping_keep_rows_summary_and_clean_up(
+    tmp_path: Path
+) -> None:
+    """The terminal closes (SIGHUP) mid-dispatch: handled as SIGTERM. A Ctrl-C while the
+    session stops cuts nothing short: rows, summary, no process and no directory left."""
+    import signal
+
+    proc, out, state = _own_server_session(tmp_path)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        _wait_for_rows(out / "runs.csv", 2, proc, timeout=60)  # the INTERRUPTED row
+        proc.send_signal(signal.SIGINT)  # while the server stops
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    runs = load_runs(out)
+    assert list(runs["status"]) == ["COMPLETED", "INTERRUPTED"], output[-3000:]
+    assert "SIGHUP" in runs["error"].iloc[-1]
+    assert (out / "summary.csv").exists(), output[-3000:]
+    _until(lambda: not _ours(state), 20)
+    assert _leftovers(state) == []
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_session_leaves_no_temporary_directories(
+    covalent_server, tmp_path: Path
+) -> None:
+    import signal
+
+    _write(tmp_path, {"nap_wf.py": NAP})
+    out, state = tmp_path / "out", tmp_path / "state"
+    state.mkdir()
+    proc = _spawn(out, "--covalent-address", covalent_server.address, "--bench-workload",
+                  f"{tmp_path / 'nap_wf.py'}:slow", "--bench-arg", "sleep_s=5",
+                  "--bench-set", "rounds=2", "--bench-set", "warmup_rounds=0",
+                  "--bench-set", "executors=['local']", env={**os.environ,
+                                                             "TMPDIR": str(state)})
+    try:
+        _wait_for_rows(out / "runs.csv", 1, proc)
+        assert {"covalent-dispatches", "covalent-bench-probes"} <= {
+            name.rsplit("-", 1)[0] for name in _leftovers(state)}
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    _until(lambda: _leftovers(state) == [], 20)
+    _until(lambda: not _ours(state), 20)
+
+
+@pytest.mark.slow
+def test_a_stopped_server_ends_the_session_within_a_bound(tmp_path: Path) -> None:
+    """SIGSTOP of the server mid-dispatch: an ERROR row saying so, and the session ends (the
+    stopped server is killed) without waiting for someone to resume it."""
+    import signal
+
+    proc, out, state = _own_server_session(tmp_path)
+    try:
+        def server_mains() -> list:
+            return [p for p in _ours(state) if "app.py" in p.cmdline()
+                    and "app.py" not in p.parent().cmdline()]
+
+        _until(server_mains, 30)
+        for main in server_mains():
+            main.send_signal(signal.SIGSTOP)
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, output[-3000:]
+    last = load_runs(out).iloc[-1]
+    assert last["status"] == "ERROR" and "is stopped (SIGSTOP" in last["error"], last["error"]
+    _until(lambda: not _ours(state), 20)
+    assert _leftovers(state) == []

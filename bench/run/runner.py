@@ -123,6 +123,16 @@ def _error_text(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
 
 
+def _interrupted(exc: BaseException) -> str:
+    """What stopped the run: Ctrl-C, or the signal handled as one (SIGTERM, SIGHUP)."""
+    text = str(exc)
+    if text.startswith("signal "):  # bench.services.processes.sigterm_raises
+        return f"interrupted by {text}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return f"interrupted ({type(exc).__name__})"
+
+
 class _RunSetupError(Exception):
     """The workload's inputs or lattice could not be made for a run: the user's code raised
     before anything ran. The message is the row's error."""
@@ -186,7 +196,7 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
         record.status, record.error = FAILED, str(exc)
         return record
     except BaseException as exc:  # Ctrl-C while the inputs are made
-        record.status, record.error = R.INTERRUPTED, f"interrupted ({type(exc).__name__})"
+        record.status, record.error = R.INTERRUPTED, _interrupted(exc)
         attach_records(exc, [record])
         raise
     t0 = time.time()
@@ -199,7 +209,7 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
         record.status, record.error = "FAILED", _error_text(exc)
     except BaseException as exc:  # Ctrl-C, SIGTERM: the run gets its row, then it goes on
         record.wall_s = time.perf_counter() - start
-        record.status, record.error = R.INTERRUPTED, f"interrupted ({type(exc).__name__})"
+        record.status, record.error = R.INTERRUPTED, _interrupted(exc)
         attach_records(exc, [record])
         raise
     record.wall_s = time.perf_counter() - start
@@ -355,7 +365,8 @@ def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], la
     if run.status in (R.ERROR, R.TIMEOUT) or not run.dispatch_id:
         record.phases = [_phase(R.SUBMIT, 0.0, record.timings["submit_s"])]
         return record
-    with tempfile.TemporaryDirectory(prefix="covalent-bench-result-") as results_dir:
+    # Inside the probe directory: whatever removes that (the watchdog too) removes this.
+    with tempfile.TemporaryDirectory(prefix="covalent-bench-result-", dir=probe_dir) as results_dir:
         retrieve_start = time.perf_counter()
         try:
             result = api.fetch_result(run.dispatch_id, address, results_dir)
@@ -459,7 +470,7 @@ def measure_covalent_batch(
         raise
     except BaseException as exc:  # Ctrl-C, SIGTERM: cancel what runs, keep the rows
         _cancel_quietly(runs, address)
-        attach_records(exc, [_unfinished(run, label, f"interrupted ({type(exc).__name__})",
+        attach_records(exc, [_unfinished(run, label, _interrupted(exc),
                                          R.INTERRUPTED) for run in runs])
         raise
     records = []

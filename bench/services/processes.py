@@ -183,9 +183,13 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+# What ends a session as Ctrl-C does: `kill`, and the terminal or ssh session closing.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Handle SIGTERM as Ctrl-C while a service is up, so that `finally` stops it.
+    """Handle SIGTERM and SIGHUP as Ctrl-C while a service is up, so that `finally` stops it.
 
     KeyboardInterrupt, not SystemExit: pytest records a SystemExit inside a test as that
     test's failure and goes on with the next one, so `kill` would not stop a benchmark."""
@@ -194,36 +198,41 @@ def sigterm_raises() -> Iterator[None]:
         return
 
     def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise KeyboardInterrupt(f"signal {signum} ({signal.Signals(signum).name})")
 
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM during clean-up, so that a second Ctrl-C cannot orphan a service."""
-    if not _in_main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda s, _f: held.append(s))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {sig: signal.signal(sig, _raise) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def signals_deferred(reraise: bool = True) -> Iterator[list[int]]:
+    """Hold SIGINT, SIGTERM and SIGHUP during clean-up, so that a second Ctrl-C cannot orphan
+    a service or lose a record; yields the list of signals held. With `reraise`, a held
+    signal is raised once the block is done (never over an exception on its way out)."""
+    held: list[int] = []
+    if not _in_main_thread():
+        yield held
+        return
+    previous = {
+        sig: signal.signal(sig, lambda s, _f: held.append(s))
+        for sig in (signal.SIGINT, *STOP_SIGNALS)
+    }
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     # Reached only when no exception is already on its way out.
+    if not reraise:
+        return
     if signal.SIGINT in held:
         raise KeyboardInterrupt
     if held:
-        raise SystemExit(128 + signal.SIGTERM)
+        raise SystemExit(128 + held[0])
 
 
 # --- the watchdog: our side -----------------------------------------------------------------

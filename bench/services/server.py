@@ -312,6 +312,9 @@ class CovalentServer:
                 if not alive(pid):
                     note = _exit_note(pid)
                     return f"{where}: main process {pid} is gone{note} (its log: {self.log_path})"
+                if _stopped(pid):  # it would answer no HTTP call until someone resumes it
+                    return (f"{where}: main process {pid} is stopped (SIGSTOP, Ctrl-Z or a "
+                            f"debugger); the harness kills it")
         try:
             _check_answers(self.address, timeout=timeout_s)
         except requests.Timeout:
@@ -659,7 +662,15 @@ def _stop(
     t0 = time.perf_counter()
     procs = group_processes(server.pid, start_proc.pid)
     main = server.main_pid if server.main_pid is not None else server.pid
-    if main is not None and alive(main):
+    stopped = [p.pid for p in procs if _stopped(p.pid)]
+    if stopped:  # `covalent stop` would wait on it; SIGKILL ends even a stopped process
+        log.warning("%s: processes %s are stopped (SIGSTOP); killing the server", server.address,
+                    stopped)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        left = procs
+    elif main is not None and alive(main):
         _run_cli(["stop", "--no-header", "--no-footer"], env, python)
         _, left = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
     else:  # `covalent stop` has nothing to stop, and orphans would not exit by themselves
@@ -773,6 +784,14 @@ def _main_pid(top: int) -> int | None:
             if "app.py" in proc.cmdline():
                 return proc.pid
     return None
+
+
+def _stopped(pid: int) -> bool:
+    """Stopped by a signal (SIGSTOP, SIGTSTP) or traced: it runs nothing until resumed."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
 
 
 def _exit_note(pid: int) -> str:

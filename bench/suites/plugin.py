@@ -14,7 +14,7 @@ import pytest
 from bench.config import options
 from bench.config.profiles import Profile, ProfileError, load_profile
 from bench.engine import ORDERS, Engine, Settings, SetupError, plan, planned_runs, prepare
-from bench.services.processes import loopback_no_proxy
+from bench.services.processes import loopback_no_proxy, signals_deferred
 from bench.services.server import CovalentServer, client_dispatch_cache, server_for
 from bench.suites.progress import Progress
 from bench.workloads import WorkloadError
@@ -228,12 +228,16 @@ def bench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
         yield engine
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's teardown stops the servers: it may be cut
 def pytest_sessionfinish(session: pytest.Session) -> None:
     engine = session.config.stash.get(_ENGINE, None)
     if engine is None:
         return
     try:
-        summary = engine.finish()
+        with signals_deferred(reraise=False) as held:  # a second Ctrl-C: the summary first
+            summary = engine.finish()
+        if held:
+            engine.reporter.note("interrupted again while writing the summary; it is written")
     except Exception as exc:  # the rows are written; say why the summary is not, in one line
         session.config.stash[_SUMMARY_ERROR] = (
             f"summary not written: {type(exc).__name__}: {exc}; the runs are in "
