@@ -225,6 +225,7 @@ class Engine:
         self.out_dir = Path(self.settings.out_dir).resolve()
         self.server: CovalentServer | None = None
         self.cluster: DaskCluster | None = None
+        self.cluster_failure = ""  # why the external cluster is out, once it is
         self.places: dict[str, Place] = {}
         self.precision: Precision | None = None if self.settings.precision is None else (
             Precision(self.settings.precision, self.settings.max_rounds,
@@ -401,14 +402,30 @@ class Engine:
             return measure_plain_batch(workload, params, self.probe_dir, self.server, n,
                                        case.probed)
         external = case.executor == "external" and self.cluster is not None
+        if external and self.cluster_failure:  # the row says why; the other executors go on
+            return [RunRecord("covalent", case.executor, 0.0, status=ERROR,
+                              probed=case.probed, error=self.cluster_failure)
+                    for _ in range(n)]
         target = self.cluster.executor() if external and self.cluster else None
         server = self.server
         stop = (self.cluster.stop_tasks if external and self.cluster else
                  (lambda: server.stop_tasks(case.executor)))
-        return measure_covalent_batch(
+        records = measure_covalent_batch(
             workload, params, case.executor, self.server.address, self.probe_dir,
             self.server, n, timeout_s=scenario.timeout_s, dispatch_to=target,
             health=self.server.check_alive, probe=case.probed, stop=stop)
+        if external and self.cluster and any(r.status != "COMPLETED" for r in records):
+            gone = self.cluster.check_alive()
+            if gone:  # not the workflow's failure: say so, and leave that executor out
+                self.cluster_failure = (f"{gone}; executor 'external' is left out for the "
+                                        f"rest of the session (restart the cluster, or "
+                                        f"drop 'external' from executors)")
+                for record in records:
+                    if record.status != "COMPLETED":
+                        record.status = ERROR
+                        record.error = f"{gone} (the run's own error: {record.error})"
+                self.reporter.note(self.cluster_failure)
+        return records
 
     def _record(self, scenario: Scenario, record: RunRecord, round_: int,
                 server: CovalentServer | None, environment: str = "",

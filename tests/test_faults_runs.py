@@ -514,3 +514,42 @@ def test_a_stopped_server_ends_the_session_within_a_bound(tmp_path: Path) -> Non
     assert last["status"] == "ERROR" and "is stopped (SIGSTOP" in last["error"], last["error"]
     _until(lambda: not _ours(state), 20)
     assert _leftovers(state) == []
+
+
+# --- E: the external scheduler killed -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_external_scheduler_is_named_and_that_executor_left_out(
+    covalent_server, tmp_path: Path
+) -> None:
+    import signal
+
+    _write(tmp_path, {"nap_wf.py": NAP})
+    out, state, mark = tmp_path / "out", tmp_path / "state", tmp_path / "mark"
+    state.mkdir()
+    proc = _spawn(out, "--covalent-address", covalent_server.address, "--bench-workload",
+                  f"{tmp_path / 'nap_wf.py'}:slow", "--bench-arg", "sleep_s=5",
+                  "--bench-arg", f"mark='{mark}'", "--bench-set", "rounds=2",
+                  "--bench-set", "warmup_rounds=0", "--bench-set", "timeout_s=120",
+                  "--bench-set", "executors=['external']",
+                  env={**os.environ, "TMPDIR": str(state)})
+    try:
+        _wait_for_rows(out / "runs.csv", 1, proc)
+        mark.unlink()
+        _until(mark.exists, 120)  # the external cluster runs the task now
+        (scheduler,) = [p for p in _ours(state) if "distributed.cli.dask_scheduler"
+                        in p.cmdline()]
+        scheduler.send_signal(signal.SIGKILL)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    runs = load_runs(out)
+    assert list(runs["mode"]) == ["plain", "covalent", "plain", "covalent"], output[-3000:]
+    assert list(runs["status"]) == ["COMPLETED", "ERROR", "COMPLETED", "ERROR"]
+    killed, after = runs["error"].iloc[1], runs["error"].iloc[3]
+    assert "external Dask cluster at tcp://127.0.0.1:" in killed and "is gone" in killed
+    assert "executor 'external' is left out for the rest of the session" in after
+    _until(lambda: not _ours(state), 30)

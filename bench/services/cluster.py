@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,20 @@ class DaskCluster:
 
         staging = str(self.staging_dir) if self.staging_dir is not None else ""
         return ct.executor.DaskExecutor(scheduler_address=self.address, cache_dir=staging)
+
+    def check_alive(self, timeout_s: float = 3.0) -> str | None:
+        """None if the scheduler is there and accepts connections, else a one-line reason.
+        An owned cluster's scheduler process must be running too (checked first)."""
+        where = f"external Dask cluster at {self.address}"
+        if self.owned and self.pids and not alive(self.pids[0]):
+            return f"{where}: its scheduler (pid {self.pids[0]}) is gone"
+        host, _, port = self.address.removeprefix(SCHEME).rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                pass
+        except OSError as exc:
+            return f"{where}: its scheduler does not accept connections ({exc.strerror or exc})"
+        return None
 
     def stop_tasks(self) -> str:
         """Kill the workers of an owned cluster that run a task (their nannies restart them):
