@@ -553,3 +553,18 @@ def test_a_killed_external_scheduler_is_named_and_that_executor_left_out(
     assert "external Dask cluster at tcp://127.0.0.1:" in killed and "is gone" in killed
     assert "executor 'external' is left out for the rest of the session" in after
     _until(lambda: not _ours(state), 30)
+
+
+def test_a_plain_task_that_exits_its_process_is_a_failed_row(
+    tasks_module: Path, tmp_path: Path
+) -> None:
+    """os._exit in a plain run's task used to end pytest silently (exit 1, no row)."""
+    from bench.run.runner import measure_plain
+    from bench.workloads import workload_for
+
+    workload = workload_for(f"{tasks_module}:dying")
+    record = measure_plain(workload, workload.check({"code": 3}), tmp_path)
+    assert record.status == "FAILED"
+    assert record.error.startswith("a task called os._exit(3), which would end this process")
+    again = measure_plain(workload_for(f"{tasks_module}:fine"), {}, tmp_path)
+    assert again.status == "COMPLETED", again.error

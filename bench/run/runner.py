@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import re
 import signal
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,34 @@ def _interrupted(exc: BaseException) -> str:
     return f"interrupted ({type(exc).__name__})"
 
 
+class _TaskExited(BaseException):
+    """A task of a plain run called os._exit: raised instead, so that the harness lives on.
+    A BaseException, so that the task's own `except Exception` does not swallow it."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@contextlib.contextmanager
+def _exit_refused() -> Iterator[None]:
+    """While a plain run's tasks run in this process, os._exit raises _TaskExited instead
+    of ending the harness silently (and without a row). A process the task forked (which
+    multiprocessing ends with os._exit) still exits."""
+    real, me = os._exit, os.getpid()
+
+    def refuse(code: int) -> None:
+        if os.getpid() != me:
+            real(code)
+        raise _TaskExited(code)
+
+    os._exit = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
 class _RunSetupError(Exception):
     """The workload's inputs or lattice could not be made for a run: the user's code raised
     before anything ran. The message is the row's error."""
@@ -202,11 +231,20 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
     t0 = time.time()
     start = time.perf_counter()
     try:
-        value = api.run_plain(lattice, args, kwargs,
-                              wrap=task_probe(probe_dir, run_id) if probe else None)
+        with _exit_refused():
+            value = api.run_plain(lattice, args, kwargs,
+                                  wrap=task_probe(probe_dir, run_id) if probe else None)
     except Exception as exc:
         value = None
-        record.status, record.error = "FAILED", _error_text(exc)
+        record.status, record.error = FAILED, _error_text(exc)
+    except _TaskExited as exc:  # it would have ended the harness, rowless
+        value = None
+        record.status, record.error = FAILED, (
+            f"a task called os._exit({exc.code}), which would end this process: stopped "
+            f"there (on Covalent it ends the task's process)")
+    except SystemExit as exc:  # a task's sys.exit: its failure, not a stop of the session
+        value = None
+        record.status, record.error = FAILED, f"a task called sys.exit({exc.code!r})"
     except BaseException as exc:  # Ctrl-C, SIGTERM: the run gets its row, then it goes on
         record.wall_s = time.perf_counter() - start
         record.status, record.error = R.INTERRUPTED, _interrupted(exc)
