@@ -167,9 +167,11 @@ def usable_out_dir(path: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
             pass
     except FileExistsError:
-        raise SetupError(f"output directory {path} is a file; name a directory") from None
+        raise SetupError(f"the output directory (--bench-out, or out=) {path} is a file; "
+                         f"name a directory") from None
     except OSError as exc:
-        raise SetupError(f"output directory {path} is not usable ({exc.strerror}); choose "
+        raise SetupError(f"the output directory (--bench-out, or out=) {path} is not usable "
+                         f"({exc.strerror}); choose "
                          f"another directory") from None
     return path
 
