@@ -166,7 +166,8 @@ def _patch_local(module):
                     note({"event": "replaced", "time": time.time()})
                 pool = self._pool
                 future = pool.submit(fn, *args, **kwargs)
-                procs = dict(getattr(pool, "_processes", None) or {})
+                live = getattr(pool, "_processes", None)  # the pool's own, filled lazily
+                procs = dict(live or {})
                 if tuple(sorted(procs)) != self._pids:
                     self._pids = tuple(sorted(procs))
                     with open(pids_file, "w") as f:
@@ -176,7 +177,11 @@ def _patch_local(module):
             def done(fut):
                 if fut.cancelled() or not isinstance(fut.exception(), BrokenProcessPool):
                     return
-                dead = [[pid, p.exitcode] for pid, p in procs.items() if p.exitcode is not None]
+                seen = {**procs, **dict(live or {})}  # a worker started after this submit
+                for proc in seen.values():
+                    if proc.exitcode is None:  # not reaped yet: it is dying, give it a moment
+                        proc.join(timeout=1.0)
+                dead = [[pid, p.exitcode] for pid, p in seen.items() if p.exitcode is not None]
                 note({"event": "broken", "dispatch_id": meta.get("dispatch_id"),
                       "node_ids": meta.get("node_ids"), "dead": dead, "time": time.time()})
 
