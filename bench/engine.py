@@ -402,7 +402,7 @@ class Engine:
             return records
         if case.mode == "plain":
             return measure_plain_batch(workload, params, self.probe_dir, self.server, n,
-                                       case.probed)
+                                       case.probed, scenario.timeout_s)
         external = case.executor == "external" and self.cluster is not None
         if external and self.cluster_failure:  # the row says why; the other executors go on
             return [RunRecord("covalent", case.executor, 0.0, status=ERROR,

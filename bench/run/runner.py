@@ -162,6 +162,36 @@ def _exit_refused() -> Iterator[None]:
         os._exit = real
 
 
+class _PastDeadline(BaseException):
+    """A plain run went past its timeout: raised in the task by SIGALRM. A BaseException, so
+    that the task's own `except Exception` does not swallow it."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None) -> Iterator[bool]:
+    """Raise _PastDeadline in this (main) thread once `seconds` have passed, wherever the
+    plain run's Python code is: a loop, a sleep, a blocking call (woken with EINTR). Yields
+    whether the deadline is armed: signals reach only the main thread, so elsewhere (a run
+    driven from another thread) there is none, and code stuck inside a C call that never
+    returns to Python is not stopped either."""
+    armed = (seconds is not None and hasattr(signal, "setitimer")
+             and threading.current_thread() is threading.main_thread())
+    if not armed:
+        yield False
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise _PastDeadline()
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))  # type: ignore[arg-type]
+    try:
+        yield True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class _RunSetupError(Exception):
     """The workload's inputs or lattice could not be made for a run: the user's code raised
     before anything ran. The message is the row's error."""
@@ -213,10 +243,11 @@ def _outcome_into(record: RunRecord, workload: Workload, value: Any,
 
 
 def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str | Path,
-                  probe: bool = True) -> RunRecord:
+                  probe: bool = True, timeout_s: float | None = None) -> RunRecord:
     """One plain run: the lattice's function called directly, tasks probed (unless `probe`
     is False: the bare run that tells what the probes cost). A failure is a FAILED record
-    with its error, not an exception."""
+    with its error, not an exception; past `timeout_s` the run is stopped where it is and
+    is a TIMEOUT record."""
     run_id = uuid.uuid4().hex[:12]
     record = RunRecord("plain", "", 0.0, run_id=run_id, status="COMPLETED", probed=probe)
     try:
@@ -231,9 +262,14 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
     t0 = time.time()
     start = time.perf_counter()
     try:
-        with _exit_refused():
+        with _exit_refused(), _deadline(timeout_s):
             value = api.run_plain(lattice, args, kwargs,
                                   wrap=task_probe(probe_dir, run_id) if probe else None)
+    except _PastDeadline:
+        value = None
+        record.status, record.error = R.TIMEOUT, (
+            f"still running after the run timeout of {timeout_s:g} s; stopped there (raise it "
+            f"with --bench-set timeout_s=SECONDS, or timeout_s=)")
     except Exception as exc:
         value = None
         record.status, record.error = FAILED, _error_text(exc)
@@ -534,14 +570,15 @@ def _unfinished(run: _Dispatched, label: str, error: str, status: str = R.ERROR)
 
 def measure_plain_batch(
     workload: Workload, params: Mapping[str, Any], probe_dir: str | Path, server: Any = None,
-    concurrency: int = 1, probe: bool = True,
+    concurrency: int = 1, probe: bool = True, timeout_s: float | None = None,
 ) -> list[RunRecord]:
-    """`concurrency` plain runs, one after another (what a user without Covalent does)."""
+    """`concurrency` plain runs, one after another (what a user without Covalent does),
+    each stopped at `timeout_s`."""
     meter = CpuMeter(server.processes()) if server is not None else None
     batch_start = time.perf_counter()
     records = []
     for slot in range(concurrency):
-        record = measure_plain(workload, params, probe_dir, probe)
+        record = measure_plain(workload, params, probe_dir, probe, timeout_s)
         record.timings["latency_s"] = time.perf_counter() - batch_start
         record.timings["slot"] = slot
         records.append(record)

@@ -13,7 +13,7 @@ import pytest
 
 from bench.config import options
 from bench.config.profiles import Profile, ProfileError, load_profile
-from bench.engine import ORDERS, Engine, Settings, SetupError, plan, planned_runs, prepare
+from bench.engine import ORDERS, Case, Engine, Settings, SetupError, plan, planned_runs, prepare
 from bench.services.processes import loopback_no_proxy, signals_deferred
 from bench.services.server import CovalentServer, client_dispatch_cache, server_for
 from bench.suites.progress import Progress
@@ -282,4 +282,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     except SetupError as exc:
         raise pytest.UsageError(str(exc)) from None
     metafunc.config.stash[_CASES] = cases
-    metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+    metafunc.parametrize("case", [pytest.param(c, id=c.id, marks=pytest.mark.timeout(
+        backstop_s(c))) for c in cases])
+
+
+# Beyond a case's own run timeouts: submitting, downloading, stopping a task, per run.
+BACKSTOP_MARGIN_S = 600.0
+
+
+def backstop_s(case: Case) -> float:
+    """pytest-timeout's limit for a benchmark case: a last resort far above the harness's own
+    per-run timeouts (timeout_s, which end a run with a TIMEOUT row), never in their way.
+    pyproject's `timeout` stays the limit for the tests."""
+    s = case.scenario
+    rounds = 1 if case.round is not None else s.rounds + s.warmup_rounds
+    return rounds * s.concurrency * (s.timeout_s + BACKSTOP_MARGIN_S)
