@@ -345,10 +345,14 @@ class BarProgress(Progress):
         super().__init__(None, planned)
         self.enabled = enabled
         self.bar: Any = None
+        self.text_bar_in_a_kernel = False
 
     def __enter__(self) -> BarProgress:
         if self.enabled:
-            self.bar = _tqdm()(total=self.total, unit="run", dynamic_ncols=True,
+            tqdm = _tqdm()
+            self.text_bar_in_a_kernel = ("ipykernel" in sys.modules
+                                         and tqdm.__module__.startswith("tqdm.std"))
+            self.bar = tqdm(total=self.total, unit="run", dynamic_ncols=True,
                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs "
                                           "[{elapsed}{postfix}]")
         return self
@@ -375,10 +379,13 @@ class BarProgress(Progress):
     def _line(self, text: str) -> None:
         if not self.enabled:
             return
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
+        if self.bar is None:
             print(text, file=sys.stderr)
+        elif not self.text_bar_in_a_kernel:
+            self.bar.write(text, file=sys.stderr)
+        # A text bar in a notebook cannot move up a line: each line written beside it would
+        # re-print the bar under it, three lines a run. The bar alone carries the ETA there;
+        # the runs are in runs.csv and the findings.
 
 
 def _tqdm() -> Any:

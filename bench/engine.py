@@ -16,6 +16,7 @@ with its own server).
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 import uuid
@@ -176,15 +177,39 @@ def usable_out_dir(path: Path) -> Path:
     return path
 
 
-def prepare(profile: Profile, out_dir: Path) -> None:
-    """What can be checked before a server starts: the output directory and the data each
-    workload needs. Raises SetupError with one line."""
+def prepare(profile: Profile, out_dir: Path, settings: Settings | None = None) -> None:
+    """What can be checked before a server starts: the output directory, the data each
+    workload needs, and the server and Dask scheduler to attach to (they must answer now,
+    not after a server of ours has started). Raises SetupError with one line."""
     usable_out_dir(out_dir)
     try:
         for scenario in profile.scenarios:
             scenario.workload.prepare(scenario.params)
     except WorkloadError as exc:
         raise SetupError(str(exc)) from None
+    if settings is not None:
+        _attachable(profile, settings)
+
+
+def _attachable(profile: Profile, settings: Settings) -> None:
+    """A server or scheduler named to attach to answers, or one line says what to do."""
+    from bench.services.cluster import SCHEDULER_ENV, DaskClusterError, attached_cluster
+    from bench.services.server import SERVER_ENV, CovalentServerError, attached_server
+
+    server = settings.covalent_address or os.environ.get(SERVER_ENV)
+    scheduler = settings.dask_scheduler or os.environ.get(SCHEDULER_ENV)
+    uses_external = any("external" in s.executors for s in profile.scenarios)
+    checks = [(server, attached_server, CovalentServerError)]
+    if uses_external:
+        checks.append((scheduler, attached_cluster, DaskClusterError))
+    for address, attach, error in checks:
+        if not address:
+            continue
+        try:
+            with attach(address):
+                pass
+        except (error, ValueError) as exc:
+            raise SetupError(" ".join(str(exc).split())) from None
 
 
 @dataclass
@@ -240,7 +265,7 @@ class Engine:
     # --- places up and down
 
     def __enter__(self) -> Engine:
-        prepare(self.profile, self.out_dir)
+        prepare(self.profile, self.out_dir, self.settings)
         try:
             self._up()
         except BaseException:

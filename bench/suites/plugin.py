@@ -200,7 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     profile = profile_from(config)
     try:
-        prepare(profile, settings_from(config).out_dir)
+        prepare(profile, settings_from(config).out_dir, settings_from(config))
     except SetupError as exc:
         raise pytest.UsageError(f"cannot run the benchmark: {exc}") from None
     config.stash[_PREPARED] = True
@@ -214,7 +214,7 @@ def bench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     settings = settings_from(config)
     if not config.stash.get(_PREPARED, False):  # run without --benchmark-only
         try:
-            prepare(profile, settings.out_dir)
+            prepare(profile, settings.out_dir, settings)
         except SetupError as exc:
             pytest.exit(f"cannot run the benchmark: {exc}", returncode=4)
     cases = config.stash.get(_CASES, [])
