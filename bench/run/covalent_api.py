@@ -310,9 +310,11 @@ def fetch_result(dispatch_id: str, address: str, results_dir: str) -> Any:
                          intermediate_outputs=False)
 
 
-def stock_wait(dispatch_id: str, address: str) -> None:
-    """What `ct.get_result(wait=True)` does before downloading: poll, sleep 1 s, repeat."""
-    with tempfile.TemporaryDirectory(prefix="covalent-bench-stock-") as results_dir:
+def stock_wait(dispatch_id: str, address: str, under: str | None = None) -> None:
+    """What `ct.get_result(wait=True)` does before downloading: poll, sleep 1 s, repeat.
+    `under`: where its scratch directory goes (the session's, which its watchdog removes
+    even after kill -9)."""
+    with tempfile.TemporaryDirectory(prefix="covalent-bench-stock-", dir=under) as results_dir:
         ResultManager.from_dispatch_id(dispatch_id, results_dir, wait=True,
                                        dispatcher_addr=address)
 

@@ -313,9 +313,9 @@ class _Dispatched:
     probed: bool = True
 
 
-def _stock_wait(dispatch_id: str, address: str, seen: list[float]) -> None:
+def _stock_wait(dispatch_id: str, address: str, seen: list[float], under: str) -> None:
     try:
-        api.stock_wait(dispatch_id, address)
+        api.stock_wait(dispatch_id, address, under)
         seen.append(time.perf_counter())
     except Exception:  # the measured path reports failures; this column just stays empty
         pass
@@ -343,8 +343,8 @@ def _submit(workload: Workload, params: Mapping[str, Any], executor: Any, addres
         run.done = run.submitted
         return run
     run = _Dispatched(run_id, dispatch_id, t0, start, time.perf_counter(), probed=probe)
-    run.stock = threading.Thread(target=_stock_wait, args=(dispatch_id, address, run.stock_seen),
-                                 daemon=True)
+    run.stock = threading.Thread(target=_stock_wait, daemon=True,
+                                 args=(dispatch_id, address, run.stock_seen, str(probe_dir)))
     run.stock.start()
     return run
 
