@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import inspect
 import shutil
 import sys
@@ -439,9 +440,10 @@ class Session:
     def phases(self) -> pd.DataFrame | None:
         return load_phases(self.path)
 
-    @property
+    @functools.cached_property
     def summary(self) -> pd.DataFrame:
-        """Per configuration and executor: medians, overheads and their CIs (summary.csv)."""
+        """Per configuration and executor: medians, overheads and their CIs (summary.csv,
+        written once when first asked for)."""
         from bench.report.tables import write_summary
 
         return write_summary(self.path)[0]
