@@ -104,7 +104,10 @@ def tutorial_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def test_the_notebook_holds_the_seed_tutorials_cells_verbatim() -> None:
+def test_the_notebook_holds_the_seed_tutorials_cells_verbatim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO))  # pytest puts tests/, not the repository, on it
     from examples.tutorial_seed import definition_cells, tutorial_path
 
     seed = [source.rstrip("\n") for _, source in definition_cells(tutorial_path().read_text())]
