@@ -50,8 +50,8 @@ from bench.engine import (
     planned_runs,
     run_all,
 )
+from bench.progress import Progress, duration
 from bench.records import RUNS_CSV, NoRecordsError, load_phases, load_runs, utc_now
-from bench.suites.progress import Progress, duration
 from bench.workloads import Workload, WorkloadError, workload_for
 
 __all__ = ["BenchError", "Interrupted", "Session", "measure"]

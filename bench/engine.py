@@ -21,11 +21,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from bench.config.profiles import Profile, Scenario
+from bench.precision import Precision
 from bench.records import (
     ERROR,
     TIMEOUT,
@@ -47,7 +49,6 @@ from bench.run.runner import (
 from bench.services.cluster import DaskCluster, cluster_for
 from bench.services.processes import signals_deferred, sigterm_raises, watchdog
 from bench.services.server import CovalentServer, client_dispatch_cache, server_for
-from bench.suites.precision import Precision
 from bench.workloads import WorkloadError
 
 ORDERS = ("interleaved", "grouped")
@@ -304,36 +305,62 @@ class Engine:
     def _environments_up(self) -> None:
         """Every environment of the profile: built (cached between sessions), its own isolated
         server started from its interpreter, its client process up. One that fails to build
-        or start is kept with its reason: its runs become rows saying so, the others go on."""
+        or start is kept with its reason: its runs become rows saying so, the others go on.
+
+        They come up side by side, one thread each: a build or a server start mostly waits
+        (on the installer, on the server's first answer), and three one after another took
+        13-21 s each. Each thread owns its services until it is done; then the session's
+        stack takes them over, interrupted or not, so nothing is left running."""
         wanted = {e.name: e for s in self.profile.scenarios for e in s.environments}
         if not wanted:
             return
+        with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="env") as pool:
+            futures = {name: pool.submit(self._environment_up, environment)
+                       for name, environment in wanted.items()}
+            try:
+                wait(futures.values())
+            finally:  # on Ctrl-C too: wait for the threads, then own what they started
+                pool.shutdown(wait=True)
+                for name, future in futures.items():
+                    services, place, entry = future.result()
+                    self._stack.enter_context(services)
+                    self.places[name] = place
+                    if place.failure:
+                        self.reporter.note(f"environment {name} is not up: {place.failure}")
+                    record_environment(self.out_dir, self.session_id, entry)
+
+    def _environment_up(self, environment: Any) -> tuple[contextlib.ExitStack, Place,
+                                                          dict[str, Any]]:
+        """One environment up (in its own thread): its services, its Place, its record."""
         from bench.run.client import RemoteClient
         from bench.services.environments import build
 
-        s, stack = self.settings, self._stack
-        for name, environment in wanted.items():
-            entry: dict[str, Any] = {"name": name, "requirement": environment.requirement,
-                                     "env": environment.env}
-            try:
-                built = build(environment)
-                entry.update(covalent=built.covalent_version, python=built.python,
-                             cache_dir=str(built.path), cached=built.cached,
-                             build_s=round(built.build_s, 3))
-                server = stack.enter_context(server_for(
-                    None, workers=s.covalent_workers,
-                    threads_per_worker=s.covalent_threads_per_worker,
-                    env=environment.env, python=built.python))
-                entry.update(server=server.address, server_startup_s=server.startup_s)
-                client = stack.enter_context(RemoteClient(built.python, environment.env))
-                self.places[name] = Place(name, server, client, built.covalent_version)
-                entry["status"] = "up"
-            except Exception as exc:  # recorded with its reason; the others go on
-                reason = str(exc).splitlines()[0][:500]
-                self.places[name] = Place(name, failure=f"{type(exc).__name__}: {reason}")
-                entry.update(status="failed", failure=self.places[name].failure)
-                self.reporter.note(f"environment {name} is not up: {reason}")
-            record_environment(self.out_dir, self.session_id, entry)
+        s, name = self.settings, environment.name
+        entry: dict[str, Any] = {"name": name, "requirement": environment.requirement,
+                                 "env": environment.env}
+        services = contextlib.ExitStack()
+        try:
+            built = build(environment)
+            entry.update(covalent=built.covalent_version, python=built.python,
+                         cache_dir=str(built.path), cached=built.cached,
+                         build_s=round(built.build_s, 3))
+            server = services.enter_context(server_for(
+                None, workers=s.covalent_workers,
+                threads_per_worker=s.covalent_threads_per_worker,
+                env=environment.env, python=built.python))
+            entry.update(server=server.address, server_startup_s=server.startup_s)
+            client = services.enter_context(RemoteClient(built.python, environment.env))
+            place = Place(name, server, client, built.covalent_version)
+            entry["status"] = "up"
+        except Exception as exc:  # recorded with its reason; the others go on
+            services.close()  # a server up for a client that is not: stopped now
+            reason = str(exc).splitlines()[0][:500]
+            place = Place(name, failure=f"{type(exc).__name__}: {reason}")
+            entry.update(status="failed", failure=place.failure)
+        except BaseException:
+            services.close()
+            raise
+        return services, place, entry
 
     # --- runs
 

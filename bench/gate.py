@@ -148,7 +148,9 @@ def judgeable_metrics(rounds: pd.DataFrame, session: Session) -> tuple[list[str]
     return metrics, notes
 
 
-def environment_of(runs: pd.DataFrame) -> dict[str, str]:
+def machine_of(runs: pd.DataFrame) -> dict[str, str]:
+    """What the session ran on (its last row's ENV_COLUMNS: Python, Covalent, torch, CPUs);
+    "environment" means a Covalent environment ([[environments]]), never this."""
     last = runs.sort_values("timestamp").iloc[-1]
     return {k: str(last[k]) if k in last else "" for k in ENV_COLUMNS}
 
@@ -243,7 +245,7 @@ def refresh_baseline(in_dir: Path, baseline: Path, alpha: float = 0.05,
                          f"a session needs {need} to be judged at alpha {alpha:g}")
     baseline.mkdir(parents=True, exist_ok=True)
     rounds.to_csv(baseline / ROUNDS_CSV, index=False, float_format="%.5f")
-    env = {**environment_of(runs), "session_id": str(runs["session_id"].iloc[0]),
+    env = {**machine_of(runs), "session_id": str(runs["session_id"].iloc[0]),
            "profile": str(runs["profile"].iloc[0]), "taken": utc_now(),
            "measured_runs": measured_runs, "failed_runs": failed}
     (baseline / ENV_JSON).write_text(json.dumps(env, indent=2) + "\n")
@@ -302,7 +304,7 @@ def check(
     CannotJudgeError if a configuration has too few rounds to judge."""
     runs = session.runs
     new = round_estimates(runs, session.phases)
-    env = environment_of(runs)
+    env = machine_of(runs)
     notes = list(session.notes)
     if base_env.get("failed_runs"):
         notes.append(f"the baseline was taken with {base_env['failed_runs']} of "
@@ -458,7 +460,7 @@ def history_writer(in_dir: Path) -> CsvAppender:
 
 
 def record_history(history: CsvAppender, verdicts: list[Verdict], runs: pd.DataFrame) -> None:
-    env, session = environment_of(runs), str(runs["session_id"].iloc[0])
+    env, session = machine_of(runs), str(runs["session_id"].iloc[0])
     history.append(*(
         {"date": utc_now(), "session_id": session, "config_id": v.config_id,
          "executor": v.executor, "metric": v.metric, "new_median": v.new[0],

@@ -42,6 +42,7 @@ env = {{ PYTHONPATH = "{PLANTED}", PLANTED_DISPATCH_DELAY_S = "{DELAY_S}" }}
 
 
 @pytest.mark.slow
+@pytest.mark.quiet
 @pytest.mark.parametrize("session", [1, 2, 3])
 def test_planted_delay_is_found_and_identical_environments_are_not(
     tmp_path: Path, session: int

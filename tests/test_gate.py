@@ -65,6 +65,7 @@ def _bench(out: Path, synthetic_root: Path, address: str, *extra: str,
 
 
 @pytest.mark.slow
+@pytest.mark.quiet
 def test_gate_catches_a_planted_slower_dispatch(
     synthetic_root, covalent_server, tmp_path, capsys
 ) -> None:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.analysis.stats import EXACT_CI_MIN_N, median_ci
+from bench.precision import Precision
 from bench.report.tables import with_precision
-from bench.suites.precision import Precision
 
 
 @dataclass

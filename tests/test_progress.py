@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from bench.suites.progress import Progress
+from bench.progress import Progress
 
 
 class Writer:

@@ -8,6 +8,7 @@ process that is killed with -9) and two external Dask clusters. About a minute h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -122,9 +123,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ):
             pids = [p.pid for p in server.processes() + cluster.processes()]
             yield Stack(server, cluster, base)
-            t0 = time.perf_counter()
-        stop_s = time.perf_counter() - t0
-    assert stop_s < 40, f"stopping took {stop_s:.1f} s"
     assert _still_alive(pids) == []
     assert _processes_using(base) == []
     assert list(base.iterdir()) == []  # both state directories removed
@@ -134,14 +132,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def test_dead_proxy_neither_blocks_nor_slows_the_server(stack: Stack) -> None:
     server = stack.server
     # Without NO_PROXY in its environment `covalent start` polls the server through the
-    # proxy and never returns (startup_timeout would end it after 90 s).
-    assert server.startup_s is not None and server.startup_s < 60
+    # proxy and never returns: the fixture's startup_timeout would have failed it.
+    assert server.startup_s is not None
     env = psutil.Process(server.main_pid).environ()
     assert {"127.0.0.1", "localhost"} <= set(env["NO_PROXY"].split(","))
     assert env["HTTP_PROXY"] == DEAD_PROXY  # the proxy is still there, bypassed
-    t0 = time.perf_counter()
-    assert server.check_alive() is None
-    assert time.perf_counter() - t0 < 3.0
+    assert server.check_alive() is None  # through the dead proxy it would be refused
 
 
 @pytest.mark.slow
@@ -212,6 +208,17 @@ def test_attached_server_gets_the_http_check_only(stack: Stack) -> None:
 # --- the dead-server detector ---------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _no_http(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Any HTTP request in the block fails the test."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"an HTTP request was made: {args[1:3]}")
+
+    with monkeypatch.context() as m:
+        m.setattr(requests.Session, "request", refuse)
+        yield
+
+
 @pytest.mark.slow
 def test_check_alive_reports_a_hung_then_a_dead_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -226,23 +233,20 @@ def test_check_alive_reports_a_hung_then_a_dead_server(
 
             main.suspend()  # hung: the kernel still accepts connections, nobody answers
             try:
-                t0 = time.perf_counter()
-                reason = server.check_alive(timeout_s=1.0)
-                hung_s = time.perf_counter() - t0
+                with _no_http(monkeypatch):  # said from the process state, not a timeout
+                    reason = server.check_alive(timeout_s=60.0)
             finally:
                 main.resume()
             # Stopped, not only slow: said at once, without waiting for HTTP.
             assert reason == (f"Covalent server at {server.address}: main process "
                               f"{server.main_pid} is stopped (SIGSTOP, Ctrl-Z or a debugger); "
                               f"the harness kills it")
-            assert hung_s < 2.5
             assert server.check_alive() is None
 
             main.kill()
             _wait_until(lambda: not _alive(main.pid), timeout=5)
-            t0 = time.perf_counter()
-            reason = server.check_alive()
-            assert time.perf_counter() - t0 < 0.5  # no HTTP wait once the process is gone
+            with _no_http(monkeypatch):  # no HTTP wait once the process is gone
+                reason = server.check_alive()
             assert reason is not None and "\n" not in reason
             assert reason.startswith(
                 f"Covalent server at {server.address}: main process {main.pid} is gone"
@@ -251,9 +255,6 @@ def test_check_alive_reports_a_hung_then_a_dead_server(
         except BaseException:
             _kill_all(pids)
             raise
-        t0 = time.perf_counter()
-    stop_s = time.perf_counter() - t0
-    assert stop_s < 15, f"stopping a dead server took {stop_s:.1f} s"
     assert _still_alive(pids) == []
     assert _processes_using(tmp_path) == []
     assert not root.exists()

@@ -16,6 +16,7 @@ and what no part names (rest of both runs) is reported as `unexplained_s`.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pandas as pd
 from scipy import stats
@@ -146,6 +147,35 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+# --- the overhead families: each defined here once; the summary, the environments'
+# differences, the precision rule and the gate all compute them through these. They take
+# numbers or aligned Series alike.
+
+
+def in_task_time(intervals: list[tuple[float, float]]) -> float:
+    """A run's in-task time: the union of its tasks' own intervals (parallel ones once)."""
+    return union_length(intervals)
+
+
+def orchestration(covalent_wall_s: Any, covalent_in_task_s: Any) -> Any:
+    """What Covalent adds around the tasks: its wall minus the tasks' own time."""
+    return covalent_wall_s - covalent_in_task_s
+
+
+def total_overhead(covalent_wall_s: Any, plain_wall_s: Any) -> Any:
+    """Covalent wall minus plain wall of the same round."""
+    return covalent_wall_s - plain_wall_s
+
+
+def total_overhead_pct(covalent_wall_s: Any, plain_wall_s: Any) -> Any:
+    return 100 * (covalent_wall_s / plain_wall_s - 1)
+
+
+def compute_inflation(covalent_in_task_s: Any, plain_in_task_s: Any) -> Any:
+    """The same tasks, slower (or faster) under Covalent."""
+    return covalent_in_task_s - plain_in_task_s
+
+
 def _intervals(rows: pd.DataFrame) -> list[tuple[float, float]]:
     return list(zip(rows["start_s"], rows["start_s"] + rows["duration_s"], strict=True))
 
@@ -154,7 +184,7 @@ def breakdown(phases: pd.DataFrame) -> pd.DataFrame:
     """Per run, the segments phases.csv holds (submit and retrieve are in runs.csv)."""
     rows = []
     for run_id, group in phases.groupby("run_id", sort=False):
-        in_task = union_length(_intervals(group[group["phase"] == R.IN_TASK]))
+        in_task = in_task_time(_intervals(group[group["phase"] == R.IN_TASK]))
         nodes = union_length(_intervals(group[group["phase"] == R.NODE]))
         named = group.groupby("phase")["duration_s"].sum()
         server = named.get(R.SERVER, 0.0)
@@ -233,12 +263,12 @@ def paired_rounds(plain: pd.DataFrame, cov: pd.DataFrame) -> pd.DataFrame:
     p, c = p.loc[both], c.loc[both]
     out = pd.DataFrame(index=both)
     out["plain_wall_s"], out["covalent_wall_s"] = p["wall_s"], c["wall_s"]
-    out["total_overhead_s"] = c["wall_s"] - p["wall_s"]
-    out["total_overhead_pct"] = 100 * (c["wall_s"] / p["wall_s"] - 1)
+    out["total_overhead_s"] = total_overhead(c["wall_s"], p["wall_s"])
+    out["total_overhead_pct"] = total_overhead_pct(c["wall_s"], p["wall_s"])
     if "in_task_s" in c:
-        out["orchestration_s"] = c["wall_s"] - c["in_task_s"]
+        out["orchestration_s"] = orchestration(c["wall_s"], c["in_task_s"])
         out["orchestration_pct"] = 100 * out["orchestration_s"] / p["wall_s"]
-        out["compute_inflation_s"] = c["in_task_s"] - p["in_task_s"]
+        out["compute_inflation_s"] = compute_inflation(c["in_task_s"], p["in_task_s"])
         out["unexplained_s"] = c["rest_s"] - p["rest_s"]
     return out
 
@@ -525,10 +555,10 @@ def environment_diffs(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.Dat
     done = with_breakdown(measured(as_batches(runs)), phases)
     cov = done[(done["mode"] == "covalent") & (done["environment"].fillna("") != "")]
     if "in_task_s" in cov:
-        cov = cov.assign(orchestration_s=cov["wall_s"] - cov["in_task_s"])
+        cov = cov.assign(orchestration_s=orchestration(cov["wall_s"], cov["in_task_s"]))
     plain = done[done["mode"] == "plain"].groupby(["config_id", "round"])["wall_s"].first()
     cov = cov.join(plain.rename("plain_wall_s"), on=["config_id", "round"])
-    cov["total_overhead_s"] = cov["wall_s"] - cov["plain_wall_s"]
+    cov["total_overhead_s"] = total_overhead(cov["wall_s"], cov["plain_wall_s"])
     reference = order[0]
     rows = []
     for (config_id, base), group in cov.groupby(["config_id", "base_executor"], sort=False):

@@ -26,6 +26,7 @@ from bench.analysis.decompose import (  # noqa: E402
     measured,
     numeric_outputs,
     probe_cost,
+    total_overhead,
     with_breakdown,
 )
 from bench.analysis.findings import (  # noqa: E402
@@ -168,7 +169,7 @@ def plot_overhead(data: ReportData, path: Path) -> None:
     fig, ax = _bar_figure(len(summary))
     for i, row in summary.reset_index(drop=True).iterrows():
         cov = runs[(runs["config_id"] == row["config_id"]) & (runs["executor"] == row["executor"])]
-        spread = cov["wall_s"] - row["plain_median_s"]
+        spread = total_overhead(cov["wall_s"], row["plain_median_s"])
         low, high = row["overhead_s"] - spread.min(), spread.max() - row["overhead_s"]
         ax.bar(i, row["overhead_s"], color=MODE_COLORS.get(row["executor"], "grey"),
                yerr=[[low], [high]], capsize=4)

@@ -14,9 +14,9 @@ import pytest
 from bench.config import options
 from bench.config.profiles import Profile, ProfileError, load_profile
 from bench.engine import ORDERS, Case, Engine, Settings, SetupError, plan, planned_runs, prepare
+from bench.progress import Progress
 from bench.services.processes import loopback_no_proxy, signals_deferred
 from bench.services.server import CovalentServer, client_dispatch_cache, server_for
-from bench.suites.progress import Progress
 from bench.workloads import WorkloadError
 from mnist_core.data import resolve_data_dir
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.decompose import union_length
+from bench.analysis.decompose import in_task_time, orchestration
 from bench.analysis.stats import EXACT_CI_MIN_N, median_ci
 from bench.records import IN_TASK
 
@@ -25,8 +25,7 @@ METRIC = "orchestration_s"
 
 
 def _in_task_s(phases: list[dict[str, Any]]) -> float:
-    """Time covered by the tasks' own intervals (parallel tasks count once)."""
-    return union_length([(p["start_s"], p["start_s"] + p["duration_s"]) for p in phases
+    return in_task_time([(p["start_s"], p["start_s"] + p["duration_s"]) for p in phases
                          if p.get("phase") == IN_TASK])
 
 
@@ -46,8 +45,8 @@ class Precision:
                ) -> None:
         if warmup or record.status != "COMPLETED" or not record.probed:
             return
-        value = record.wall_s if record.mode == "plain" else (
-            record.wall_s - _in_task_s(record.phases))
+        value = record.wall_s if record.mode == "plain" else orchestration(
+            record.wall_s, _in_task_s(record.phases))
         self.values[(scenario_id, label)][round_] = value
 
     def half_widths(self, scenario_id: str, labels: list[str]) -> dict[str, float]:
