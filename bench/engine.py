@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.adapters import recorded
 from bench.config.profiles import Profile, Scenario
 from bench.records import (
     ERROR,
@@ -317,13 +318,15 @@ class Engine:
                                      "env": environment.env}
             try:
                 built = build(environment)
-                entry.update(covalent=built.covalent_version, python=built.python,
+                entry.update(covalent=built.covalent_version, **recorded(built.covalent_version),
+                             python=built.python,
                              cache_dir=str(built.path), cached=built.cached,
                              build_s=round(built.build_s, 3))
                 server = stack.enter_context(server_for(
                     None, workers=s.covalent_workers,
                     threads_per_worker=s.covalent_threads_per_worker,
-                    env=environment.env, python=built.python))
+                    env=environment.env, python=built.python,
+                    covalent_version=built.covalent_version))
                 entry.update(server=server.address, server_startup_s=server.startup_s)
                 client = stack.enter_context(RemoteClient(built.python, environment.env))
                 self.places[name] = Place(name, server, client, built.covalent_version)
