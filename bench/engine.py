@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.adapters import recorded
 from bench.config.profiles import Profile, Scenario
 from bench.precision import Precision
 from bench.records import (
@@ -341,13 +342,14 @@ class Engine:
         services = contextlib.ExitStack()
         try:
             built = build(environment)
-            entry.update(covalent=built.covalent_version, python=built.python,
-                         cache_dir=str(built.path), cached=built.cached,
+            entry.update(covalent=built.covalent_version, **recorded(built.covalent_version),
+                         python=built.python, cache_dir=str(built.path), cached=built.cached,
                          build_s=round(built.build_s, 3))
             server = services.enter_context(server_for(
                 None, workers=s.covalent_workers,
                 threads_per_worker=s.covalent_threads_per_worker,
-                env=environment.env, python=built.python))
+                env=environment.env, python=built.python,
+                covalent_version=built.covalent_version))
             entry.update(server=server.address, server_startup_s=server.startup_s)
             client = services.enter_context(RemoteClient(built.python, environment.env))
             place = Place(name, server, client, built.covalent_version)

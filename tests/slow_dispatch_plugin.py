@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from bench.run import covalent_api
+from bench.adapters import covalent_api
 
 DELAY_S = float(os.environ.get("SLOW_DISPATCH_S", "3"))
 _real_dispatch = covalent_api.dispatch

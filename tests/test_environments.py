@@ -50,9 +50,11 @@ def test_cache_root_follows_the_environment_variable(monkeypatch, tmp_path: Path
     assert envs.cache_root() == Path.home() / ".cache" / "covalent-bench" / "envs"
 
 
-def test_release_numbers_compare_old_and_new() -> None:
-    assert envs._release("0.232.0.post1") < envs.OLD_BEFORE <= envs._release("0.238.0")
-    assert envs._release("0.241.0rc0") == (0, 241, 0)
+def test_a_release_is_installed_with_its_family_pins() -> None:
+    assert envs._family_pins("covalent==0.232.0.post1") == ("setuptools<81", "autoray<0.6.10")
+    assert envs._family_pins("covalent==0.238.0") == envs._family_pins(RELEASE) == ()
+    assert envs._family_pins("/src/covalent") == ()  # its family is known after the install
+    assert envs._family_pins("covalent==0.0.0-nonexistent") == ()  # pip says what is wrong
 
 
 def test_a_bad_requirement_fails_naming_it_and_a_half_built_dir_is_rebuilt(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import covalent_api
+from bench.adapters import covalent_api
 from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads import WorkloadError, workload_for
 
@@ -82,4 +82,4 @@ def test_the_tree_has_one_poll_loop() -> None:
         text = path.read_text()
         if re.search(r"\bapi\.status\(|status_only=True", text):
             pollers.append(path.relative_to(REPO).as_posix())
-    assert pollers == ["bench/run/covalent_api.py", "bench/run/runner.py"], pollers
+    assert pollers == ["bench/adapters/covalent_api.py", "bench/run/runner.py"], pollers

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from bench import records as R
+from bench.adapters import covalent_api
 from bench.analysis.decompose import SEGMENTS, breakdown, union_length, with_breakdown
 from bench.records import RunContext, RunRecord, phase_rows, run_row
-from bench.run import covalent_api
 from bench.run.probes import ENV_KNOBS, read_probes, task_probe
 from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads.mnist import MnistWorkload

@@ -31,10 +31,10 @@ import requests
 import toml
 from helpers import make_workflow
 
+from bench.adapters.family import CACHE_DB_NAME
 from bench.services.cluster import DaskCluster, dask_cluster
 from bench.services.processes import beyond_loopback, listeners, loopback_no_proxy
 from bench.services.server import (
-    CACHE_DB_NAME,
     KEEP_STATE_ENV,
     CovalentServer,
     attached_server,

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from bench.run import covalent_api
+from bench.adapters import covalent_api
 from mnist_core.config import WorkflowConfig
 from mnist_core.model import new_model
 from mnist_core.workflow import build_lattice
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIAL_MD = REPO.parent / "shared/seed/mnist-classifier-tutorial.md"
-# Kinds of node Covalent generates around the tasks (bench.run.covalent_api.graph_nodes).
+# Kinds of node Covalent generates around the tasks (bench.adapters.covalent_api.graph_nodes).
 GENERATED = ("parameter", "list", "dict", "unpack", "postprocess")
 TASKS = {"data_loader": 2, "train_model": 1, "test": 1}
 

@@ -12,8 +12,8 @@ import torch
 from helpers import assert_same_work
 
 from bench import records as R
+from bench.adapters import covalent_api
 from bench.records import RunRecord
-from bench.run import covalent_api
 from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads import WorkloadError
 from bench.workloads.mnist import MnistWorkload

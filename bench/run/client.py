@@ -181,13 +181,9 @@ def main() -> int:
 def _dispatch_cache(client_dispatch_cache: Any) -> Any:
     """The client's dispatch manifests in a temporary directory, removed on exit, where
     this Covalent has the setting (see bench.services.server.client_dispatch_cache)."""
-    try:
-        from covalent._dispatcher_plugins import local
+    from bench.adapters import current
 
-        has = hasattr(local, "dispatch_cache_dir")
-    except ImportError:
-        has = False
-    if not has:
+    if not current().client_dispatch_cache_dir:
         yield None
         return
     with client_dispatch_cache() as path:

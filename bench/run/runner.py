@@ -28,8 +28,8 @@ from typing import Any
 import psutil
 
 from bench import records as R
+from bench.adapters import covalent_api as api
 from bench.records import RunRecord
-from bench.run import covalent_api as api
 from bench.run.probes import read_probes, task_probe
 from bench.workloads import Workload
 

@@ -10,9 +10,9 @@ a server started with it (bench.services.server, `python=`) and a client run in 
 (bench.run.client) measure with the very same harness code.
 
 Installed into each environment, in one resolution: the requirement, the pins the project
-needs (PINS; for Covalent older than 0.233 also OLD_PINS), and the light packages the
-measuring side imports (MEASURE_DEPS). Covalent's own dependencies (pydantic, numpy, dask,
-fastapi ...) are the environment's own, as that release resolves them.
+needs (PINS) and those of the requirement's release family (bench.adapters), and the light
+packages the measuring side imports (MEASURE_DEPS). Covalent's own dependencies (pydantic,
+numpy, dask, fastapi ...) are the environment's own, as that release resolves them.
 
 torch and torchvision are not installed again (5 GB per environment). A `.pth` file in the
 environment's site-packages (MAIN_PTH, named to sort last) appends the main environment's
@@ -20,11 +20,12 @@ site-packages to the END of sys.path. Every package the environment has wins (it
 pydantic, numpy ...); what it lacks (torch, torchvision and their dependencies) comes from
 the main environment, the same build as the plain runs use. A plain directory line of a
 `.pth` file only extends sys.path: the main environment's own `.pth` files are not run.
-The build checks the result: `import covalent, torch, torchvision, bench.run.runner`
-works, covalent is the environment's own and torch is the main one's version. The price of
-sharing: a package missing from the environment is silently taken from the main one; with
-a Covalent that pins an old numpy (0.232 pins 1.23.5) a main-environment package compiled
-against numpy 2 would fail to import there (torch itself works with either).
+The build checks the result: `import covalent, torch, torchvision, bench.run.runner` and
+what the harness uses of that Covalent (its family's `Adapter.check`) work, covalent is
+the environment's own and torch is the main one's version. The price of sharing: a
+package missing from the environment is silently taken from the main one; with a Covalent
+that pins an old numpy (0.232 pins 1.23.5) a main-environment package compiled against
+numpy 2 would fail to import there (torch itself works with either).
 
 Cache: `~/.cache/covalent-bench/envs/<name>-<hash>` ($COVALENT_BENCH_ENV_CACHE moves the
 root). The hash covers what makes a build differ: the requirement (for a local directory also
@@ -63,6 +64,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.adapters import adapter_for
+
 __all__ = [
     "BUILD_VERSION",
     "CACHE_ENV",
@@ -84,15 +87,13 @@ VENV_DIR = "venv"
 MAIN_PTH = "zzz-covalent-bench-main-env.pth"  # .pth files are read in name order: last
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# What every environment needs beside its requirement (../shared/notes/covalent-facts.md).
+# What every environment needs beside its requirement (../shared/notes/covalent-facts.md);
+# a release family may need more (Adapter.pins).
 PINS = ("fastapi<0.132", "sqlalchemy<2")
-# Covalent < 0.233 imports pkg_resources (gone from setuptools 81) and pins PennyLane 0.32,
-# which fails at import with autoray 0.6.10 and newer (NumpyMimic was removed).
-OLD_PINS = ("setuptools<81", "autoray<0.6.10")
-OLD_BEFORE = (0, 233)
-# What bench.run.runner, bench.run.covalent_api, bench.services and bench.workloads
-# import beside covalent (no version floors: an old Covalent pins its own numpy).
-MEASURE_DEPS = ("psutil", "toml", "requests", "cloudpickle", "numpy")
+# What bench.run.runner, bench.adapters, bench.services and bench.workloads
+# import beside covalent (no version floors: an old Covalent pins its own numpy). packaging
+# came with covalent's dask in every build before it was listed here.
+MEASURE_DEPS = ("psutil", "toml", "requests", "cloudpickle", "numpy", "packaging")
 
 INSTALL_TIMEOUT_S = 1800.0
 CHECK_TIMEOUT_S = 300.0
@@ -100,12 +101,13 @@ _TAIL_LINES = 25
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _EXACT_COVALENT = re.compile(r"\s*covalent\s*===?\s*([0-9][^\s;,]*)\s*", re.IGNORECASE)
 
-# Run in the built environment: what it imports, and from where.
+# Run in the built environment: what it imports, and from where. Its own family (as that
+# interpreter's covalent picks it) imports what the harness uses of that Covalent.
 _CHECK = """\
 import json, sys, importlib.metadata as md
 import covalent, torch, torchvision
-import covalent_dispatcher._cli.cli
-import bench, bench.run.runner, bench.run.covalent_api, bench.workloads.pertask
+import bench, bench.adapters, bench.run.runner, bench.workloads.pertask
+bench.adapters.current().check()
 print(json.dumps({"covalent": md.version("covalent"), "covalent_file": covalent.__file__,
                   "torch": md.version("torch"), "torchvision": md.version("torchvision"),
                   "bench_file": bench.__file__, "prefix": sys.prefix}))
@@ -415,15 +417,15 @@ def _build(environment: Environment, requirement: str, path: Path,
             log.run([python, "-m", "pip", "install", "--disable-pip-version-check", *args],
                     what)
 
-    exact = _EXACT_COVALENT.fullmatch(requirement)
-    old = exact is not None and _release(exact.group(1)) < OLD_BEFORE
-    extra = (*PINS, *(OLD_PINS if old else ()), *MEASURE_DEPS)
-    install(requirement, *extra, what=f"installing {requirement!r}")
+    pinned = _family_pins(requirement)
+    install(requirement, *PINS, *pinned, *MEASURE_DEPS, what=f"installing {requirement!r}")
     version = log.run([python, "-c", "import importlib.metadata as m; "
                                      "print(m.version('covalent'))"],
                       "reading the installed covalent version", CHECK_TIMEOUT_S).strip()
-    if not old and _release(version) < OLD_BEFORE:  # learnt only now (a path, a range ...)
-        install(*OLD_PINS, what=f"pinning {', '.join(OLD_PINS)} for covalent {version}")
+    # The family is learnt only now for a path, a range ...: its pins, if they are new.
+    missing = [pin for pin in adapter_for(version).pins if pin not in pinned]
+    if missing:
+        install(*missing, what=f"pinning {', '.join(missing)} for covalent {version}")
     install("--no-deps", "-e", str(REPO_ROOT), what=f"installing this checkout ({REPO_ROOT})")
     site_dir = log.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                        "finding the venv's site-packages", CHECK_TIMEOUT_S).strip()
@@ -448,14 +450,13 @@ def _build(environment: Environment, requirement: str, path: Path,
             "torchvision": found["torchvision"], "installer": "uv" if uv else "pip"}
 
 
-def _release(version: str) -> tuple[int, ...]:
-    """(0, 232, 0) of '0.232.0.post1': the leading numeric release, for comparisons."""
-    numbers = []
-    for part in version.split("."):
-        match = re.match(r"\d+", part)
-        if match is None:
-            break
-        numbers.append(int(match.group()))
-        if match.group() != part:
-            break
-    return tuple(numbers)
+def _family_pins(requirement: str) -> tuple[str, ...]:
+    """The pins of the release family of `covalent==X` (none for any other requirement, or
+    for an X that is no version: pip says what is wrong with it)."""
+    exact = _EXACT_COVALENT.fullmatch(requirement)
+    if exact is None:
+        return ()
+    try:
+        return adapter_for(exact.group(1)).pins
+    except ValueError:
+        return ()

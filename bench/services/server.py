@@ -31,7 +31,8 @@ import psutil
 import requests
 import toml  # covalent writes covalent.conf in its dialect
 
-from bench.run.covalent_api import CLI_SNIPPET
+from bench import adapters
+from bench.adapters import covalent_api
 from bench.services.processes import (
     LOOPBACK_HOSTS,
     Watchdog,
@@ -68,10 +69,6 @@ _CLI_TIMEOUT_S = 60.0  # `covalent stop` waits on the server without a limit of 
 _HTTP_TIMEOUT_S = 5.0
 _TAIL_LINES = 20
 
-# The CLI run by this very interpreter, so the server it launches (`sys.executable app.py`)
-# runs in the same environment as the benchmark.
-_CLI = CLI_SNIPPET
-
 # State directory layout: env var -> subdirectory (COVALENT_DATABASE is a file, set apart).
 _STATE_DIRS = {
     "COVALENT_CONFIG_DIR": "config",
@@ -87,8 +84,6 @@ _STATE_DIRS = {
     "XDG_CACHE_HOME": "xdg-cache",
     "XDG_DATA_HOME": "xdg-data",
 }
-
-CACHE_DB_NAME = "dispatcher_cache.sqlite"  # COVALENT_CACHE_DB_URL, next to the main database
 
 # What the hook in the server records about Covalent's local executor's process pool, in the
 # server's cache directory: the pool's worker pids, and a line per task that the pool lost.
@@ -249,6 +244,7 @@ class CovalentServer:
     workers: int | None = None  # Dask cluster size, as the server's config has it
     threads_per_worker: int | None = None
     main_pid: int | None = None  # the server itself (`python app.py`), the shell's child
+    adapter: adapters.Adapter | None = None  # its Covalent's release family (owned only)
 
     @property
     def log_path(self) -> Path | None:
@@ -321,7 +317,7 @@ class CovalentServer:
                     return (f"{where}: main process {pid} is stopped (SIGSTOP, Ctrl-Z or a "
                             f"debugger); the harness kills it")
         try:
-            _check_answers(self.address, timeout=timeout_s)
+            _check_answers(self.address, timeout=timeout_s, adapter=self.adapter)
         except requests.Timeout:
             return f"{where} does not answer within {timeout_s:g} s"
         except (requests.RequestException, ValueError) as exc:
@@ -339,6 +335,7 @@ def covalent_server(
     startup_timeout: float = 180.0,
     env: Mapping[str, str] | None = None,
     python: str | None = None,
+    covalent_version: str | None = None,
 ) -> Iterator[CovalentServer]:
     """Start `covalent start` with fresh isolated dirs, yield it, and stop exactly that server.
 
@@ -346,6 +343,8 @@ def covalent_server(
     yielded server reports). `env` adds variables for the server only (e.g. OMP_NUM_THREADS).
     `python` is the interpreter that runs `covalent start` and `covalent stop`, and so the
     server (None: this one); another environment's, for another Covalent release.
+    `covalent_version`: that interpreter's Covalent, which picks what its server needs
+    (bench.adapters; None: asked of the interpreter).
     Raises CovalentServerError if the server does not answer within `startup_timeout` seconds;
     its state directory is then kept for inspection.
     """
@@ -354,16 +353,18 @@ def covalent_server(
     keep = os.environ.get(KEEP_STATE_ENV) == "1"
     args = _start_args(workers, threads_per_worker, no_cluster)
     python = python or sys.executable
+    adapter = _adapter(python, covalent_version)
+    cli = (python, "-c", adapter.cli_snippet)
     # The watchdog cleans up if this process dies without reaching `finally` (kill -9).
     with sigterm_raises(), watchdog(keep_dirs=keep) as dog:
         server, server_env, start_proc = _start_on_free_port(
-            args, base_dir, env, startup_timeout, dog, python
+            args, base_dir, env, startup_timeout, dog, cli, adapter
         )
         try:
             yield server
         finally:
             with signals_deferred():
-                _stop(server, server_env, start_proc, python)
+                _stop(server, server_env, start_proc, cli)
                 _remove_state(server.root, keep)
 
 
@@ -387,23 +388,20 @@ def client_dispatch_cache(directory: str | os.PathLike[str] | None = None) -> It
     """Have this process's Covalent client write its dispatch manifests into `directory`
     (None: a fresh temporary directory, removed on exit), and restore the previous one after.
 
-    `ct.dispatch` writes one manifest per dispatch (~100 KB for a small graph) into
-    `covalent._dispatcher_plugins.local.dispatch_cache_dir` and never deletes it. Covalent
-    sets that path once, at `import covalent`, from `sdk.dispatch_cache_dir` of the client's
-    covalent.conf (written on the first import ever, so it wins) or else from
-    $COVALENT_DISPATCH_CACHE_DIR; every dispatch reads the module attribute anew, which is
-    what is set here, so this works whenever covalent was imported."""
-    from covalent._dispatcher_plugins import local as covalent_local
-
+    `ct.dispatch` writes one manifest per dispatch (~100 KB for a small graph) into its
+    dispatch cache directory and never deletes it. Covalent sets that path once, at `import
+    covalent`, from `sdk.dispatch_cache_dir` of the client's covalent.conf (written on the
+    first import ever, so it wins) or else from $COVALENT_DISPATCH_CACHE_DIR; every dispatch
+    reads it anew, and that is what is set here (covalent_api.swap_dispatch_cache_dir), so
+    this works whenever covalent was imported."""
     made = directory is None
     path = Path(tempfile.mkdtemp(prefix="covalent-dispatches-")) if made else Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    previous = covalent_local.dispatch_cache_dir
-    covalent_local.dispatch_cache_dir = path
+    previous = covalent_api.swap_dispatch_cache_dir(path)
     try:
         yield path
     finally:
-        covalent_local.dispatch_cache_dir = previous
+        covalent_api.swap_dispatch_cache_dir(previous)
         if made:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -474,15 +472,16 @@ def _start_on_free_port(
     extra_env: Mapping[str, str] | None,
     timeout: float,
     dog: Watchdog,
-    python: str,
+    cli: tuple[str, ...],
+    adapter: adapters.Adapter,
 ) -> tuple[CovalentServer, dict[str, str], subprocess.Popen[bytes]]:
     """Start a server in a fresh state dir on a free port; retry if the port gets taken."""
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         root = Path(tempfile.mkdtemp(prefix="covalent-bench-", dir=base_dir))
         dog.remove(root)
-        env = _server_env(root, _free_port(), extra_env)
+        env = _server_env(root, _free_port(), extra_env, adapter)
         try:
-            server, proc = _start(root, env, args, timeout, dog, python)
+            server, proc = _start(root, env, args, timeout, dog, cli, adapter)
         except _PortTaken as exc:
             log.warning("%s (attempt %d of %d)", exc, attempt, _PORT_ATTEMPTS)
             continue
@@ -500,25 +499,42 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_env(root: Path, port: int, extra: Mapping[str, str] | None) -> dict[str, str]:
+def _adapter(python: str, version: str | None) -> adapters.Adapter:
+    """The release family of the Covalent that `python` imports."""
+    if version is None and python == sys.executable:
+        return adapters.current()
+    if version is None:
+        try:
+            done = subprocess.run(
+                [python, "-c", "import importlib.metadata as m; print(m.version('covalent'))"],
+                capture_output=True, text=True, timeout=_CLI_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CovalentServerError(f"cannot ask {python} for its covalent: {exc}") from exc
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise CovalentServerError(f"{python} has no covalent to start a server with: {last}")
+        version = done.stdout.strip()
+    return adapters.adapter_for(version)
+
+
+def _server_env(root: Path, port: int, extra: Mapping[str, str] | None,
+                adapter: adapters.Adapter) -> dict[str, str]:
     """The server's environment: ours, with every covalent path and temporary file inside
-    `root`, proxies bypassed for loopback, and Dask's dashboard on loopback."""
+    `root`, the variables and directories its release family needs, proxies bypassed for
+    loopback, and Dask's dashboard on loopback."""
     # Inherited COVALENT_* variables describe the caller's own client setup: none apply here.
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVALENT_")}
     for var, sub in _STATE_DIRS.items():
         # `covalent start` writes its pid file into the cache dir without creating it first.
         (root / sub).mkdir()
         env[var] = str(root / sub)
-    # Covalent < 0.240's local and dask executors write into $XDG_CACHE_HOME/covalent without
-    # creating it: the task fails (dask) or hangs RUNNING forever (local) otherwise.
-    (root / _STATE_DIRS["XDG_CACHE_HOME"] / "covalent").mkdir()
+    for var, sub in adapter.server_dirs:  # what its release needs and does not create
+        (Path(env[var]) / sub).mkdir(parents=True, exist_ok=True)
     (root / "db").mkdir()
     env["COVALENT_DATABASE"] = str(root / "db" / "dispatcher_db.sqlite")
-    # Covalent >= 0.239 keeps dispatcher state in a second SQLite database, by default a
-    # NamedTemporaryFile in /tmp that a killed server leaves behind. Both go into `root`:
-    # the database itself, and TMPDIR for the empty temporary file it creates regardless
-    # (and for whatever else the server and its tasks put in temporary files).
-    env["COVALENT_CACHE_DB_URL"] = f"sqlite+pysqlite:///{root / 'db' / CACHE_DB_NAME}"
+    env.update(adapter.server_env(root / "db"))
+    # Every temporary file of the server and its tasks goes into `root` too (a cache
+    # database's empty NamedTemporaryFile, which a killed server leaves behind, among them).
     (root / "tmp").mkdir()
     env["TMPDIR"] = str(root / "tmp")
     env["COVALENT_SVC_PORT"] = str(port)
@@ -538,10 +554,10 @@ def _server_env(root: Path, port: int, extra: Mapping[str, str] | None) -> dict[
 
 def _start(
     root: Path, env: dict[str, str], args: list[str], timeout: float, dog: Watchdog,
-    python: str,
+    cli: tuple[str, ...], adapter: adapters.Adapter,
 ) -> tuple[CovalentServer, subprocess.Popen[bytes]]:
     """Run `covalent start` until the server answers; on any failure leave nothing running."""
-    cmd = [python, "-c", _CLI, "start", f"--port={env['COVALENT_SVC_PORT']}", *args]
+    cmd = [*cli, "start", f"--port={env['COVALENT_SVC_PORT']}", *args]
     t0 = time.perf_counter()
     with open(root / _STATE_DIRS["COVALENT_LOGDIR"] / START_LOG_NAME, "wb") as out:
         # Own session: the server lands in this process group and no terminal's Ctrl-C reaches
@@ -559,7 +575,7 @@ def _start(
     dog.session(proc.pid)  # the server and its Dask cluster live in this session
     try:
         _wait_for_cli(proc, root, timeout)
-        server = _read_back(root, env, startup_s=time.perf_counter() - t0)
+        server = _read_back(root, env, time.perf_counter() - t0, adapter)
         if server.pid is not None:
             dog.tree(server.pid)  # in case some part of it leaves the session
     except BaseException as exc:
@@ -602,7 +618,8 @@ def _wait_for_cli(proc: subprocess.Popen[bytes], root: Path, timeout: float) -> 
         )
 
 
-def _read_back(root: Path, env: Mapping[str, str], startup_s: float) -> CovalentServer:
+def _read_back(root: Path, env: Mapping[str, str], startup_s: float,
+               adapter: adapters.Adapter) -> CovalentServer:
     """Describe the started server from its own config, and check that it is ours."""
     config_file = Path(env["COVALENT_CONFIG_DIR"]) / "covalent.conf"
     config = toml.load(config_file)
@@ -613,7 +630,7 @@ def _read_back(root: Path, env: Mapping[str, str], startup_s: float) -> Covalent
         raise _PortTaken(f"port {env['COVALENT_SVC_PORT']} was taken during start-up")
     address = f"http://127.0.0.1:{port}"
     try:
-        _check_answers(address)
+        _check_answers(address, adapter=adapter)
     except (requests.RequestException, ValueError) as exc:
         raise _start_error(
             f"{address} does not answer as a Covalent server ({type(exc).__name__})",
@@ -641,6 +658,7 @@ def _read_back(root: Path, env: Mapping[str, str], startup_s: float) -> Covalent
             int(dask["threads_per_worker"]) if cluster and "threads_per_worker" in dask else None
         ),
         main_pid=_main_pid(pid),
+        adapter=adapter,
     )
 
 
@@ -661,7 +679,7 @@ def _start_error(what: str, root: Path, hint: str) -> CovalentServerError:
 
 def _stop(
     server: CovalentServer, env: Mapping[str, str], start_proc: subprocess.Popen[bytes],
-    python: str,
+    cli: tuple[str, ...],
 ) -> None:
     """`covalent stop` this server, then make sure every one of its processes is gone."""
     t0 = time.perf_counter()
@@ -676,7 +694,7 @@ def _stop(
                 proc.kill()
         left = procs
     elif main is not None and alive(main):
-        _run_cli(["stop", "--no-header", "--no-footer"], env, python)
+        _run_cli(cli, ["stop", "--no-header", "--no-footer"], env)
         _, left = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
     else:  # `covalent stop` has nothing to stop, and orphans would not exit by themselves
         log.warning("%s: main process %s is gone; killing the rest", server.address, main)
@@ -703,10 +721,10 @@ def _kill_start(proc: subprocess.Popen[bytes], top_pid: int | None) -> None:
     proc.wait()
 
 
-def _run_cli(args: list[str], env: Mapping[str, str], python: str) -> None:
+def _run_cli(cli: tuple[str, ...], args: list[str], env: Mapping[str, str]) -> None:
     """Run a covalent CLI command under a time limit; report failures, never raise them."""
     proc = subprocess.Popen(
-        [python, "-c", _CLI, *args],
+        [*cli, *args],
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -759,24 +777,22 @@ def _parse_address(address: str) -> tuple[str, int]:
     return text, port
 
 
-def _check_answers(address: str, timeout: float = _HTTP_TIMEOUT_S) -> None:
-    """Raise unless a Covalent server answers at `address` (a cheap, read-only request)."""
+def _check_answers(address: str, timeout: float = _HTTP_TIMEOUT_S,
+                   adapter: adapters.Adapter | None = None) -> None:
+    """Raise unless a Covalent server answers at `address` (a cheap, read-only request): its
+    family's dispatch list, or for a server of unknown release (attached) each family's in
+    turn, newest first, until one is there."""
+    lists = (adapter.dispatch_list,) if adapter is not None else adapters.dispatch_lists()
     with requests.Session() as session:
         # A proxy from the environment must not route loopback traffic (NO_PROXY may lack it).
         session.trust_env = urlsplit(address).hostname not in LOOPBACK_HOSTS
-        response = session.get(
-            f"{address}/api/v2/dispatches",
-            params={"count": 1, "status_only": True},
-            timeout=timeout,
-        )
-        key = "dispatches"
-        if response.status_code == 404:  # covalent < 0.233 lists dispatches in the UI's API
-            response = session.get(
-                f"{address}/api/v1/dispatches/list", params={"count": 1}, timeout=timeout
-            )
-            key = "items"
+        for listing in lists:
+            response = session.get(f"{address}{listing.path}", params=dict(listing.params),
+                                   timeout=timeout)
+            if response.status_code != 404:
+                break
     response.raise_for_status()
-    if key not in response.json():  # ValueError too if the body is not JSON
+    if listing.key not in response.json():  # ValueError too if the body is not JSON
         raise ValueError(f"{address} answers, but not as a Covalent server")
 
 

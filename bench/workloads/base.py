@@ -5,7 +5,7 @@ A workload names its parameters (a profile's matrix varies them), builds the lat
 its inputs for one set of parameters, and turns the lattice's return value into an
 Outcome: a digest (equal digests = the same work) and the figures worth recording.
 Plain runs call the lattice's own function with its electrons as plain calls, so every
-workload runs the same code both ways (bench.run.covalent_api.run_plain).
+workload runs the same code both ways (bench.adapters.covalent_api.run_plain).
 """
 
 from __future__ import annotations

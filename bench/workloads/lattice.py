@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.run import covalent_api
+from bench.adapters import covalent_api
 from bench.workloads.base import Outcome, Workload, WorkloadError
 from bench.workloads.digest import digest
 

@@ -1,12 +1,14 @@
-"""The one module that touches Covalent's private or version-specific API.
+"""The one module on Covalent's private API, shared by every supported release family.
 
 Everything the harness needs from Covalent beyond `ct.dispatch` / `ct.get_result` goes
 through here: dispatching a lattice with its tasks probed (without editing them), running
 a lattice as plain Python with the same probes, status names, the result manager and its
-manifest (serialized sizes), node errors, graph walking and the server's CLI. Supporting
-another Covalent release means changing this module only.
+manifest (serialized sizes), node errors, graph walking and the client's dispatch cache.
+What differs between releases is declared in the family modules beside it
+(bench.adapters.covalent_0_XXX); a release that changes one of these functions gets a branch
+here on its family (`bench.adapters.current()`), with a comment naming the releases.
 
-Checked against covalent 0.240.0.
+Checked against covalent 0.232.0.post1, 0.238.0 and 0.240.0.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import covalent as ct
 import requests
+from covalent._dispatcher_plugins import local as _local_dispatcher
 from covalent._results_manager.results_manager import ResultManager
 from covalent._shared_files.context_managers import active_lattice_manager
 from covalent._workflow.electron import Electron, _build_sublattice_graph
@@ -30,7 +34,6 @@ from covalent._workflow.transport import encode_metadata
 from covalent._workflow.transportable_object import TransportableObject
 
 __all__ = [
-    "CLI_SNIPPET",
     "SERVER_EXECUTORS",
     "TERMINAL",
     "GraphNode",
@@ -48,6 +51,7 @@ __all__ = [
     "status",
     "status_name",
     "stock_wait",
+    "swap_dispatch_cache_dir",
     "task_errors",
 ]
 
@@ -57,11 +61,6 @@ TaskWrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
 SERVER_EXECUTORS = ("local", "dask")
 DASK_SCHEME = "tcp://"
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "POSTPROCESSING_FAILED"})
-# The CLI as run by a given interpreter, so the server it launches (`sys.executable app.py`)
-# runs in that interpreter's environment.
-CLI_SNIPPET = (
-    "import sys; from covalent_dispatcher._cli.cli import cli; sys.exit(cli(prog_name='covalent'))"
-)
 SUBLATTICE_PREFIX = ":sublattice:"
 
 
@@ -386,3 +385,12 @@ def reserialize(lattice: Lattice, fn: Callable[..., Any] | None = None) -> None:
     is still referenced by name in it."""
     lattice.workflow_function = TransportableObject.make_transportable(
         fn if fn is not None else lattice_function(lattice))
+
+
+def swap_dispatch_cache_dir(path: Path) -> Path:
+    """Have this process's client write its dispatch manifests into `path`; returns the
+    directory it used so far. Covalent reads the module attribute anew at every dispatch
+    (it set it once, at `import covalent`, from the client's covalent.conf)."""
+    previous = Path(_local_dispatcher.dispatch_cache_dir)
+    _local_dispatcher.dispatch_cache_dir = path
+    return previous
