@@ -31,7 +31,6 @@ from bench.config.profiles import Profile, Scenario
 from bench.precision import Precision
 from bench.records import (
     ERROR,
-    TIMEOUT,
     CsvAppender,
     RunContext,
     RunRecord,
@@ -427,49 +426,39 @@ class Engine:
         return rows
 
     def _measure(self, case: Case, place: Place | None) -> list[RunRecord]:
-        """The case's records, from the place that runs its client side."""
+        """The case's records, from the place that runs its client side: this interpreter
+        (bench.run.runner) or a Covalent environment's client (RemoteClient), called alike."""
         scenario = case.scenario
         workload, params, n = scenario.workload, scenario.params, scenario.concurrency
         assert self.server is not None, "use the Engine as a context manager"
+        if case.mode == "plain":
+            return measure_plain_batch(workload, params, self.probe_dir, self.server, n,
+                                       case.probed, scenario.timeout_s)
         if place is not None and place.failure:  # the row says why; the others go on
             return [RunRecord("covalent", case.executor, 0.0, status=ERROR,
                               error=f"environment {place.name}: {place.failure}",
                               probed=case.probed)]
-        if place is not None:
-            name, inputs, digest = workload.ref
-            if name is None:
-                raise SetupError(f"workload {workload.name!r} was defined in this process "
-                                 f"(a notebook cell, say): a Covalent environment's client "
-                                 f"cannot import it; put it in a module to measure it there")
-            target = (self.cluster.address if case.executor == "external" and self.cluster
-                      else None)
-            records = place.client.measure_covalent_batch(
-                name, params, case.executor, place.server.address, self.probe_dir, n,
-                scenario.timeout_s, case.probed, inputs=inputs, digest=digest,
-                dispatch_to=target, server=place.server)
-            if any(r.status == TIMEOUT for r in records):  # its client cancelled; we stop
-                stopped = (self.cluster.stop_tasks() if target and self.cluster
-                           else place.server.stop_tasks(case.executor))
-                for record in records:
-                    if record.status == TIMEOUT and stopped:
-                        record.error = f"{record.error}; {stopped}"
-            return records
-        if case.mode == "plain":
-            return measure_plain_batch(workload, params, self.probe_dir, self.server, n,
-                                       case.probed, scenario.timeout_s)
+        if place is not None and workload.ref[0] is None:
+            raise SetupError(f"workload {workload.name!r} was defined in this process "
+                             f"(a notebook cell, say): a Covalent environment's client "
+                             f"cannot import it; put it in a module to measure it there")
         external = case.executor == "external" and self.cluster is not None
         if external and self.cluster_failure:  # the row says why; the other executors go on
             return [RunRecord("covalent", case.executor, 0.0, status=ERROR,
                               probed=case.probed, error=self.cluster_failure)
                     for _ in range(n)]
-        target = self.cluster.executor() if external and self.cluster else None
-        server = self.server
+        server = place.server if place is not None else self.server
+        assert server is not None
+        measure = (place.client.measure_covalent_batch if place is not None
+                   else measure_covalent_batch)
         stop = (self.cluster.stop_tasks if external and self.cluster else
-                 (lambda: server.stop_tasks(case.executor)))
-        records = measure_covalent_batch(
-            workload, params, case.executor, self.server.address, self.probe_dir,
-            self.server, n, timeout_s=scenario.timeout_s, dispatch_to=target,
-            health=self.server.check_alive, probe=case.probed, stop=stop)
+                (lambda: server.stop_tasks(case.executor)))
+        records = measure(
+            workload, params, executor=case.executor, address=server.address,
+            probe_dir=self.probe_dir, server=server, concurrency=n,
+            timeout_s=scenario.timeout_s,
+            dispatch_to=self.cluster.target() if external and self.cluster else None,
+            health=server.check_alive, probe=case.probed, stop=stop)
         if external and self.cluster and any(r.status != "COMPLETED" for r in records):
             gone = self.cluster.check_alive()
             if gone:  # not the workflow's failure: say so, and leave that executor out

@@ -73,8 +73,8 @@ def test_covalent_on_external_cluster_does_the_same_work(
         # would be on real machines; the records say "external", the tasks go to the cluster.
         workload = MnistWorkload()
         (record,) = measure_covalent_batch(
-            workload, workload.check(dataclasses.asdict(small_config)), "external",
-            covalent_server.address, tmp_path, dispatch_to=cluster.executor(),
+            workload, workload.check(dataclasses.asdict(small_config)), executor="external",
+            address=covalent_server.address, probe_dir=tmp_path, dispatch_to=cluster.target(),
         )
         assert record.status == "COMPLETED", record.error
         assert (record.mode, record.executor) == ("covalent", "external")

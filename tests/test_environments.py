@@ -28,6 +28,8 @@ from bench.workloads import workload_for
 
 RELEASE = "covalent==0.240.0"
 CHAIN = {"n": 2, "sleep_s": 0.0}
+CHAIN_WORKLOAD = workload_for("chain")
+DEAD = "http://127.0.0.1:9"  # nothing listens there
 
 
 # --- environments ---------------------------------------------------------------------------
@@ -107,8 +109,8 @@ def test_a_server_that_is_not_there_raises_server_unavailable_with_records(
 ) -> None:
     assert local_client.covalent_version
     with pytest.raises(ServerUnavailableError) as caught:
-        local_client.measure_covalent_batch("chain", CHAIN, "local", "http://127.0.0.1:9",
-                                            tmp_path, timeout_s=30)
+        local_client.measure_covalent_batch(CHAIN_WORKLOAD, CHAIN, executor="local",
+                                            address=DEAD, probe_dir=tmp_path, timeout_s=30)
     (record,) = caught.value.records
     assert record.mode == "covalent" and record.status == "ERROR"
     assert "server unavailable" in record.error
@@ -117,8 +119,12 @@ def test_a_server_that_is_not_there_raises_server_unavailable_with_records(
 def test_a_failing_request_names_the_error_and_the_client_goes_on(
     local_client: RemoteClient, tmp_path: Path,
 ) -> None:
+    class Nope:  # a workload whose name the child cannot load
+        name, ref = "nope", ("nope", None, None)
+
     with pytest.raises(RemoteClientError, match="unknown workload 'nope'") as caught:
-        local_client.measure_covalent_batch("nope", {}, "local", "http://127.0.0.1:9", tmp_path)
+        local_client.measure_covalent_batch(Nope(), {}, executor="local", address=DEAD,
+                                            probe_dir=tmp_path)
     assert caught.value.error_type == "WorkloadError"
     assert local_client.proc is not None and local_client.proc.poll() is None
 
@@ -129,8 +135,8 @@ def test_a_client_that_dies_is_a_clear_error(tmp_path: Path) -> None:
         client.proc.kill()
         client.proc.wait()
         with pytest.raises(RemoteClientError, match="exited with -9"):
-            client.measure_covalent_batch("chain", CHAIN, "local", "http://127.0.0.1:9",
-                                          tmp_path)
+            client.measure_covalent_batch(CHAIN_WORKLOAD, CHAIN, executor="local",
+                                          address=DEAD, probe_dir=tmp_path)
 
 
 def test_an_interpreter_that_cannot_be_a_client_fails_at_start(tmp_path: Path) -> None:
@@ -163,8 +169,9 @@ def test_a_chain_through_the_environment_matches_the_plain_run(
     plain = measure_plain(workload, params, tmp_path)
     with RemoteClient(built.python, built.env) as client:
         assert client.covalent_version == "0.240.0"
-        (record,) = client.measure_covalent_batch("chain", params, "local", env_server.address,
-                                                  tmp_path, timeout_s=120, server=env_server)
+        (record,) = client.measure_covalent_batch(
+            workload, params, executor="local", address=env_server.address,
+            probe_dir=tmp_path, timeout_s=120, server=env_server)
     assert record.status == "COMPLETED", record.error
     assert record.mode == "covalent" and record.executor == "local" and record.dispatch_id
     assert record.outcome.digest == plain.outcome.digest
@@ -186,8 +193,9 @@ def test_an_interrupt_reaches_the_client_and_brings_its_rows_back(
         timer.start()
         try:
             with pytest.raises(KeyboardInterrupt) as caught:
-                client.measure_covalent_batch("chain", {"n": 1, "sleep_s": 60.0}, "local",
-                                              env_server.address, tmp_path, timeout_s=120)
+                client.measure_covalent_batch(
+                    CHAIN_WORKLOAD, {"n": 1, "sleep_s": 60.0}, executor="local",
+                    address=env_server.address, probe_dir=tmp_path, timeout_s=120)
         finally:
             timer.cancel()
             signal.signal(signal.SIGINT, previous)

@@ -217,8 +217,9 @@ def test_a_worker_killed_mid_task_flags_the_run(slow_module: Path, tmp_path: Pat
 
         killer = threading.Thread(target=kill_a_worker)
         killer.start()
-        (record,) = measure_covalent_batch(workload, params, "dask", server.address,
-                                           tmp_path, server)
+        (record,) = measure_covalent_batch(workload, params, executor="dask",
+                                           address=server.address, probe_dir=tmp_path,
+                                           server=server)
         killer.join()
     assert record.status == "COMPLETED", record.error
     assert record.flags.startswith("worker_restart"), record.flags

@@ -249,8 +249,8 @@ def _measure(module: Path, attr: str, executor: str, server, probe_dir: Path,
 
     workload = workload_for(f"{module}:{attr}")
     (record,) = measure_covalent_batch(
-        workload, workload.check(params), executor, server.address, probe_dir, server,
-        timeout_s=timeout_s, health=server.check_alive,
+        workload, workload.check(params), executor=executor, address=server.address,
+        probe_dir=probe_dir, server=server, timeout_s=timeout_s, health=server.check_alive,
         stop=lambda: server.stop_tasks(executor))
     return record
 

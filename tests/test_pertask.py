@@ -54,7 +54,8 @@ def test_covalent_run_does_the_same_work_with_every_task_probed(
     workload = workload_for(name)
     params = workload.check({"n": 4, "sleep_s": 0.05})
     plain = measure_plain(workload, params, tmp_path)
-    (cov,) = measure_covalent_batch(workload, params, "local", covalent_server.address, tmp_path)
+    (cov,) = measure_covalent_batch(workload, params, executor="local",
+                                    address=covalent_server.address, probe_dir=tmp_path)
     assert cov.status == "COMPLETED", cov.error
     assert cov.outcome.digest == plain.outcome.digest and cov.outcome.metrics["correct"]
     assert cov.tasks_probed == "4/4"
@@ -67,8 +68,9 @@ def test_a_dispatch_past_its_timeout_is_cancelled_and_recorded(covalent_server,
                                                                tmp_path: Path) -> None:
     workload = workload_for("chain")
     params = workload.check({"n": 3, "sleep_s": 2.0})
-    (record,) = measure_covalent_batch(workload, params, "local", covalent_server.address,
-                                       tmp_path, timeout_s=1.0)
+    (record,) = measure_covalent_batch(workload, params, executor="local",
+                                       address=covalent_server.address, probe_dir=tmp_path,
+                                       timeout_s=1.0)
     assert record.status == "TIMEOUT"
     assert "dispatch timeout of 1 s; cancelled" in record.error and record.dispatch_id
     assert covalent_api.status(record.dispatch_id, covalent_server.address) in {

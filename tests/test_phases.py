@@ -33,8 +33,8 @@ def _params(config: WorkflowConfig) -> dict[str, Any]:
 
 def _measure_covalent(config: WorkflowConfig, executor: str, address: str, probe_dir: Path
                       ) -> RunRecord:
-    (record,) = measure_covalent_batch(MnistWorkload(), _params(config), executor, address,
-                                       probe_dir)
+    (record,) = measure_covalent_batch(MnistWorkload(), _params(config), executor=executor,
+                                       address=address, probe_dir=probe_dir)
     return record
 
 

@@ -42,7 +42,7 @@ PROBE = """<script>
   window.addEventListener('error', function (e) {
     var t = e.target;
     if (t && t !== window && (t.src || t.href)) {
-      errors.push('failed to load ' + String(t.src || t.href).slice(0, 80));
+      errors.push('failed to load ' + String(t.src || t.href).slice(-80));  // the name ends it
     } else {
       errors.push('error: ' + e.message);
     }
@@ -198,7 +198,7 @@ def test_probe_sees_broken_images_and_script_errors(tmp_path: Path) -> None:
     seen = probe(binary, page, tmp_path / "profile")
     assert seen["images"][0]["width"] == 0
     assert any("undefinedCall" in e for e in seen["errors"]), seen["errors"]
-    assert any("failed to load" in e and "missing.png" in e for e in seen["errors"])
+    assert any("failed to load" in e and "missing.png" in e for e in seen["errors"]), seen
     assert any("console.error: boom" in e for e in seen["errors"])
 
 

@@ -224,7 +224,8 @@ def _covalent_run(config: WorkflowConfig, executor: str, address: str, probe_dir
                   ) -> RunRecord:
     workload = MnistWorkload()
     (record,) = measure_covalent_batch(
-        workload, workload.check(dataclasses.asdict(config)), executor, address, probe_dir
+        workload, workload.check(dataclasses.asdict(config)), executor=executor,
+        address=address, probe_dir=probe_dir,
     )
     return record
 

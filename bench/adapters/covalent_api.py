@@ -73,15 +73,16 @@ def status_name(value: Any) -> str:
     return str(value).removeprefix("StatusEnum.")
 
 
-def executor_for(executor: Any) -> Any:
-    """'local' or 'dask' (the server's own), 'tcp://host:port' (that Dask scheduler), or a
-    ready Covalent executor object, passed through."""
+def executor_for(executor: Any, cache_dir: str = "") -> Any:
+    """'local' or 'dask' (the server's own), 'tcp://host:port' (that Dask scheduler, its
+    task files staged in `cache_dir`: "" for Covalent's default), or a ready Covalent
+    executor object, passed through."""
     if not isinstance(executor, str):
         return executor
     if executor in SERVER_EXECUTORS:
         return executor
     if executor.startswith(DASK_SCHEME) and executor.removeprefix(DASK_SCHEME):
-        return ct.executor.DaskExecutor(scheduler_address=executor)
+        return ct.executor.DaskExecutor(scheduler_address=executor, cache_dir=cache_dir)
     raise ValueError(
         f"executor must be one of {', '.join(SERVER_EXECUTORS)} or a Dask scheduler address "
         f"{DASK_SCHEME}host:port, got {executor!r}"

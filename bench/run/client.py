@@ -8,8 +8,9 @@ stdout. It first writes {"ready": true, "covalent": VERSION, "python": ..., "pid
 for each request
 
     {"workload": "chain" or "MODULE:ATTR", "inputs": null, "digest": null, "params": {...},
-     "label": "local", "address": "http://127.0.0.1:P", "probe_dir": "...", "concurrency": 1,
-     "timeout_s": 600, "probe": true, "dispatch_to": null}
+     "executor": "local", "address": "http://127.0.0.1:P", "probe_dir": "...",
+     "concurrency": 1, "timeout_s": 600, "probe": true,
+     "dispatch_to": null or {"address": "tcp://...", "cache_dir": "..."}}
 
 it runs bench.run.runner.measure_covalent_batch (no server meter: the server's processes
 belong to the parent) and answers one line: {"ok": true, "records": [...]}, or {"ok": false,
@@ -42,7 +43,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -100,6 +101,7 @@ class _Child:
 
     def serve(self, request: Mapping[str, Any]) -> dict[str, Any]:
         from bench.run.runner import ServerUnavailableError, measure_covalent_batch
+        from bench.services.cluster import DaskTarget
         from bench.services.server import CovalentServer
 
         try:
@@ -109,12 +111,13 @@ class _Child:
             # (Its processes are the parent's to watch; here only HTTP tells.)
             server = CovalentServer(address=address, port=urlsplit(address).port or 0,
                                     owned=False)
+            target = request.get("dispatch_to")
             records = measure_covalent_batch(
-                workload, request["params"], request["label"], address, request["probe_dir"],
-                server=None, concurrency=int(request.get("concurrency", 1)),
+                workload, request["params"], executor=request["executor"], address=address,
+                probe_dir=request["probe_dir"], concurrency=int(request.get("concurrency", 1)),
                 timeout_s=float(request.get("timeout_s", 3600.0)),
-                dispatch_to=request.get("dispatch_to"), health=server.check_alive,
-                probe=bool(request.get("probe", True)),
+                dispatch_to=DaskTarget(**target) if target else None,
+                health=server.check_alive, probe=bool(request.get("probe", True)),
             )
             return {"ok": True, "records": [_record_to_json(r) for r in records]}
         except ServerUnavailableError as exc:
@@ -284,39 +287,47 @@ class RemoteClient:
 
     def measure_covalent_batch(
         self,
-        workload_ref: str,
+        workload: Any,
         params: Mapping[str, Any],
-        label: str,
+        *,
+        executor: str,
         address: str,
         probe_dir: str | os.PathLike[str],
+        server: Any = None,
         concurrency: int = 1,
         timeout_s: float = 3600.0,
+        dispatch_to: Any = None,
+        health: Callable[[], str | None] | None = None,
         probe: bool = True,
-        *,
-        inputs: str | None = None,
-        digest: str | None = None,
-        dispatch_to: str | None = None,
-        server: Any = None,
+        stop: Callable[[], str] | None = None,
     ) -> list[Any]:
-        """bench.run.runner.measure_covalent_batch, run by the child: `workload_ref` is a
-        built-in workload's name or MODULE:ATTR (with `inputs`/`digest` as for
-        bench.workloads.workload_for), `dispatch_to` a Dask scheduler address for an external
-        cluster. `server` (a CovalentServer), if given, is metered here as the runner would:
-        server_cpu_s and worker-restart flags. Raises ServerUnavailableError (with the
-        records) if the server went away, RemoteClientError if the child failed."""
-        from bench.run.runner import CpuMeter, ServerUnavailableError, attach_records
+        """bench.run.runner.measure_covalent_batch, the same keywords, its dispatch loop run
+        by the child. `workload` must be loadable there (`workload.ref`: a built-in name or
+        MODULE:ATTR). The child watches the server over HTTP; here, `server` is metered
+        (server_cpu_s, worker restarts), `health` is asked when runs came back errored,
+        and `stop` stops the tasks of runs that the child cancelled at `timeout_s`.
+        Raises ServerUnavailableError (with the records) if the server went away,
+        RemoteClientError if the child failed."""
+        from bench.records import ERROR, TIMEOUT
+        from bench.run.runner import CpuMeter, ServerUnavailableError, attach_records, meter_batch
 
-        request = {"workload": workload_ref, "inputs": inputs, "digest": digest,
-                   "params": dict(params), "label": label, "address": address,
+        name, inputs, digest = workload.ref
+        if name is None:
+            raise RemoteClientError(
+                f"workload {workload.name!r} was defined in this process (a notebook cell, "
+                f"say): a Covalent environment's client cannot import it; put it in a module")
+        request = {"workload": name, "inputs": inputs, "digest": digest,
+                   "params": dict(params), "executor": executor, "address": address,
                    "probe_dir": str(probe_dir), "concurrency": concurrency,
-                   "timeout_s": timeout_s, "probe": probe, "dispatch_to": dispatch_to}
+                   "timeout_s": timeout_s, "probe": probe,
+                   "dispatch_to": dataclasses.asdict(dispatch_to) if dispatch_to else None}
         limit = (self.request_timeout_s if self.request_timeout_s is not None
                  else timeout_s + REQUEST_MARGIN_S * max(1, concurrency))
         meter = CpuMeter(server.processes()) if server is not None else None
         with self._lock:
             self._send(request)
             try:
-                reply = self._answer(limit, f"measure {workload_ref} on {label}")
+                reply = self._answer(limit, f"measure {name} on {executor}")
             except RemoteClientError:
                 raise
             except BaseException as exc:  # Ctrl-C, SIGTERM: the child cancels, sends rows
@@ -324,8 +335,17 @@ class RemoteClient:
                 raise
         records = [_record_from_json(r) for r in reply.get("records", [])]
         if meter is not None:
-            _meter_into(records, meter, server)
+            meter_batch(records, meter, server)
+        if stop is not None and any(r.status == TIMEOUT for r in records):
+            stopped = stop()  # the child cancelled them; Covalent leaves their tasks running
+            for record in records:
+                if record.status == TIMEOUT and stopped:
+                    record.error = f"{record.error}; {stopped}"
         if reply.get("ok"):
+            reason = (health() if health is not None
+                      and any(r.status == ERROR for r in records) else None)
+            if reason:
+                raise ServerUnavailableError(reason, records)
             return records
         kind = reply.get("kind")
         if kind == "server_unavailable":
@@ -437,18 +457,6 @@ def _record_from_json(data: Mapping[str, Any]) -> Any:
     fields["outcome"] = None if outcome is None else Outcome(outcome["digest"],
                                                              dict(outcome.get("metrics") or {}))
     return RunRecord(**fields)
-
-
-def _meter_into(records: list[Any], meter: Any, server: Any) -> None:
-    """What runner._finish_batch adds from a server meter (the child has none)."""
-    from bench import records as R
-
-    server_cpu = meter.seconds(server.processes())
-    died = meter.died()
-    for record in records:
-        record.timings["server_cpu_s"] = server_cpu
-        if died and record.mode == "covalent":
-            record.flags = f"{R.WORKER_RESTART}:{len(died)}"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from bench import records as R
 from bench.adapters import covalent_api as api
 from bench.records import RunRecord
 from bench.run.probes import read_probes, task_probe
+from bench.services.cluster import DaskTarget
 from bench.workloads import Workload
 
 POLL_S = 0.05
@@ -504,30 +505,36 @@ def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], la
 def measure_covalent_batch(
     workload: Workload,
     params: Mapping[str, Any],
-    label: str,
+    *,
+    executor: str,
     address: str,
     probe_dir: str | Path,
     server: Any = None,
     concurrency: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-    dispatch_to: Any = None,
+    dispatch_to: DaskTarget | None = None,
     health: Health | None = None,
     probe: bool = True,
     stop: Stopper | None = None,
 ) -> list[RunRecord]:
     """`concurrency` dispatches submitted back to back, awaited together, then downloaded.
 
-    `label` is the records' executor ('local', 'dask', 'external'); `dispatch_to` what the
-    lattice runs on if that differs (an external cluster's executor). Each record's wall_s
-    runs from its own dispatch call to its result in hand; latency_s from the batch's start;
+    This is the one signature of a Covalent batch, wherever its client side runs
+    (bench.run.client.RemoteClient.measure_covalent_batch takes the same keywords).
+    `executor` is the records' executor ('local', 'dask', 'external'); `dispatch_to` the
+    external Dask cluster the lattice runs on instead of a server executor. `server`, if
+    given, is metered (server_cpu_s, worker restarts). Each record's wall_s runs from its
+    own dispatch call to its result in hand; latency_s from the batch's start;
     batch_wall_s is the whole batch (the same on every record). `health` tells whether the
     server is still there (see _await_all); `stop` stops the task processes of dispatches
     past `timeout_s`. Every dispatch gets a record, whatever happens:
     a dead server raises ServerUnavailableError carrying them; an interrupt carries them on
     the exception (attach_records)."""
+    label = executor
     meter = CpuMeter(server.processes()) if server is not None else None
     batch_start = time.perf_counter()
-    target = label if dispatch_to is None else dispatch_to
+    target = label if dispatch_to is None else api.executor_for(dispatch_to.address,
+                                                                dispatch_to.cache_dir)
     runs: list[_Dispatched] = []
     try:
         for _ in range(concurrency):
@@ -590,11 +597,19 @@ def _finish_batch(
     records: list[RunRecord], batch_start: float, meter: CpuMeter | None, server: Any
 ) -> None:
     batch_wall = time.perf_counter() - batch_start
-    server_cpu = meter.seconds(server.processes()) if meter is not None else None
-    died = meter.died() if meter is not None else []
     for record in records:
         record.timings["batch_wall_s"] = batch_wall
-        if server_cpu is not None:  # of the whole batch: the server can't tell runs apart
-            record.timings["server_cpu_s"] = server_cpu
+    if meter is not None:
+        meter_batch(records, meter, server)
+
+
+def meter_batch(records: list[RunRecord], meter: CpuMeter, server: Any) -> None:
+    """What the server's meter says of a finished batch, on each of its records: the
+    server's CPU (of the whole batch: the server can't tell runs apart) and, for Covalent
+    runs, a worker-restart flag if a process of its tree died meanwhile."""
+    server_cpu = meter.seconds(server.processes())
+    died = meter.died()
+    for record in records:
+        record.timings["server_cpu_s"] = server_cpu
         if died and record.mode == "covalent":
             record.flags = f"{R.WORKER_RESTART}:{len(died)}"

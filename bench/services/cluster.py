@@ -73,6 +73,16 @@ class DaskClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class DaskTarget:
+    """An external Dask cluster as a run's `dispatch_to`: its scheduler and the staging
+    directory its workers share with the server ("" = Covalent's default). Plain data, so
+    a Covalent environment's client gets it as JSON."""
+
+    address: str
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
 class DaskCluster:
     """A running Dask cluster, started here (owned) or attached to."""
 
@@ -87,14 +97,12 @@ class DaskCluster:
     staging_dir: Path | None = None
     pids: tuple[int, ...] = field(default=(), repr=False)  # scheduler and `dask worker` pids
 
-    def executor(self) -> Any:
-        """Covalent's executor for this cluster. Covalent stages task files in cache_dir,
+    def target(self) -> DaskTarget:
+        """Where a lattice runs on this cluster. Covalent stages task files in cache_dir,
         which workers and server must share; left empty it uses the client's
         ~/.cache/covalent and never cleans it, so an owned cluster brings its own."""
-        import covalent as ct  # only here: the rest of this module works without it
-
-        staging = str(self.staging_dir) if self.staging_dir is not None else ""
-        return ct.executor.DaskExecutor(scheduler_address=self.address, cache_dir=staging)
+        return DaskTarget(self.address,
+                          str(self.staging_dir) if self.staging_dir is not None else "")
 
     def check_alive(self, timeout_s: float = 3.0) -> str | None:
         """None if the scheduler is there and accepts connections, else a one-line reason.
