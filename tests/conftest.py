@@ -3,6 +3,7 @@ bench plugin (loaded by pyproject's addopts) so tests and benchmarks share one d
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,13 @@ from mnist_core.config import WorkflowConfig
 from mnist_core.data import write_synthetic_mnist
 
 N_TRAIN, N_TEST = 512, 256
+
+# Under pytest-xdist (the README's test command) a worker learns who it is from these
+# variables; a benchmark session that a test starts (`python -m pytest bench ...`) would
+# inherit them, and pytest-benchmark would take itself for an xdist worker and refuse
+# --benchmark-only. xdist itself reads its worker's identity from config.workerinput.
+for _var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+    os.environ.pop(_var, None)
 
 
 @pytest.fixture(scope="session")

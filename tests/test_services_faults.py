@@ -233,6 +233,7 @@ def test_check_alive_reports_a_hung_then_a_dead_server(
 
             main.suspend()  # hung: the kernel still accepts connections, nobody answers
             try:
+                _wait_until(lambda: main.status() == psutil.STATUS_STOPPED, timeout=10)
                 with _no_http(monkeypatch):  # said from the process state, not a timeout
                     reason = server.check_alive(timeout_s=60.0)
             finally:
