@@ -173,6 +173,7 @@ def measure(
     precision: float | None = None,
     max_rounds: int = 30,
     time_budget_s: float | None = None,
+    stacks: int = 0,
     out: str | Path | None = None,
     address: str | None = None,
     dask_scheduler: str | None = None,
@@ -192,7 +193,9 @@ def measure(
     sweeps parameters ({"n": [1, 2, 4]}, or a list of such tables); `environments` measures
     other Covalent releases side by side ({"old": "covalent==0.238.0"}; the first is the
     reference; needs a workflow importable by name); `precision` adds rounds until every
-    orchestration CI is that narrow (seconds; with `max_rounds`, `time_budget_s`).
+    orchestration CI is that narrow (seconds; with `max_rounds`, `time_budget_s`); `stacks`
+    adds that many profiled rounds per mode (py-spy samples every process of the run;
+    `Session.hotspots` and `Session.plot("flame")` show where the time went, by function).
 
     Its own server is started (isolated, loopback) and stopped on return, error or
     interrupt; `address` attaches to a running one instead. Records go to `out` (default
@@ -200,7 +203,7 @@ def measure(
     records the run in flight as INTERRUPTED, cancels its dispatch, stops the servers and
     raises Interrupted (a KeyboardInterrupt); `Session.load(out)` opens what was measured."""
     try:
-        _check_options(precision=precision, max_rounds=max_rounds,
+        _check_options(precision=precision, max_rounds=max_rounds, stacks=stacks or None,
                        time_budget_s=time_budget_s, external_workers=external_workers,
                        covalent_workers=covalent_workers, threads_per_worker=threads_per_worker)
         workload, params = _workload(workflow, args, kwargs, inputs, digest)
@@ -233,7 +236,7 @@ def measure(
             out_dir=out_dir.resolve(), covalent_address=address, covalent_workers=covalent_workers,
             covalent_threads_per_worker=threads_per_worker, dask_scheduler=dask_scheduler,
             external_workers=external_workers, precision=precision, max_rounds=max_rounds,
-            time_budget_s=time_budget_s)
+            time_budget_s=time_budget_s, stacks=stacks)
         _importable_where_needed(the_profile)
         cases = plan(the_profile, run_settings)
     except (ProfileError, WorkloadError, SetupError) as exc:
@@ -258,6 +261,7 @@ def _check_options(**values: Any) -> None:
     from bench.config import options
 
     checks = {"precision": options.precision_seconds, "max_rounds": options.max_rounds,
+              "stacks": options.stack_rounds,
               "time_budget_s": options.precision_seconds,  # seconds > 0, finite
               "external_workers": options.worker_count,
               "covalent_workers": options.worker_count,
@@ -439,6 +443,14 @@ class Session:
     @property
     def phases(self) -> pd.DataFrame | None:
         return load_phases(self.path)
+
+    @property
+    def hotspots(self) -> pd.DataFrame:
+        """Per profiled run (stacks=N), part and role: seconds per function (hotspots.csv);
+        empty without profiled rounds. The report's table: `bench.report.profiles`."""
+        from bench.records import load_hotspots
+
+        return load_hotspots(self.path)
 
     @functools.cached_property
     def summary(self) -> pd.DataFrame:

@@ -31,9 +31,11 @@ from bench.config.profiles import Profile, Scenario
 from bench.precision import Precision
 from bench.records import (
     ERROR,
+    RUN_KEYS,
     CsvAppender,
     RunContext,
     RunRecord,
+    hotspots_writer,
     phase_rows,
     phases_writer,
     record_environment,
@@ -94,6 +96,7 @@ class Settings:
     precision: float | None = None  # target half-width of orchestration's CI, seconds
     max_rounds: int = 30
     time_budget_s: float | None = None
+    stacks: int = 0  # profiled rounds per mode (--bench-stacks), beside the timed ones
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,13 @@ class Case:
     round: int | None = None  # None: all rounds in this one benchmark (grouped order)
     probed: bool = True
     environment: str = ""  # a Covalent environment of the profile; "" = this interpreter
+    profiled: bool = False  # its stacks sampled (--bench-stacks): for the profiles only
 
     @property
     def label(self) -> str:
         where = f"{self.environment}:" if self.environment else ""
-        return where + (self.executor or self.mode) + ("" if self.probed else "-bare")
+        return (where + (self.executor or self.mode) + ("" if self.probed else "-bare")
+                + ("-stacks" if self.profiled else ""))
 
     @property
     def id(self) -> str:
@@ -129,6 +134,13 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
     if precise and grouped:
         raise SetupError("--bench-precision adds rounds one at a time: it needs the "
                          "interleaved order, not --bench-order grouped")
+    if settings.stacks and grouped:
+        raise SetupError("--bench-stacks puts a profiled run beside the timed one of the "
+                         "same round: it needs the interleaved order, not --bench-order "
+                         "grouped")
+    if settings.stacks < 0:
+        raise SetupError(f"--bench-stacks takes a number of rounds >= 0, got "
+                         f"{settings.stacks}")
     cases = []
     for s in profile.scenarios:
         places = [e.name for e in s.environments] or [""]
@@ -146,9 +158,13 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
                                               else s.rounds))
             # Environments alternate their order from round to round, so that none always
             # runs right after the plain run (or another environment): order effects cancel.
-            cases += [Case(s, m, e, r, p, env) for r in rounds
+            # The first `stacks` measured rounds get a profiled twin of each mode, right
+            # after its timed run (as probes = "compare" does with a bare one).
+            profiling = range(s.warmup_rounds, s.warmup_rounds + settings.stacks)
+            cases += [Case(s, m, e, r, p, env, profiled=prof) for r in rounds
                       for m, e, env in modes(places if r % 2 == 0 else places[::-1])
-                      for p in probing]
+                      for p in probing
+                      for prof in ((False, True) if p and r in profiling else (False,))]
     return cases
 
 
@@ -262,6 +278,8 @@ class Engine:
         self.writer: CsvAppender | None = None
         self.phases: CsvAppender | None = None
         self.probe_dir = Path()
+        self.profiler: Any = None  # bench.run.profiling.Profiler, made by the first profiled run
+        self._pending_hotspots: list[Any] = []  # the profiled batch's, until its rows are in
 
     # --- places up and down
 
@@ -402,7 +420,8 @@ class Engine:
                     warmup, record.wall_s, record.status, time.monotonic() - started)
 
         try:
-            records = self._measure(case, place)
+            records = (self._profiled(case, place) if case.profiled
+                       else self._measure(case, place))
         except ServerUnavailableError as exc:
             write(exc.records)
             if place is not None:  # one environment's server: that environment is out
@@ -472,6 +491,22 @@ class Engine:
                 self.reporter.note(self.cluster_failure)
         return records
 
+    def _profiled(self, case: Case, place: Place | None) -> list[RunRecord]:
+        """The case's records with their stacks sampled; hotspots.csv gets their rows."""
+        from bench.run.profiling import Profiler, roles_for
+
+        if self.profiler is None:
+            self.profiler = Profiler(self.out_dir, self.reporter.note)
+        server = place.server if place is not None else self.server
+        client = (place.client.proc.pid if place is not None and place.client is not None
+                  and place.client.proc is not None else os.getpid())
+        external = case.executor == "external" and self.cluster is not None
+        roles = roles_for(client, server if case.mode == "covalent" else None,
+                          self.cluster.pids if external and self.cluster else ())
+        records, hot = self.profiler.run(roles, lambda: self._measure(case, place))
+        self._pending_hotspots = hot
+        return records
+
     def _record(self, scenario: Scenario, record: RunRecord, round_: int,
                 server: CovalentServer | None, environment: str = "",
                 covalent: str = "") -> dict[str, Any]:
@@ -494,9 +529,23 @@ class Engine:
         self.rows += 1
         try:
             self.phases.append(*phase_rows(row, record))
+            self._write_hotspots(row, record)
         except OSError as exc:
             raise self._unwritable(exc, self.phases.path) from None
         return row
+
+    def _write_hotspots(self, row: dict[str, Any], record: RunRecord) -> None:
+        """The run's hotspots (a profiled run's), keyed like its runs.csv row."""
+        mine = [h for h in self._pending_hotspots if len(h)
+                and (h["run_id"] == record.run_id).all()]
+        if not mine:
+            return
+        keys = {k: row.get(k, "") for k in RUN_KEYS}
+        writer = hotspots_writer(self.out_dir)
+        for frame in mine:
+            writer.append(*({**rec, **keys} for rec in frame.drop(
+                columns=["run_id", "share", "coverage"], errors="ignore")
+                            .to_dict("records")))
 
     def _unwritable(self, exc: OSError, path: Path) -> RecordsUnwritableError:
         assert self.writer is not None

@@ -65,6 +65,9 @@ INTERRUPTED = "INTERRUPTED"  # Ctrl-C or SIGTERM during the run
 # Flags (runs.csv `flags`): a completed run whose measurement saw something else happen.
 # Flagged runs are kept out of the statistics unless asked for (--include-flagged).
 WORKER_RESTART = "worker_restart"  # a process of the server's tree died during the run
+# A profiled round (--bench-stacks): its stacks were sampled; never in any figure (not even
+# with --include-flagged), only in the sampling's own cost and the profiles.
+PROFILED = "profiled"
 
 RUN_COLUMNS = (
     "timestamp",
@@ -141,6 +144,7 @@ class RunRecord:
     tasks_probed: str = ""
     flags: str = ""
     probed: bool = True  # False: a bare run (no probes), to measure what the probes cost
+    t0: float = 0.0  # time.time() at the run's start: its phases' origin (for profiles)
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,44 @@ def _torn_ending(path: Path) -> str:
     if last == b"\r" and not inside:
         return "\n"  # cut between \r and \n: the row itself is whole
     return ('"' if inside else "") + "," + TORN_MARK + "\r\n"
+
+
+# Profiles (--bench-stacks): per profiled run, its raw py-spy files, trace.json and speedscope
+# files in stacks/<run_id>/, and its functions' seconds per part in hotspots.csv.
+STACKS_DIR = "stacks"
+HOTSPOTS_CSV = "hotspots.csv"
+HOTSPOT_COLUMNS = (
+    *RUN_KEYS,
+    "part",  # the phase (or gap) the samples fell in: submit, node, in_task, ...
+    "role",  # client | server | worker
+    "module", "function", "line", "file",
+    "self_s",  # sampled seconds with the function as the leaf (thread-seconds)
+    "total_s",  # ... with it anywhere on the stack
+    "category",  # covalent, user task, serialization, HTTP, database, asyncio, dask ...
+    "waiting",  # a leaf where threads block (a lock, select, a socket read)
+    "part_s",  # the part's sampled thread-seconds in this run and role
+    "rate_hz",  # samples per second per thread
+)
+
+
+def hotspots_writer(out_dir: str | os.PathLike) -> CsvAppender:
+    return CsvAppender(Path(out_dir) / HOTSPOTS_CSV, HOTSPOT_COLUMNS)
+
+
+def load_hotspots(in_dir: str | os.PathLike, sessions: set[str] | None = None
+                  ) -> pd.DataFrame:
+    """hotspots.csv (of these sessions), or an empty frame without profiled rounds."""
+    import pandas as pd
+
+    path = Path(in_dir) / HOTSPOTS_CSV
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=list(HOTSPOT_COLUMNS))
+    hot = pd.read_csv(path, dtype={"executor": str, "environment": str, "session_id": str,
+                                   "run_id": str, "module": str, "function": str})
+    hot["executor"] = hot["executor"].fillna("")
+    hot["environment"] = hot["environment"].fillna("")
+    hot["waiting"] = hot["waiting"].astype(str).str.lower() == "true"
+    return hot if sessions is None else hot[hot["session_id"].isin(sessions)]
 
 
 def runs_writer(out_dir: str | os.PathLike) -> CsvAppender:

@@ -1,5 +1,5 @@
 """Stack sampling (bench.run.stacks), attribution and hotspots (bench.analysis.hotspots), and
-the trace / speedscope files (bench.report.trace). No Covalent server: a real Python
+the trace / speedscope files (bench.run.trace). No Covalent server: a real Python
 subprocess with known functions is sampled from outside; the analysis gets synthetic samples.
 
 Sampled at 100 Hz (tighter bounds than the 50 Hz default, same code). Measured on this
@@ -25,8 +25,8 @@ import pytest
 
 from bench import records as R
 from bench.analysis import hotspots as H
-from bench.report import trace as T
 from bench.run import stacks as S
+from bench.run import trace as T
 from bench.run.stacks import Frame, Sample, StackSampler
 
 RATE = 100

@@ -224,10 +224,21 @@ def with_breakdown(runs: pd.DataFrame, phases: pd.DataFrame | None) -> pd.DataFr
 
 def flagged(runs: pd.DataFrame) -> pd.Series:
     """Runs whose measurement saw something else happen (runs.csv `flags`, e.g. a worker
-    restart): they completed, but what they measured is not the workflow alone."""
+    restart): they completed, but what they measured is not the workflow alone. Profiled
+    rounds are not among them: `measured` leaves those out always."""
     if "flags" not in runs:
         return pd.Series(False, index=runs.index)
-    return runs["flags"].notna() & (runs["flags"].astype(str).str.strip() != "")
+    flags = runs["flags"].fillna("").astype(str).str.strip()
+    return (flags != "") & (flags != R.PROFILED)
+
+
+def profiled(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose stacks were sampled (--bench-stacks): for the profiles and the sampling's
+    cost only."""
+    if "flags" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["flags"].fillna("").astype(str).str.split(";").apply(
+        lambda flags: R.PROFILED in flags)
 
 
 def bare(runs: pd.DataFrame) -> pd.Series:
@@ -241,7 +252,7 @@ def measured(runs: pd.DataFrame) -> pd.DataFrame:
     """Completed, non-warm-up, probed rows of the latest session that measured each
     (config, mode)."""
     return _latest(runs[(runs["status"] == "COMPLETED") & (~runs["warmup"].astype(bool))
-                        & ~bare(runs)])
+                        & ~bare(runs) & ~profiled(runs)])
 
 
 def cold(runs: pd.DataFrame) -> pd.DataFrame:
@@ -496,19 +507,45 @@ def probe_cost(runs: pd.DataFrame) -> pd.DataFrame:
     Empty unless a profile ran with probes = "compare"."""
     if not bare(runs).any():
         return pd.DataFrame(columns=list(PROBE_COST_COLUMNS))
-    done = runs[(runs["status"] == "COMPLETED") & (~runs["warmup"].astype(bool))
-                & (runs["concurrency"] <= 1)]
-    done = done.assign(bare=bare(done))
+    runs = runs[~profiled(runs)]
+    return _paired_cost(runs, bare(runs), PROBE_COST_METRICS)
+
+
+# What sampling the stacks costs (--bench-stacks): profiled run - unprofiled run of the same
+# round, the same columns as the probes' cost ("probed" = profiled, "bare" = unprofiled).
+STACKS_COST_METRICS = {"plain": ("wall_s",), "covalent": ("wall_s", "submit_s", "server_s")}
+
+
+def stacks_cost(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, mode (and environment) and metric: profiled − unprofiled run of the
+    same round, median, 95 % CI, Wilcoxon p. Empty without profiled rounds."""
+    marked = profiled(runs)
+    if not marked.any():
+        return pd.DataFrame(columns=list(PROBE_COST_COLUMNS))
+    keep = ~bare(runs)
+    return _paired_cost(runs[keep], ~marked[keep], STACKS_COST_METRICS)
+
+
+def _paired_cost(runs: pd.DataFrame, untreated: pd.Series,
+                 metrics: dict[str, tuple[str, ...]]) -> pd.DataFrame:
+    """The treated run (probed, profiled) minus the untreated one of the same round."""
+    done = runs.assign(untreated=untreated)
+    done = done[(done["status"] == "COMPLETED") & (~done["warmup"].astype(bool))
+                & (done["concurrency"] <= 1)]
+    if "environment" in done:
+        done = done.assign(executor=[f"{env}:{ex}" if isinstance(env, str) and env else ex
+                                     for env, ex in zip(done["environment"],
+                                                        done["executor"], strict=True)])
     rows = []
     for (config_id, mode, executor), group in done.groupby(
             ["config_id", "mode", "executor"], sort=False):
-        probed = group[~group["bare"]].groupby("round").first()
-        plain = group[group["bare"]].groupby("round").first()
-        both = probed.index.intersection(plain.index)
-        for metric in PROBE_COST_METRICS.get(mode, ()):
+        treated = group[~group["untreated"]].groupby("round").first()
+        plain = group[group["untreated"]].groupby("round").first()
+        both = treated.index.intersection(plain.index)
+        for metric in metrics.get(mode, ()):
             if metric not in group or len(both) == 0:
                 continue
-            a = pd.to_numeric(probed.loc[both, metric], errors="coerce")
+            a = pd.to_numeric(treated.loc[both, metric], errors="coerce")
             b = pd.to_numeric(plain.loc[both, metric], errors="coerce")
             diff = (a - b).dropna()
             if diff.empty:

@@ -85,6 +85,13 @@ WAIT_NAMES = frozenset({"wait", "_wait", "wait_for", "join", "_wait_for_tstate_l
                         "__enter__", "select", "poll", "_poll", "_recv", "recv", "recv_bytes",
                         "recv_into", "readinto", "read", "accept", "get", "sleep", "_worker",
                         "result", "communicate"})
+# Leaves that block where the name alone would be too broad: an event loop in its selector
+# (a C call under these frames), multiprocessing's resource tracker reading its pipe.
+WAIT_FUNCTIONS = frozenset({
+    ("asyncio.runners", "Runner.run"), ("asyncio.base_events", "BaseEventLoop.run_forever"),
+    ("asyncio.base_events", "BaseEventLoop.run_until_complete"),
+    ("asyncio.base_events", "BaseEventLoop._run_once"),
+    ("multiprocessing.resource_tracker", "main")})
 SAMPLE_COLUMNS = ("role", "pid", "tid", "time_s", "frames", "idle", "thread")
 KEYS = ("part", "role", "module", "function")
 
@@ -314,6 +321,8 @@ def module_of(file: str, roots: tuple[str, ...] = DEFAULT_ROOTS) -> str:
 def waiting(module: str, function: str) -> bool:
     """Whether a leaf frame is one where a thread blocks (a lock, a queue, a select, a
     socket, a child process): its self time is waiting, not work."""
+    if (module, function) in WAIT_FUNCTIONS:
+        return True
     return (module.startswith(tuple(m + "." for m in WAIT_MODULES)) or module in WAIT_MODULES
             ) and function.rsplit(".", 1)[-1] in WAIT_NAMES
 

@@ -44,6 +44,11 @@ def max_rounds(text: str) -> int:
     return _count(text, "measured rounds", MAX_ROUNDS)
 
 
+def stack_rounds(text: str) -> int:
+    """--bench-stacks N: profiled rounds per mode, 1 to MAX_ROUNDS."""
+    return _count(text, "profiled rounds", MAX_ROUNDS)
+
+
 def time_budget_minutes(text: str) -> float:
     """--bench-time-budget MINUTES: a finite number > 0."""
     return _positive(text, "minutes")

@@ -26,6 +26,7 @@ from bench.analysis.decompose import (  # noqa: E402
     measured,
     numeric_outputs,
     probe_cost,
+    stacks_cost,
     total_overhead,
     with_breakdown,
 )
@@ -46,13 +47,14 @@ from bench.records import (  # noqa: E402
     RecordsSchemaError,
     dropped_note,
     load_environments,
+    load_hotspots,
     load_phases,
     load_runs,
     missing_note,
 )
 
 # Imported for their sections and plots, which they declare in the registry.
-from bench.report import environments, matrix, scaling  # noqa: E402, F401
+from bench.report import environments, matrix, profiles, scaling  # noqa: E402, F401
 from bench.report import registry as reg  # noqa: E402
 from bench.report.blocks import (  # noqa: E402
     Block,
@@ -73,6 +75,7 @@ MAX_DETAIL = 8
 
 MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868", "external": "#8172b3"}
 PROBE_COST_CSV = "probe_cost.csv"
+STACKS_COST_CSV = "stacks_cost.csv"  # what sampling the stacks cost (--bench-stacks)
 ENVIRONMENTS_CSV = "environments.csv"
 PROBES_TEXT = (
     "Each round also ran every mode bare, without the in-task probes (profile setting "
@@ -822,6 +825,9 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     probes = probe_cost(all_runs)
     if not probes.empty:
         probes.to_csv(out_dir / PROBE_COST_CSV, index=False, float_format="%.4f")
+    stacks = stacks_cost(all_runs)
+    if not stacks.empty:
+        stacks.to_csv(out_dir / STACKS_COST_CSV, index=False, float_format="%.4f")
     history = in_dir / HISTORY_CSV
     keep = detail_configs(full_summary)
     data = ReportData(
@@ -831,7 +837,8 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         definitions=[d for d in load_environments(in_dir) if d["session_id"] in sessions],
         probes=probes, notes=notes,
         history=pd.read_csv(history, dtype={"executor": str})
-        if history.is_file() and history.stat().st_size else None)
+        if history.is_file() and history.stat().st_size else None,
+        hotspots=load_hotspots(in_dir, sessions), stacks=stacks)
     draw_plots(data)
     return write_page(data)
 

@@ -260,7 +260,7 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
         record.status, record.error = R.INTERRUPTED, _interrupted(exc)
         attach_records(exc, [record])
         raise
-    t0 = time.time()
+    t0 = record.t0 = time.time()
     start = time.perf_counter()
     try:
         with _exit_refused(), _deadline(timeout_s):
@@ -435,7 +435,7 @@ def _collect(run: _Dispatched, workload: Workload, params: Mapping[str, Any], la
     """Download the result and turn the run's clocks into timings and phases."""
     record = RunRecord("covalent", label, run.done - run.start, run_id=run.run_id,
                        dispatch_id=run.dispatch_id, status=run.status, error=run.error,
-                       probed=run.probed)
+                       probed=run.probed, t0=run.t0)
     record.timings["submit_s"] = run.submitted - run.start
     if run.status in (R.ERROR, R.TIMEOUT) or not run.dispatch_id:
         record.phases = [_phase(R.SUBMIT, 0.0, record.timings["submit_s"])]
@@ -569,7 +569,7 @@ def _unfinished(run: _Dispatched, label: str, error: str, status: str = R.ERROR)
     now = time.perf_counter()
     record = RunRecord("covalent", label, (run.done or now) - run.start, run_id=run.run_id,
                        dispatch_id=run.dispatch_id, status=status, error=error,
-                       probed=run.probed)
+                       probed=run.probed, t0=run.t0)
     record.timings["submit_s"] = run.submitted - run.start
     record.phases = [_phase(R.SUBMIT, 0.0, record.timings["submit_s"])]
     return record

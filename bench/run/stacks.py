@@ -21,7 +21,7 @@ phases are measured from) and frames root to leaf. The command line, per root PI
   consecutive stacks, so the file is replayed the same way (`segments_from_chrometrace`) and
   each slice gets duration x rate samples, spread evenly over it (time-weighted: py-spy
   samples at exponential intervals of mean 1/rate, in bursts when it fell behind).
-  speedscope and trace.json files are written from these samples (bench.report.trace).
+  speedscope and trace.json files are written from these samples (bench.run.trace).
 * `RUST_LOG=info`: py-spy logs, with nanosecond UTC timestamps, its configuration just
   before its clock starts (the file's time origin) and "stopped sampling pid N because the
   process exited" (the file would keep a dead process's last stack open to the end).

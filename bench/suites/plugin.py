@@ -75,6 +75,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--bench-precision", type=options.precision_seconds, default=None, metavar="SECONDS",
         help="keep adding interleaved rounds until the 95 %% CI half-width of orchestration is "
         "at most SECONDS for every executor (see --bench-max-rounds, --bench-time-budget)")
+    group.addoption(
+        "--bench-stacks", type=options.stack_rounds, default=0, metavar="N",
+        help="add N profiled rounds per mode, each right after the timed run of its round: "
+        "py-spy samples the stacks of the client, the server's processes and the workers "
+        "(needs ptrace: root, or CAP_SYS_PTRACE); the profiled walls are recorded, flagged, "
+        "and left out of every figure; hotspots.csv and stacks/<run_id>/ (trace.json, "
+        "speedscope) hold the profiles")
     group.addoption("--bench-max-rounds", type=options.max_rounds, default=30,
                     help="with --bench-precision: the most measured rounds (default 30)")
     group.addoption("--bench-time-budget", type=options.time_budget_minutes, default=None,
@@ -180,6 +187,7 @@ def settings_from(config: pytest.Config) -> Settings:
         order=opt("--bench-order"),
         precision=opt("--bench-precision"),
         max_rounds=opt("--bench-max-rounds"),
+        stacks=opt("--bench-stacks"),
         time_budget_s=None if budget is None else 60 * budget,
     )
 
@@ -189,7 +197,8 @@ def _will_benchmark(config: pytest.Config) -> bool:
     return bool(opt("benchmark_only", False) or any(
         opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
                                "--bench-set", "--bench-inputs", "--bench-digest",
-                               "--bench-env", "--bench-env-var", "--bench-precision")))
+                               "--bench-env", "--bench-env-var", "--bench-precision",
+                               "--bench-stacks")))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -155,7 +155,7 @@ def speedscope(samples: Sequence[Sample], rate: float, name: str = "") -> dict[s
             f" ({tid})", "unit": "seconds", "startValue": events[0]["at"],
             "endValue": events[-1]["at"], "events": events})
     return {"$schema": SPEEDSCOPE_SCHEMA, "shared": {"frames": frames}, "profiles": profiles,
-            "name": name, "activeProfileIndex": 0, "exporter": "bench.report.trace"}
+            "name": name, "activeProfileIndex": 0, "exporter": "bench.run.trace"}
 
 
 def write_speedscope_files(out_dir: str | os.PathLike, samples: Iterable[Sample],
