@@ -222,24 +222,34 @@ def flame_tree(profile: dict, frames: list[dict]) -> dict[tuple[str, ...], float
     return spent
 
 
-def _layout(spent: dict[tuple[str, ...], float]) -> list[tuple[int, float, float, str]]:
-    """(depth, x, width, name) boxes: each path's total time, children left to right."""
+def _layout(spent: dict[tuple[str, ...], float]
+            ) -> tuple[list[tuple[int, float, float, str]], tuple[str, ...]]:
+    """(depth, x, width, name) boxes, children left to right, and the trunk left out above
+    them: the frames every sample shares (for the client: pytest's and the engine's calls
+    down to the run), so the boxes start where the run's own calls branch."""
     total: dict[tuple[str, ...], float] = defaultdict(float)
     children: dict[tuple[str, ...], set[tuple[str, ...]]] = defaultdict(set)
     for path, s in spent.items():
         for i in range(1, len(path) + 1):
             total[path[:i]] += s
             children[path[:i - 1]].add(path[:i])
+    whole = sum(spent.values())
+    trunk: tuple[str, ...] = ()
+    while True:  # down the single child that holds (nearly) all of the time
+        big = [c for c in children.get(trunk, ()) if total[c] >= 0.98 * whole]
+        if len(big) != 1 or len(children.get(big[0], ())) == 0:
+            break
+        trunk = big[0]
     boxes = []
 
     def place(path: tuple[str, ...], x: float) -> None:
         for child in sorted(children.get(path, ()), key=lambda c: c[-1]):
-            boxes.append((len(child) - 1, x, total[child], child[-1]))
+            boxes.append((len(child) - 1 - len(trunk), x, total[child], child[-1]))
             place(child, x)
             x += total[child]
 
-    place((), 0.0)
-    return boxes
+    place(trunk, 0.0)
+    return boxes, trunk
 
 
 @plot("flame", "flame.png", section="profiles",
@@ -271,7 +281,7 @@ def plot_flame(data: ReportData, path: Path) -> bool:
         return False
     fig, axes = plt.subplots(len(panels), 1, figsize=(13, 4.6 * len(panels)), squeeze=False)
     for ax, (title, tree) in zip(axes[:, 0], panels, strict=True):
-        boxes = _layout(tree)
+        boxes, trunk = _layout(tree)
         width = max((x + w for d, x, w, n in boxes if d == 0), default=1.0)
         depth = min(max((d for d, *_ in boxes), default=0) + 1, 40)
         for d, x, w, name in boxes:
@@ -286,7 +296,8 @@ def plot_flame(data: ReportData, path: Path) -> bool:
         ax.set_ylim(depth, 0)
         ax.set_yticks([])
         ax.set_xlabel("sampled seconds")
-        ax.set_title(f"{title}: {width:.2f} s sampled", fontsize=9, loc="left")
+        under = f", under {' > '.join(trunk[-3:])}" if trunk else ""
+        ax.set_title(f"{title}: {width:.2f} s sampled{under}", fontsize=9, loc="left")
     fig.suptitle(f"Flame graphs of profiled run {run_id} ({label})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
