@@ -17,9 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.analysis.decompose import environments_of  # noqa: E402
+from bench.analysis.findings import PART_NAMES  # noqa: E402
 from bench.analysis.hotspots import differential  # noqa: E402
 from bench.records import STACKS_DIR  # noqa: E402
-from bench.report.blocks import Block, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
 from bench.report.registry import ReportData, plot, section  # noqa: E402
 
 # The parts of a run in the order they happen, and the roles whose samples are the part's
@@ -36,6 +37,12 @@ PART_ROLES = {
     "retrieve": ("client",),
 }
 TOP = 5
+# The summary's orchestration parts as the profiles' parts (executor staging is a node's
+# span outside its task: attribution gives in_task the samples inside the task).
+SUMMARY_PARTS = {"submit_median_s": "submit", "until_running_median_s": "until_running",
+                 "executor_cost_median_s": "node", "scheduling_gaps_median_s": "scheduling_gaps",
+                 "completion_detect_median_s": "completion_detect",
+                 "retrieve_median_s": "retrieve"}
 
 
 def _label(frame: pd.DataFrame) -> pd.Series:
@@ -132,6 +139,9 @@ def profiles_section(data: ReportData, figures: list[Figure]) -> list[Block]:
              f"its main thread, waits included (they are the part); on the server and the "
              f"workers, the threads that were busy (their idle pool threads wait all along).")]
     table = part_functions(hot)
+    lead = _largest_parts(data.full_summary, table)
+    if lead:
+        blocks.append(Bullets(tuple(lead)))
     if len(table):
         rows = [[r.executor, r.part, _fmt(r.part_s) if r.rank == 1 else "", r.rank,
                  f"`{r.module}:{r.function}` ({r.line:.0f})" if pd.notna(r.line)
@@ -175,6 +185,31 @@ def profiles_section(data: ReportData, figures: list[Figure]) -> list[Block]:
             "tasks on the server's and workers' tracks, and the samples) and one speedscope "
             "file per process (https://www.speedscope.app): " + "; ".join(files) + "."))
     return blocks
+
+
+def _largest_parts(summary: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """Per executor, the summary's largest orchestration part in words, with the functions
+    that held it in the profiled runs (those a thread spent working in, not waiting)."""
+    lines = []
+    if summary is None or summary.empty or table.empty:
+        return lines
+    for row in summary.itertuples():
+        label = (f"{row.environment}:{row.executor}" if isinstance(
+            getattr(row, "environment", ""), str) and row.environment
+            and not str(row.executor).startswith(f"{row.environment}:") else str(row.executor))
+        parts = {c: getattr(row, c) for c in SUMMARY_PARTS if pd.notna(getattr(row, c, None))}
+        if not parts:
+            continue
+        column = max(parts, key=parts.get)
+        mine = table[(table["config_id"] == row.config_id) & (table["executor"] == label)
+                     & (table["part"] == SUMMARY_PARTS[column]) & ~table["waiting"]]
+        if mine.empty:
+            continue
+        funcs = ", ".join(f"`{f.module}:{f.function}` {f.self_s:.2f} s ({f.category})"
+                          for f in mine.head(3).itertuples())
+        lines.append(f"`{label}`: the largest part, {PART_NAMES[column]} ({parts[column]:.2f} "
+                     f"s per timed run), spent its profiled time most in {funcs}.")
+    return lines
 
 
 def _run_files(out_dir: Path, hot: pd.DataFrame) -> list[str]:
