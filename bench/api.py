@@ -174,6 +174,7 @@ def measure(
     max_rounds: int = 30,
     time_budget_s: float | None = None,
     stacks: int = 0,
+    stacks_rate: int = 50,
     out: str | Path | None = None,
     address: str | None = None,
     dask_scheduler: str | None = None,
@@ -195,7 +196,8 @@ def measure(
     reference; needs a workflow importable by name); `precision` adds rounds until every
     orchestration CI is that narrow (seconds; with `max_rounds`, `time_budget_s`); `stacks`
     adds that many profiled rounds per mode (py-spy samples every process of the run;
-    `Session.hotspots` and `Session.plot("flame")` show where the time went, by function).
+    `Session.hotspots` and `Session.plot("flame")` show where the time went, by function;
+    `stacks_rate`: samples per second per thread).
 
     Its own server is started (isolated, loopback) and stopped on return, error or
     interrupt; `address` attaches to a running one instead. Records go to `out` (default
@@ -204,6 +206,7 @@ def measure(
     raises Interrupted (a KeyboardInterrupt); `Session.load(out)` opens what was measured."""
     try:
         _check_options(precision=precision, max_rounds=max_rounds, stacks=stacks or None,
+                       stacks_rate=stacks_rate,
                        time_budget_s=time_budget_s, external_workers=external_workers,
                        covalent_workers=covalent_workers, threads_per_worker=threads_per_worker)
         workload, params = _workload(workflow, args, kwargs, inputs, digest)
@@ -236,7 +239,7 @@ def measure(
             out_dir=out_dir.resolve(), covalent_address=address, covalent_workers=covalent_workers,
             covalent_threads_per_worker=threads_per_worker, dask_scheduler=dask_scheduler,
             external_workers=external_workers, precision=precision, max_rounds=max_rounds,
-            time_budget_s=time_budget_s, stacks=stacks)
+            time_budget_s=time_budget_s, stacks=stacks, stacks_rate=stacks_rate)
         _importable_where_needed(the_profile)
         cases = plan(the_profile, run_settings)
     except (ProfileError, WorkloadError, SetupError) as exc:
@@ -261,7 +264,7 @@ def _check_options(**values: Any) -> None:
     from bench.config import options
 
     checks = {"precision": options.precision_seconds, "max_rounds": options.max_rounds,
-              "stacks": options.stack_rounds,
+              "stacks": options.stack_rounds, "stacks_rate": options.stacks_rate,
               "time_budget_s": options.precision_seconds,  # seconds > 0, finite
               "external_workers": options.worker_count,
               "covalent_workers": options.worker_count,

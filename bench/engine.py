@@ -97,6 +97,7 @@ class Settings:
     max_rounds: int = 30
     time_budget_s: float | None = None
     stacks: int = 0  # profiled rounds per mode (--bench-stacks), beside the timed ones
+    stacks_rate: int = 50  # their samples per second per thread (--bench-stacks-rate)
 
 
 @dataclass(frozen=True)
@@ -496,7 +497,8 @@ class Engine:
         from bench.run.profiling import Profiler, roles_for
 
         if self.profiler is None:
-            self.profiler = Profiler(self.out_dir, self.reporter.note)
+            self.profiler = Profiler(self.out_dir, self.reporter.note,
+                                     rate=self.settings.stacks_rate)
         server = place.server if place is not None else self.server
         client = (place.client.proc.pid if place is not None and place.client is not None
                   and place.client.proc is not None else os.getpid())

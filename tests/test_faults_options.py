@@ -100,6 +100,8 @@ VALIDATORS = {
     "--covalent-workers": options.worker_count,
     "--covalent-threads-per-worker": options.threads_per_worker,
     "--external-workers": options.worker_count,
+    "--bench-stacks": options.stack_rounds,
+    "--bench-stacks-rate": options.stacks_rate,
 }
 
 
@@ -117,7 +119,8 @@ def _parse(option: str, value: str, capsys) -> tuple[object, str]:
     ("--bench-precision", "0.05", 0.05), ("--bench-time-budget", "30", 30.0),
     ("--bench-max-rounds", "1", 1), ("--bench-max-rounds", str(MAX_ROUNDS), MAX_ROUNDS),
     ("--covalent-workers", "4", 4), ("--covalent-threads-per-worker", "1", 1),
-    ("--external-workers", "2", 2),
+    ("--external-workers", "2", 2), ("--bench-stacks", "2", 2),
+    ("--bench-stacks-rate", "20", 20),
 ])
 def test_valid_option_values_pass(option: str, value: str, parsed: object, capsys) -> None:
     assert _parse(option, value, capsys) == (parsed, "")
@@ -138,6 +141,9 @@ def test_valid_option_values_pass(option: str, value: str, parsed: object, capsy
     ("--bench-max-rounds", "2.5", "got '2.5'"),
     ("--covalent-workers", "0", "expected a whole number of Dask workers >= 1, got '0'"),
     ("--external-workers", "-2", "expected a whole number of Dask workers >= 1, got '-2'"),
+    ("--bench-stacks", "0", "expected a whole number of profiled rounds between 1 and"),
+    ("--bench-stacks-rate", "5000", "expected a whole number of samples per second between "
+                                    "1 and 1000, got '5000'"),
     ("--covalent-threads-per-worker", "0", "expected a whole number of threads per Dask "
                                            "worker >= 1, got '0'"),
     ("--covalent-workers", "many", "got 'many'"),

@@ -49,6 +49,14 @@ def stack_rounds(text: str) -> int:
     return _count(text, "profiled rounds", MAX_ROUNDS)
 
 
+MAX_STACKS_RATE = 1000  # py-spy reads every thread of every process at each sample
+
+
+def stacks_rate(text: str) -> int:
+    """--bench-stacks-rate HZ: samples per second per thread, 1 to MAX_STACKS_RATE."""
+    return _count(text, "samples per second", MAX_STACKS_RATE)
+
+
 def time_budget_minutes(text: str) -> float:
     """--bench-time-budget MINUTES: a finite number > 0."""
     return _positive(text, "minutes")

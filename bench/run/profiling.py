@@ -27,7 +27,7 @@ import pandas as pd
 
 from bench.analysis.hotspots import attribute, hotspots
 from bench.records import PROFILED, STACKS_DIR, RunRecord
-from bench.run.stacks import StackSampler
+from bench.run.stacks import DEFAULT_RATE, StackSampler
 from bench.run.trace import write_speedscope_files, write_trace
 
 
@@ -49,9 +49,11 @@ class Profiler:
     """Runs profiled batches for one session, writing into `out_dir`; `note` says, once, why
     stacks cannot be sampled here (then runs go on, flagged, without profiles)."""
 
-    def __init__(self, out_dir: str | os.PathLike, note: Callable[[str], None]) -> None:
+    def __init__(self, out_dir: str | os.PathLike, note: Callable[[str], None],
+                 rate: int = DEFAULT_RATE) -> None:
         self.out_dir = Path(out_dir)
         self.note = note
+        self.rate = rate
         self.said: set[str] = set()
 
     def run(self, roles: Mapping[str, Any], measure: Callable[[], list[RunRecord]]
@@ -59,7 +61,7 @@ class Profiler:
         """`measure()` with the stacks of `roles` sampled; its records flagged profiled,
         and per record that has samples its hotspots (hotspots(per_run=True) rows)."""
         pending = self.out_dir / STACKS_DIR / f".pending-{uuid.uuid4().hex[:8]}"
-        sampler = StackSampler(roles, pending)
+        sampler = StackSampler(roles, pending, rate=self.rate)
         sampler.start()
         if sampler.unavailable and sampler.unavailable not in self.said:
             self.said.add(sampler.unavailable)

@@ -82,6 +82,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(needs ptrace: root, or CAP_SYS_PTRACE); the profiled walls are recorded, flagged, "
         "and left out of every figure; hotspots.csv and stacks/<run_id>/ (trace.json, "
         "speedscope) hold the profiles")
+    group.addoption(
+        "--bench-stacks-rate", type=options.stacks_rate, default=50, metavar="HZ",
+        help="with --bench-stacks: samples per second per thread (default 50; each sample "
+        "reads every thread of every process: a lower rate costs the profiled runs less)")
     group.addoption("--bench-max-rounds", type=options.max_rounds, default=30,
                     help="with --bench-precision: the most measured rounds (default 30)")
     group.addoption("--bench-time-budget", type=options.time_budget_minutes, default=None,
@@ -188,6 +192,7 @@ def settings_from(config: pytest.Config) -> Settings:
         precision=opt("--bench-precision"),
         max_rounds=opt("--bench-max-rounds"),
         stacks=opt("--bench-stacks"),
+        stacks_rate=opt("--bench-stacks-rate"),
         time_budget_s=None if budget is None else 60 * budget,
     )
 
