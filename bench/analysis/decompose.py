@@ -228,7 +228,7 @@ def flagged(runs: pd.DataFrame) -> pd.Series:
     rounds are not among them: `measured` leaves those out always."""
     if "flags" not in runs:
         return pd.Series(False, index=runs.index)
-    flags = runs["flags"].fillna("").astype(str).str.strip()
+    flags = _flags(runs)
     return (flags != "") & (flags != R.PROFILED)
 
 
@@ -237,8 +237,12 @@ def profiled(runs: pd.DataFrame) -> pd.Series:
     cost only."""
     if "flags" not in runs:
         return pd.Series(False, index=runs.index)
-    return runs["flags"].fillna("").astype(str).str.split(";").apply(
-        lambda flags: R.PROFILED in flags)
+    return _flags(runs).str.split(";").apply(lambda flags: R.PROFILED in flags)
+
+
+def _flags(runs: pd.DataFrame) -> pd.Series:
+    """runs.csv `flags` as text, "" where empty (an all-empty column reads as floats)."""
+    return runs["flags"].astype(object).where(runs["flags"].notna(), "").astype(str).str.strip()
 
 
 def bare(runs: pd.DataFrame) -> pd.Series:
