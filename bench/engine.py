@@ -538,8 +538,13 @@ class Engine:
 
     def _write_hotspots(self, row: dict[str, Any], record: RunRecord) -> None:
         """The run's hotspots (a profiled run's), keyed like its runs.csv row."""
+        if not self._pending_hotspots:  # the usual case: an unprofiled run
+            return
         mine = [h for h in self._pending_hotspots if len(h)
                 and (h["run_id"] == record.run_id).all()]
+        # Each run's frames are written once and then dropped: no stale state for later runs.
+        self._pending_hotspots = [h for h in self._pending_hotspots
+                                  if not any(h is m for m in mine)]
         if not mine:
             return
         keys = {k: row.get(k, "") for k in RUN_KEYS}
