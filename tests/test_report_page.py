@@ -332,6 +332,18 @@ def test_findings_lead_with_what_differs_from_the_reference_environment() -> Non
     assert "`now:dask`" in text["overhead"] and "old-dask:dask" not in text["overhead"]
     none = findings(summary, diffs=diffs[diffs["environment"] == "same"])[0]
     assert none.text.startswith("No environment's orchestration differs significantly")
+    # With profiled rounds, the function that grew most in that part, when significant.
+    def grower(part: str, function: str, significant: bool) -> dict:
+        return {"config_id": "c", "executor": "dask", "environment": "old-dask",
+                "part": part, "module": "distributed.protocol", "function": function,
+                "delta_s": 1.21, "significant": significant}
+
+    grown = pd.DataFrame([grower("node", "dumps", True), grower("submit", "other", True)])
+    text = findings(summary, diffs=diffs, grown=grown)[0].text
+    assert ("most in executor staging and (de)serialization (+1.74 s, of which +1.21 s in "
+            "`distributed.protocol:dumps`)") in text
+    unsure = findings(summary, diffs=diffs, grown=grown.assign(significant=False))[0].text
+    assert "of which" not in unsure and "(+1.74 s)" in unsure
 
 
 # --- the report's registry: a plot is one declaration ------------------------------------

@@ -434,12 +434,19 @@ def test_differential_finds_the_grower_with_ci_and_p() -> None:
     d = diff.loc["dumps"]
     assert d["delta_s"] == pytest.approx(0.51, abs=0.02)
     assert d["ci_low"] > 0.3 and d["ci_high"] < 0.7
-    assert d["p"] < 0.01 and d["n_env"] == d["n_ref"] == 6
+    # Complete separation of 6 runs against 6: the exact permutation p, 2 / C(12, 6).
+    assert d["p"] == pytest.approx(2 / 924) and d["n_env"] == d["n_ref"] == 6
+    assert bool(d["tested"]) and bool(d["significant"]) and d["p_adj"] < 0.05
     assert bool(d["top_grower"]) and diff["top_grower"].sum() == 1
+    # A server thread waiting is not the part's work: shown, never tested nor named.
     w = diff.loc["EpollSelector.select"]
-    assert abs(w["delta_s"]) < 0.05 and w["ci_low"] < 0 < w["ci_high"] and w["p"] > 0.2
+    assert abs(w["delta_s"]) < 0.05 and w["ci_low"] <= 0 <= w["ci_high"]
+    assert bool(w["waiting"]) and not w["tested"] and pd.isna(w["p"])
+    assert not w["significant"]
     new = diff.loc["run_workflow"]
     assert new["ref_s"] == 0 and new["env_s"] == pytest.approx(0.2)
+    # Absent from 2 of its 6 runs: tested, not shown different at this level.
+    assert bool(new["tested"]) and 0.05 < new["p"] < 0.1 and not new["significant"]
     assert set(diff["part"]) == {R.NODE}
 
 
@@ -447,8 +454,72 @@ def test_differential_of_identical_rounds_is_zero() -> None:
     same = _rounds({DUMPS: [0.5, 0.5, 0.5]})
     diff = H.differential(same, same)
     assert set(diff["function"]) == {"dumps", "run_workflow"}  # the leaf and its caller
-    assert set(diff["delta_s"]) == {0.0} and set(diff["p"]) == {1.0}
+    assert set(diff["delta_s"]) == {0.0} and not diff["significant"].any()
     assert not diff["top_grower"].any()
+
+
+def _submit_rounds(planted: list[float], base: float = 0.3) -> pd.DataFrame:
+    """Submit: the client waits on HTTP while the server imports the manifest, for
+    `base` + the planted seconds; the server's spinning function holds the planted ones."""
+    spin = Frame("/repo/tests/planted/sitecustomize.py", "planted_slow_step", 7)
+    recv = Frame("/usr/lib/python3.11/socket.py", "SocketIO.readinto", 707)
+    runs = []
+    for i, s in enumerate(planted):
+        counts = {(R.SUBMIT, "client", (MAIN, recv)): round((base + s) * RATE),
+                  (R.SUBMIT, "server", (MAIN, DUMPS)): round(base * RATE)}
+        if s:
+            counts[(R.SUBMIT, "server", (MAIN, spin))] = round(s * RATE)
+        runs.append(_attributed(counts, f"run{i}"))
+    return H.hotspots(pd.concat(runs), RATE, per_run=True)
+
+
+def test_the_grower_named_is_the_work_not_the_wait_on_it() -> None:
+    diff = H.differential(_submit_rounds([0.5, 0.52, 0.48, 0.5, 0.51, 0.49]),
+                          _submit_rounds([0.0] * 6))
+    rows = diff.set_index("function")
+    # The client's wait grew as much as the server's work: both significant, the work named.
+    assert bool(rows.loc["SocketIO.readinto", "significant"])
+    assert rows.loc["SocketIO.readinto", "delta_s"] >= rows.loc["planted_slow_step", "delta_s"]
+    top = diff[diff["top_grower"]]
+    assert list(top["function"]) == ["planted_slow_step"] and list(top["role"]) == ["server"]
+    assert bool(top["significant"].iloc[0])
+    # The growers table, from hotspots.csv rows of two environments, says the same.
+    hot = pd.concat([
+        _submit_rounds([0.0] * 6).assign(environment="ref", run_id=lambda d: "a" + d.run_id),
+        _submit_rounds([0.5] * 6).assign(environment="slow", run_id=lambda d: "b" + d.run_id),
+    ]).assign(config_id="c", executor="local")
+    (grown,) = H.growers(H.environment_differentials(hot)).itertuples()
+    assert (grown.environment, grown.reference, grown.part, grown.function,
+            grown.runs) == ("slow", "ref", R.SUBMIT, "planted_slow_step", "6/6")
+    assert grown.significant and grown.delta_s == pytest.approx(0.5)
+
+
+def test_a_function_below_the_floor_is_not_tested() -> None:
+    rare = Frame(f"{SITE}/covalent/_shared_files/util.py", "rare", 3)
+    # One sample in every run of env, none in ref: separated, yet at 0.02 s per run a
+    # single sample's noise; the floor keeps it out of the family.
+    diff = H.differential(_rounds({rare: [1 / RATE] * 8}), _rounds({DUMPS: [0.5] * 8}))
+    row = diff.set_index("function").loc["rare"]
+    assert not row["tested"] and pd.isna(row["p"]) and not row["significant"]
+
+
+def test_no_difference_is_found_significant_at_most_alpha_of_the_time() -> None:
+    """Comparisons of 8 runs against 8 with no difference at all, 10 functions each, noise
+    as profiles have it (skewed, often 0): the share of comparisons with any significant
+    function stays within what the level allows (2 of 40 expected). Uncorrected, a family
+    of 10 would be wrong in about 40 % of them."""
+    rng = np.random.default_rng(7)
+    frames = [Frame(f"{SITE}/covalent/m{i}.py", f"f{i}", 1) for i in range(10)]
+    scale = rng.uniform(0.05, 0.5, len(frames))
+    any_sig = 0
+    for _ in range(40):
+        draw = [{f: list(np.where(rng.random(8) < 0.7, rng.gamma(2, s / 2, 8), 0.0))
+                 for f, s in zip(frames, scale, strict=True)} for _ in range(2)]
+        diff = H.differential(_rounds(draw[0]), _rounds(draw[1]))
+        assert diff["tested"].sum() >= 8
+        any_sig += bool(diff["significant"].any())
+    # P(binomial(40, 0.05) >= 7) = 0.014.
+    assert any_sig < 7, any_sig
 
 
 # -- trace.json and speedscope --------------------------------------------------------------

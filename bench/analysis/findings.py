@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from bench.analysis.decompose import environments_of
+from bench.analysis.hotspots import SUMMARY_PARTS
 
 # A part of the overhead at least this share of the total dominates it; below
 # MINOR_SHARE it is minor (between the two: a notable part).
@@ -76,16 +77,17 @@ class Finding:
 
 
 def findings(summary: pd.DataFrame, fits: pd.DataFrame | None = None,
-             probes: pd.DataFrame | None = None, diffs: pd.DataFrame | None = None
-             ) -> list[Finding]:
+             probes: pd.DataFrame | None = None, diffs: pd.DataFrame | None = None,
+             grown: pd.DataFrame | None = None) -> list[Finding]:
     """The page's opening sentences, derived from the summary (and fits, the probes' cost,
-    and the environments' paired differences) frames. With several Covalent environments,
-    what Covalent costs is told for the reference, and how the others differ from it first."""
+    the environments' paired differences and, from profiled rounds, the functions that grew
+    most: hotspots.growers) frames. With several Covalent environments, what Covalent costs
+    is told for the reference, and how the others differ from it first."""
     if summary is None or summary.empty:
         return []
     fits = fits if fits is not None else pd.DataFrame()
     base = reference_rows(summary)
-    out = [f for f in (environments(diffs), overhead(base), largest_part(base),
+    out = [f for f in (environments(diffs, grown), overhead(base), largest_part(base),
                        compute_inflation(base), cheapest(base), payoff(fits, summary),
                        same_work(summary), precision(summary), probe_cost(probes))
            if f is not None]
@@ -186,10 +188,12 @@ def reference_rows(summary: pd.DataFrame) -> pd.DataFrame:
 
 # --- the rules --------------------------------------------------------------------------
 
-def environments(diffs: pd.DataFrame | None) -> Finding | None:
+def environments(diffs: pd.DataFrame | None, grown: pd.DataFrame | None = None
+                 ) -> Finding | None:
     """Which environments' orchestration differs from the reference's (paired by round,
-    significant: p < 0.05 and a CI that excludes 0), by how much, and the part that moved
-    most; the rest is said to be indistinguishable, not equal."""
+    significant: p < 0.05 and a CI that excludes 0), by how much, the part that moved most
+    and, with profiled rounds, the function in it that grew most where that growth is
+    significant; the rest is said to be indistinguishable, not equal."""
     if diffs is None or diffs.empty:
         return None
     ref = diffs["reference"].iloc[0]
@@ -211,7 +215,9 @@ def environments(diffs: pd.DataFrame | None) -> Finding | None:
         if len(parts):
             top = parts.loc[parts["diff_s"].abs().idxmax()]
             name = PART_NAMES.get(f"{str(top['metric'])[:-2]}_median_s", top["metric"])
-            text += f", most in {name} ({_num(top['diff_s'])} s)"
+            text += f", most in {name} ({_num(top['diff_s'])} s"
+            text += _grew_in(grown, row, SUMMARY_PARTS.get(f"{str(top['metric'])[:-2]}_median_s"))
+            text += ")"
         named.append(text)
     if not named:
         return Finding(ENVIRONMENTS, (
@@ -227,6 +233,22 @@ def environments(diffs: pd.DataFrame | None) -> Finding | None:
         + (f"; and {more} more (environments table)" if more else "")
         + (". The other one is not distinguishable from the reference." if rest == 1 else
            f". The other {rest} are not distinguishable from the reference." if rest else ".")))
+
+
+def _grew_in(grown: pd.DataFrame | None, row: pd.Series, part: str | None) -> str:
+    """", of which +0.98 s in `module:function`": the significant top grower of this
+    environment's part in the profiled rounds, if any."""
+    if grown is None or grown.empty or part is None:
+        return ""
+    mine = grown[(grown["config_id"] == row["config_id"])
+                 & (grown["environment"] == row["environment"]) & (grown["part"] == part)
+                 & grown["executor"].isin([row["executor"],
+                                           f"{row['environment']}:{row['executor']}"])
+                 & grown["significant"].astype(bool)]
+    if mine.empty:
+        return ""
+    g = mine.iloc[0]
+    return f", of which {_num(g['delta_s'])} s in `{g['module']}:{g['function']}`"
 
 
 def overhead(summary: pd.DataFrame) -> Finding | None:

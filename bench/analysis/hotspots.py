@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import stats
 
 from bench import records as R
+from bench.analysis.decompose import environments_of
 
 NODE, IN_TASK = R.NODE, R.IN_TASK
 SCHEDULING_GAPS = "scheduling_gaps"  # server time in no node span
@@ -94,6 +95,35 @@ WAIT_FUNCTIONS = frozenset({
     ("multiprocessing.resource_tracker", "main")})
 SAMPLE_COLUMNS = ("role", "pid", "tid", "time_s", "frames", "idle", "thread")
 KEYS = ("part", "role", "module", "function")
+
+# The parts of a Covalent run in the order they happen, and the roles whose samples are the
+# part's work: the client's main thread in its own parts (waiting on HTTP included: that
+# wait is the part), the server while it takes the upload in submit and serves the
+# download in retrieve, the server and the task's worker process while nodes run, the
+# worker in the task itself. ("server", the client waiting while the server runs the
+# dispatch, is the nodes and the gaps.)
+PART_ROLES: Mapping[str, tuple[str, ...]] = {
+    R.SUBMIT: (CLIENT, "server"),
+    R.UNTIL_RUNNING: ("server",),
+    NODE: ("server", "worker"),
+    SCHEDULING_GAPS: ("server",),
+    IN_TASK: ("worker",),
+    R.COMPLETION_DETECT: (CLIENT,),
+    R.RETRIEVE: (CLIENT, "server"),
+}
+# The summary's orchestration parts as the profiles' parts (executor staging is a node's
+# span outside its task: attribution gives in_task the samples inside the task).
+SUMMARY_PARTS: Mapping[str, str] = {
+    "submit_median_s": R.SUBMIT, "until_running_median_s": R.UNTIL_RUNNING,
+    "executor_cost_median_s": NODE, "scheduling_gaps_median_s": SCHEDULING_GAPS,
+    "completion_detect_median_s": R.COMPLETION_DETECT, "retrieve_median_s": R.RETRIEVE}
+# What grew (`differential`): the level of its tests, the least mean seconds per run (over
+# both sides) of a function tested (2 samples per run at 50 Hz: below it a function is a
+# sample here and there), and the permutations drawn (the exact distribution when fewer
+# splits exist: 12,870 for 8 runs against 8).
+ALPHA = 0.05
+MIN_TESTED_S = 0.04
+PERMUTATIONS = 20_000
 
 
 def samples_frame(samples: Iterable[Any] | pd.DataFrame) -> pd.DataFrame:
@@ -244,45 +274,119 @@ def hotspots(attributed: pd.DataFrame, rate: float, top: int | None = 15,
     return out[(["run_id"] if per_run else []) + cols].reset_index(drop=True)
 
 
+def counted(part: str, role: str, waiting: bool) -> bool:
+    """Whether a function's samples in this part and role are the part's work (PART_ROLES):
+    on the client, all of its main thread's (its waits are the part); on the server and the
+    workers, only where a thread was busy (their idle pool threads wait all along)."""
+    return role in PART_ROLES.get(part, ()) and (role == CLIENT or not waiting)
+
+
 def differential(hot_env: pd.DataFrame, hot_ref: pd.DataFrame, metric: str = "self_s",
-                 n_boot: int = 4000, seed: int = 0) -> pd.DataFrame:
+                 alpha: float = ALPHA, min_s: float = MIN_TESTED_S, n_boot: int = 4000,
+                 seed: int = 0) -> pd.DataFrame:
     """Per part, role and function: seconds per run in `hot_env` minus `hot_ref`.
 
     Both are `hotspots(..., per_run=True)` of several profiled rounds (a run in which a
     function never showed counts 0 s). Rows: ref_s and env_s (medians over runs), delta_s
     (their difference), ci_low/ci_high (95 % percentile bootstrap of the difference of
-    medians, each side resampled), p (two-sided Mann-Whitney U), n_env, n_ref, and
-    top_grower: the function whose delta_s is the largest positive one of its part."""
+    medians, each side resampled), waiting, n_env, n_ref, and for the rows tested:
+
+    * tested: a function counted in its part (`counted`) whose mean over both sides' runs
+      is at least `min_s`. The filter does not look at which side a run is on, so under no
+      difference it leaves the tests' null distributions as they are (independent
+      filtering), and it keeps the family small: the single-sample noise of hundreds of
+      functions never enters it.
+    * p: Mann-Whitney U, two-sided, its p from the permutation distribution (exact when
+      the runs' splits are few: ties of zeros, common here, are handled right);
+    * p_adj: Benjamini-Hochberg over every tested row of the comparison; significant:
+      p_adj < alpha. Under no difference at all it bounds the chance of any significant
+      row by alpha, whatever the number of functions.
+
+    top_grower: per part, the tested row with the largest positive delta_s, a working
+    function (not waiting) before a waiting one: when the server works longer in a part,
+    the client's wait on it grows as much, and the work is what to name."""
     rng = np.random.default_rng(seed)
     env, ref = _by_run(hot_env, metric), _by_run(hot_ref, metric)
     keys = env.index.union(ref.index)
-    env = env.reindex(keys, fill_value=0.0)
-    ref = ref.reindex(keys, fill_value=0.0)
-    cats = pd.concat([hot_env, hot_ref]).drop_duplicates(list(KEYS)).set_index(
-        list(KEYS))["category"] if len(keys) else pd.Series(dtype=object)
-    rows = []
-    for key in keys:
-        a, b = env.loc[key].to_numpy(float), ref.loc[key].to_numpy(float)
-        delta = float(np.median(a) - np.median(b))
-        boot = (np.median(a[rng.integers(0, len(a), (n_boot, len(a)))], axis=1)
-                - np.median(b[rng.integers(0, len(b), (n_boot, len(b)))], axis=1))
-        both = np.concatenate([a, b])
-        p = 1.0 if np.all(both == both[0]) else float(
-            stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
-        rows.append({**dict(zip(KEYS, key, strict=True)), "category": cats.get(key, OTHER),
-                     "ref_s": float(np.median(b)), "env_s": float(np.median(a)),
-                     "delta_s": delta, "ci_low": float(np.percentile(boot, 2.5)),
-                     "ci_high": float(np.percentile(boot, 97.5)), "p": p,
-                     "n_env": len(a), "n_ref": len(b)})
-    cols = [*KEYS, "category", "ref_s", "env_s", "delta_s", "ci_low", "ci_high", "p",
-            "n_env", "n_ref", "top_grower"]
-    if not rows:
+    cols = [*KEYS, "category", "waiting", "ref_s", "env_s", "delta_s", "ci_low", "ci_high",
+            "p", "p_adj", "significant", "tested", "n_env", "n_ref", "top_grower"]
+    if not len(keys) or not env.shape[1] or not ref.shape[1]:
         return pd.DataFrame(columns=cols)
-    out = pd.DataFrame(rows)
-    growing = out[out["delta_s"] > 0]
-    out["top_grower"] = out.index.isin(growing.groupby("part")["delta_s"].idxmax())
+    a = env.reindex(keys, fill_value=0.0).to_numpy(float)
+    b = ref.reindex(keys, fill_value=0.0).to_numpy(float)
+    facts = pd.concat([hot_env, hot_ref]).drop_duplicates(list(KEYS)).set_index(list(KEYS))
+    out = pd.DataFrame(list(keys), columns=list(KEYS))
+    out["category"] = facts["category"].reindex(keys).fillna(OTHER).to_numpy()
+    out["waiting"] = facts["waiting"].reindex(keys).fillna(False).astype(bool).to_numpy()
+    out["ref_s"], out["env_s"] = np.median(b, axis=1), np.median(a, axis=1)
+    out["delta_s"] = out["env_s"] - out["ref_s"]
+    boot = (np.median(a[:, rng.integers(0, a.shape[1], (n_boot, a.shape[1]))], axis=2)
+            - np.median(b[:, rng.integers(0, b.shape[1], (n_boot, b.shape[1]))], axis=2))
+    out["ci_low"] = np.percentile(boot, 2.5, axis=1)
+    out["ci_high"] = np.percentile(boot, 97.5, axis=1)
+    pooled = np.concatenate([a, b], axis=1)
+    out["tested"] = ([counted(p, r, w) for p, r, w in
+                      zip(out["part"], out["role"], out["waiting"], strict=True)]
+                     & (pooled.mean(axis=1) >= min_s) & (pooled.std(axis=1) > 0))
+    out["p"] = out["p_adj"] = np.nan
+    tested = out["tested"].to_numpy()
+    if tested.any():
+        p = stats.mannwhitneyu(a[tested], b[tested], axis=1, alternative="two-sided",
+                               method=stats.PermutationMethod(n_resamples=PERMUTATIONS,
+                                                              rng=rng)).pvalue
+        out.loc[tested, "p"] = p
+        out.loc[tested, "p_adj"] = stats.false_discovery_control(p, method="bh")
+    out["significant"] = out["p_adj"] < alpha
+    out["n_env"], out["n_ref"] = a.shape[1], b.shape[1]
+    growing = out[out["tested"] & (out["delta_s"] > 0)]
+    growing = growing.sort_values(["waiting", "delta_s"], ascending=[True, False])
+    out["top_grower"] = out.index.isin(growing.groupby("part", sort=False).head(1).index)
     out = out.sort_values(["part", "delta_s"], ascending=[True, False], key=_part_order)
     return out[cols].reset_index(drop=True)
+
+
+def label(frame: pd.DataFrame) -> pd.Series:
+    """Each row's executor as the report names it: `environment:executor`, or `plain`."""
+    env = frame["environment"].fillna("").astype(str)
+    ex = frame["executor"].fillna("").astype(str).replace("", "plain")
+    return env.where(env == "", env + ":") + ex
+
+
+def environment_differentials(hot: pd.DataFrame, order: Sequence[str] | None = None,
+                              alpha: float = ALPHA) -> pd.DataFrame:
+    """With environments (hotspots.csv rows of several): every environment against the
+    reference, per configuration and base executor, as `differential` rows with config_id,
+    executor, environment and reference in front. `order`: the environments, the reference
+    first (decompose.environments_of of the runs; profiled runs need not come in that
+    order); by default as they first appear. Empty without two."""
+    envs = [e for e in (order or environments_of(hot)) if e in set(hot["environment"])]
+    parts = []
+    for (config_id, executor), group in hot.groupby(["config_id", "executor"], sort=False):
+        base = group[group["environment"] == envs[0]] if len(envs) > 1 else group.iloc[:0]
+        for env in envs[1:]:
+            mine = group[group["environment"] == env]
+            if base.empty or mine.empty:
+                continue
+            diff = differential(mine, base, alpha=alpha)
+            parts.append(diff.assign(config_id=config_id, executor=executor,
+                                     environment=env, reference=envs[0]))
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True)
+    front = ["config_id", "executor", "environment", "reference"]
+    return out[front + [c for c in out.columns if c not in front]]
+
+
+def growers(diffs: pd.DataFrame) -> pd.DataFrame:
+    """Of `environment_differentials`: per comparison and part, the function that grew most
+    (its top_grower), the significant ones first, with runs ("n_env/n_ref")."""
+    if diffs is None or diffs.empty:
+        return pd.DataFrame()
+    out = diffs[diffs["top_grower"].astype(bool)].copy()
+    out["significant"] = out["significant"].astype(bool)
+    out["runs"] = out["n_env"].astype(int).astype(str) + "/" + out["n_ref"].astype(int).astype(str)
+    return out.sort_values(["significant", "p_adj", "delta_s"],
+                           ascending=[False, True, False]).reset_index(drop=True)
 
 
 # -- modules and categories ----------------------------------------------------------------

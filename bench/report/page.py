@@ -22,6 +22,7 @@ from bench.analysis.decompose import (  # noqa: E402
     SEGMENTS,
     as_batches,
     environment_diffs,
+    environments_of,
     flagged,
     measured,
     numeric_outputs,
@@ -39,6 +40,7 @@ from bench.analysis.findings import (  # noqa: E402
     SAME_WORK,
     findings,
 )
+from bench.analysis.hotspots import environment_differentials, growers  # noqa: E402
 from bench.analysis.stats import CONFIDENCE  # noqa: E402
 from bench.gate import HISTORY_CSV  # noqa: E402
 from bench.records import (  # noqa: E402
@@ -77,6 +79,8 @@ MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868", "exter
 PROBE_COST_CSV = "probe_cost.csv"
 STACKS_COST_CSV = "stacks_cost.csv"  # what sampling the stacks cost (--bench-stacks)
 ENVIRONMENTS_CSV = "environments.csv"
+# Per function and part, each environment's profiled rounds against the reference's.
+HOTSPOT_DIFFS_CSV = "hotspot_diffs.csv"
 PROBES_TEXT = (
     "Each round also ran every mode bare, without the in-task probes (profile setting "
     "`probes = \"compare\"`), interleaved with the probed runs. `cost_s` is the median over "
@@ -648,7 +652,8 @@ def findings_block(data: ReportData, figures: dict[str, Figure]) -> Findings:
     """The page's opening: the findings, each pointing at the plot that shows it, beside the
     key plot."""
     items = [(f.text, reg.topic_figure(f.topic, figures))
-             for f in findings(data.full_summary, data.fits, data.probes, data.diffs)]
+             for f in findings(data.full_summary, data.fits, data.probes, data.diffs,
+                               growers(data.hotspot_diffs))]
     key = reg.key_figure(data.full_summary["config_id"].nunique() > 1, figures)
     return Findings(tuple(items), key=key, note=FINDINGS_NOTE)
 
@@ -828,6 +833,10 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     stacks = stacks_cost(all_runs)
     if not stacks.empty:
         stacks.to_csv(out_dir / STACKS_COST_CSV, index=False, float_format="%.4f")
+    hotspots = load_hotspots(in_dir, sessions)
+    hotspot_diffs = environment_differentials(hotspots, environments_of(all_runs))
+    if not hotspot_diffs.empty:
+        hotspot_diffs.to_csv(out_dir / HOTSPOT_DIFFS_CSV, index=False, float_format="%.4g")
     history = in_dir / HISTORY_CSV
     keep = detail_configs(full_summary)
     data = ReportData(
@@ -838,7 +847,7 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         probes=probes, notes=notes,
         history=pd.read_csv(history, dtype={"executor": str})
         if history.is_file() and history.stat().st_size else None,
-        hotspots=load_hotspots(in_dir, sessions), stacks=stacks)
+        hotspots=hotspots, hotspot_diffs=hotspot_diffs, stacks=stacks)
     draw_plots(data)
     return write_page(data)
 

@@ -16,52 +16,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.analysis.decompose import environments_of  # noqa: E402
 from bench.analysis.findings import PART_NAMES  # noqa: E402
-from bench.analysis.hotspots import differential  # noqa: E402
+from bench.analysis.hotspots import (  # noqa: E402
+    ALPHA,
+    MIN_TESTED_S,
+    PART_ROLES,
+    SUMMARY_PARTS,
+    counted,
+    growers,
+    label,
+)
 from bench.records import STACKS_DIR  # noqa: E402
 from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
 from bench.report.registry import ReportData, plot, section  # noqa: E402
 
-# The parts of a run in the order they happen, and the roles whose samples are the part's
-# work: the client's main thread in its own parts (waiting on HTTP included: that wait is
-# the part), the server and the task's worker process while nodes run, the worker in the
-# task itself. ("server": the client waiting while the server runs, is the nodes and gaps.)
-PART_ROLES = {
-    "submit": ("client",),
-    "until_running": ("server",),
-    "node": ("server", "worker"),
-    "scheduling_gaps": ("server",),
-    "in_task": ("worker",),
-    "completion_detect": ("client",),
-    "retrieve": ("client",),
-}
 TOP = 5
-# The summary's orchestration parts as the profiles' parts (executor staging is a node's
-# span outside its task: attribution gives in_task the samples inside the task).
-SUMMARY_PARTS = {"submit_median_s": "submit", "until_running_median_s": "until_running",
-                 "executor_cost_median_s": "node", "scheduling_gaps_median_s": "scheduling_gaps",
-                 "completion_detect_median_s": "completion_detect",
-                 "retrieve_median_s": "retrieve"}
-
-
-def _label(frame: pd.DataFrame) -> pd.Series:
-    env = frame["environment"].fillna("").astype(str)
-    ex = frame["executor"].fillna("").astype(str).replace("", "plain")
-    return env.where(env == "", env + ":") + ex
-
-
 def part_functions(hot: pd.DataFrame, top: int = TOP) -> pd.DataFrame:
     """Per configuration, executor label and part: its seconds per run (the part's roles'
     sampled thread-seconds) and its top functions by self seconds per run (a run without
     the function counts 0), with the share of the part they cover."""
-    hot = hot.assign(label=_label(hot))
+    hot = hot.assign(label=label(hot))
     rows = []
-    for (config_id, label, part), group in hot.groupby(["config_id", "label", "part"],
-                                                       sort=False):
+    for (config_id, name, part), group in hot.groupby(["config_id", "label", "part"],
+                                                      sort=False):
         if part not in PART_ROLES:
             continue
-        mine = group[group["role"].isin(PART_ROLES[part])]
+        mine = group[[counted(part, r, w) for r, w in
+                      zip(group["role"], group["waiting"].astype(bool), strict=True)]]
         runs = group["run_id"].nunique()
         if mine.empty or not runs:
             continue
@@ -70,46 +51,19 @@ def part_functions(hot: pd.DataFrame, top: int = TOP) -> pd.DataFrame:
                       category=("category", "first"), waiting=("waiting", "first"))
                  .reset_index())
         funcs["self_s"] /= runs
-        if "client" in PART_ROLES[part]:  # one thread, the run's: its waits are the part
-            part_s = mine.drop_duplicates(["run_id", "role"])["part_s"].sum() / runs
-        else:  # a server's idle pool threads wait all along: its busy threads' time counts
-            funcs = funcs[~funcs["waiting"].astype(bool)]
-            part_s = funcs["self_s"].sum()
+        # The part's seconds: the client's main thread whole (its waits are the part), the
+        # busy threads of the server and the workers.
+        client = mine[mine["role"] == "client"]
+        part_s = (client.drop_duplicates(["run_id"])["part_s"].sum()
+                  + mine[mine["role"] != "client"]["self_s"].sum()) / runs
         funcs = funcs.sort_values("self_s", ascending=False).head(top)
         for rank, f in enumerate(funcs.itertuples(), 1):
-            rows.append({"config_id": config_id, "executor": label, "part": part,
+            rows.append({"config_id": config_id, "executor": name, "part": part,
                          "part_s": part_s, "rank": rank, "module": f.module,
                          "function": f.function, "line": f.line, "category": f.category,
                          "waiting": bool(f.waiting), "self_s": f.self_s,
                          "share": f.self_s / part_s if part_s else float("nan")})
     return pd.DataFrame(rows)
-
-
-def growers(hot: pd.DataFrame) -> pd.DataFrame:
-    """With environments: per configuration, base executor, environment and part, the
-    function that grew most against the reference (the first environment), from the
-    profiled rounds (bench.analysis.hotspots.differential); significant ones first."""
-    envs = [e for e in environments_of(hot) if e]
-    if len(envs) < 2:
-        return pd.DataFrame()
-    ref, rows = envs[0], []
-    hot = hot[hot["part"].isin(list(PART_ROLES))]
-    for (config_id, executor), group in hot.groupby(["config_id", "executor"], sort=False):
-        base = group[group["environment"] == ref]
-        for env in envs[1:]:
-            mine = group[group["environment"] == env]
-            if base.empty or mine.empty:
-                continue
-            diff = differential(mine, base)
-            diff = diff[diff["top_grower"]]
-            for d in diff.itertuples():
-                rows.append({"config_id": config_id, "executor": executor,
-                             "environment": env, "reference": ref, "part": d.part,
-                             "role": d.role, "module": d.module, "function": d.function,
-                             "delta_s": d.delta_s, "ci_low": d.ci_low, "ci_high": d.ci_high,
-                             "p": d.p, "runs": f"{d.n_env}/{d.n_ref}"})
-    out = pd.DataFrame(rows)
-    return out.sort_values(["p", "delta_s"], ascending=[True, False]) if len(out) else out
 
 
 def _table(columns: list[str], rows: list[list]) -> Table:
@@ -151,19 +105,25 @@ def profiles_section(data: ReportData, figures: list[Figure]) -> list[Block]:
                 for r in table.itertuples()]
         blocks.append(_table(["executor", "part", "part s/run", "#", "function (line)",
                               "kind", "self s/run", "of part"], rows))
-    grown = growers(hot)
+    grown = growers(data.hotspot_diffs)
     if len(grown):
-        sig = grown[grown["p"] < 0.05]
+        sig = grown[grown["significant"]]
         blocks.append(Heading("What grew, against the reference environment", 3))
         blocks.append(Text(
             "Per part, the function whose self time per run grew most (environment − "
-            "reference over the profiled rounds: median difference, 95 % bootstrap CI, "
-            "Mann–Whitney p). " + (f"{len(sig)} of {len(grown)} significant (p < 0.05)."
-                                   if len(sig) else "None is significant (p < 0.05).")))
+            "reference over the profiled rounds: median difference, 95 % bootstrap CI; "
+            "Mann–Whitney p by permutation, and q: that p adjusted by Benjamini–Hochberg "
+            "over every function tested in the comparison, those with at least "
+            f"{MIN_TESTED_S:g} s per run). "
+            + (f"{len(sig)} of {len(grown)} significant (q < {ALPHA:g})." if len(sig)
+               else f"None is significant (q < {ALPHA:g}).")))
         blocks.append(_table(
-            ["environment", "executor", "part", "function", "grew s/run", "95 % CI", "p"],
-            [[g.environment, g.executor, g.part, f"`{g.module}:{g.function}`",
-              f"{g.delta_s:+.3f}", f"[{g.ci_low:+.3f}, {g.ci_high:+.3f}]", f"{g.p:.3f}"]
+            ["environment", "executor", "part", "function", "grew s/run", "95 % CI", "p",
+             "q"],
+            [[g.environment, g.executor, g.part,
+              f"`{g.module}:{g.function}` ({g.role}{', waiting' if g.waiting else ''})",
+              f"{g.delta_s:+.3f}", f"[{g.ci_low:+.3f}, {g.ci_high:+.3f}]", f"{g.p:.2g}",
+              f"{g.p_adj:.2g}"]
              for g in grown.head(20).itertuples()]))
     if data.stacks is not None and len(data.stacks):
         blocks.append(Heading("What sampling cost", 3))
@@ -215,7 +175,7 @@ def _largest_parts(summary: pd.DataFrame, table: pd.DataFrame) -> list[str]:
 def _run_files(out_dir: Path, hot: pd.DataFrame) -> list[str]:
     """Links to one profiled run's files per executor label (the rest lie beside them)."""
     found = []
-    first = hot.assign(label=_label(hot)).drop_duplicates("label")
+    first = hot.assign(label=label(hot)).drop_duplicates("label")
     for row in first.itertuples():
         run_dir = out_dir / STACKS_DIR / str(row.run_id)
         trace = run_dir / "trace.json"
@@ -236,8 +196,7 @@ def _flame_run(data: ReportData) -> tuple[str, str] | None:
         return None
     per_run = cov.drop_duplicates(["run_id", "part", "role"]).groupby("run_id")["part_s"].sum()
     run_id = str(per_run.idxmax())
-    label = _label(cov[cov["run_id"] == run_id]).iloc[0]
-    return run_id, label
+    return run_id, label(cov[cov["run_id"] == run_id]).iloc[0]
 
 
 def flame_tree(profile: dict, frames: list[dict]) -> dict[tuple[str, ...], float]:

@@ -41,9 +41,11 @@ class ReportData:
     probes: pd.DataFrame  # the probes' own cost (decompose.probe_cost)
     history: pd.DataFrame | None  # the gate's history.csv
     notes: list[str]  # what the records themselves say (damaged lines, runs left out)
-    # Profiled rounds (--bench-stacks): hotspots.csv of these sessions, and what sampling
-    # cost (decompose.stacks_cost); empty without them.
+    # Profiled rounds (--bench-stacks): hotspots.csv of these sessions, each environment's
+    # against the reference's (hotspots.environment_differentials), and what sampling cost
+    # (decompose.stacks_cost); empty without them.
     hotspots: pd.DataFrame = field(default_factory=pd.DataFrame)
+    hotspot_diffs: pd.DataFrame = field(default_factory=pd.DataFrame)
     stacks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def of_workloads(self, names: list[str]) -> ReportData:

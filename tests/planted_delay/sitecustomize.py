@@ -1,19 +1,28 @@
 """A planted regression for tests/test_environments_side_by_side.py: with this directory on
-PYTHONPATH and PLANTED_DISPATCH_DELAY_S set, every Covalent dispatch from this interpreter
-waits that long first, as a slower submit path in a Covalent release would. It patches
-covalent's LocalDispatcher.register as the module is imported (an import hook), so nothing
-else changes."""
+PYTHONPATH and PLANTED_SERVER_DELAY_S set, the Covalent server of that environment works that
+long longer on every dispatch it registers, as a slower function on a release's server-side
+dispatch path would. An import hook wraps covalent_dispatcher's manifest import (run while
+the client's submit waits for the server's answer) so that `planted_slow_step` runs first,
+busy for that long; nothing else changes. Python loads this module at start in every
+process of the environment (the client too, where that module is never imported)."""
 
 import importlib.abc
 import os
 import sys
 import time
 
-DELAY_S = float(os.environ.get("PLANTED_DISPATCH_DELAY_S", "0") or 0)
-TARGET = "covalent._dispatcher_plugins.local"
+DELAY_S = float(os.environ.get("PLANTED_SERVER_DELAY_S", "0") or 0)
+TARGET = "covalent_dispatcher._core.data_modules.importer"
 
 
-class _PlantDelay(importlib.abc.MetaPathFinder):
+def planted_slow_step(seconds: float) -> None:
+    """Busy for `seconds` of wall time: a function that works, not one that waits."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class _PlantSlowStep(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
         if name != TARGET:
             return None
@@ -29,17 +38,17 @@ class _PlantDelay(importlib.abc.MetaPathFinder):
 
         def exec_module(module):  # noqa: ANN001, ANN202
             load(module)
-            register = module.LocalDispatcher.register
+            import_manifest = module._import_manifest
 
-            def slow_register(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-                time.sleep(DELAY_S)
-                return register(*args, **kwargs)
+            def slow_import_manifest(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                planted_slow_step(DELAY_S)
+                return import_manifest(*args, **kwargs)
 
-            module.LocalDispatcher.register = staticmethod(slow_register)
+            module._import_manifest = slow_import_manifest
 
         spec.loader.exec_module = exec_module
         return spec
 
 
 if DELAY_S > 0:
-    sys.meta_path.insert(0, _PlantDelay())
+    sys.meta_path.insert(0, _PlantSlowStep())
