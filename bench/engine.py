@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -159,13 +159,18 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
                                               else s.rounds))
             # Environments alternate their order from round to round, so that none always
             # runs right after the plain run (or another environment): order effects cancel.
-            # The first `stacks` measured rounds get a profiled twin of each mode, right
-            # after its timed run (as probes = "compare" does with a bare one).
+            # The first `stacks` measured rounds get a profiled twin of each mode, after
+            # the round's timed runs: those run back to back as they would without
+            # --bench-stacks, and what sampling leaves behind (its processes' exit, the
+            # files written, the samples attributed) falls between rounds, not before a
+            # timed run of the same round.
             profiling = range(s.warmup_rounds, s.warmup_rounds + settings.stacks)
-            cases += [Case(s, m, e, r, p, env, profiled=prof) for r in rounds
-                      for m, e, env in modes(places if r % 2 == 0 else places[::-1])
-                      for p in probing
-                      for prof in ((False, True) if p and r in profiling else (False,))]
+            for r in rounds:
+                timed = [Case(s, m, e, r, p, env) for m, e, env in
+                         modes(places if r % 2 == 0 else places[::-1]) for p in probing]
+                cases += timed
+                if r in profiling:
+                    cases += [replace(c, profiled=True) for c in timed if c.probed]
     return cases
 
 
