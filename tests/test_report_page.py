@@ -342,6 +342,12 @@ def test_findings_lead_with_what_differs_from_the_reference_environment() -> Non
     text = findings(summary, diffs=diffs, grown=grown)[0].text
     assert ("most in executor staging and (de)serialization (+1.74 s, of which +1.21 s in "
             "`distributed.protocol:dumps`)") in text
+    waited = grown.assign(module="socket", function="SocketIO.readinto", waiting=True,
+                          via_module="covalent._api.apiclient",
+                          via_function="CovalentAPIClient.put", via_delta_s=1.5)
+    assert ("(+1.74 s, of which +1.21 s waiting in `socket:SocketIO.readinto` under "
+            "`covalent._api.apiclient:CovalentAPIClient.put` (+1.50 s))"
+            ) in findings(summary, diffs=diffs, grown=waited)[0].text
     unsure = findings(summary, diffs=diffs, grown=grown.assign(significant=False))[0].text
     assert "of which" not in unsure and "(+1.74 s)" in unsure
 

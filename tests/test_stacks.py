@@ -492,6 +492,29 @@ def test_the_grower_named_is_the_work_not_the_wait_on_it() -> None:
     assert (grown.environment, grown.reference, grown.part, grown.function,
             grown.runs) == ("slow", "ref", R.SUBMIT, "planted_slow_step", "6/6")
     assert grown.significant and grown.delta_s == pytest.approx(0.5)
+    assert pd.isna(grown.via_function)  # work, not a wait: no call to name it under
+
+
+def test_a_wait_that_grew_is_named_with_the_call_it_waited_under() -> None:
+    """The server's work spread thin (no function of it grows much), the client waits
+    longer in one call: the grower is the wait, named with the client's call that grew."""
+    recv = Frame("/usr/lib/python3.11/socket.py", "SocketIO.readinto", 707)
+    put = Frame(f"{SITE}/covalent/_api/apiclient.py", "CovalentAPIClient.put", 80)
+
+    def rounds(extra: float, env: str) -> pd.DataFrame:
+        runs = [_attributed({(R.SUBMIT, "client", (MAIN, put, recv)):
+                             round((0.3 + extra + 0.01 * i) * RATE)}, f"{env}{i}")
+                for i in range(6)]
+        return H.hotspots(pd.concat(runs), RATE, per_run=True).assign(environment=env)
+
+    hot = pd.concat([rounds(0.0, "ref"), rounds(0.4, "new")]).assign(config_id="c",
+                                                                     executor="local")
+    (grown,) = H.growers(H.environment_differentials(hot)).itertuples()
+    assert (grown.function, grown.waiting, grown.significant) == ("SocketIO.readinto", True,
+                                                                   True)
+    assert (grown.via_module, grown.via_function) == ("covalent._api.apiclient",
+                                                      "CovalentAPIClient.put")
+    assert grown.via_delta_s == pytest.approx(0.4, abs=0.02)
 
 
 def test_a_function_below_the_floor_is_not_tested() -> None:

@@ -537,9 +537,10 @@ def _paired_cost(runs: pd.DataFrame, untreated: pd.Series,
     done = done[(done["status"] == "COMPLETED") & (~done["warmup"].astype(bool))
                 & (done["concurrency"] <= 1)]
     if "environment" in done:
-        done = done.assign(executor=[f"{env}:{ex}" if isinstance(env, str) and env else ex
-                                     for env, ex in zip(done["environment"],
-                                                        done["executor"], strict=True)])
+        # Named by environment once (records.load_runs may have done it already).
+        done = done.assign(executor=[
+            f"{env}:{ex}" if isinstance(env, str) and env and not str(ex).startswith(f"{env}:")
+            else ex for env, ex in zip(done["environment"], done["executor"], strict=True)])
     rows = []
     for (config_id, mode, executor), group in done.groupby(
             ["config_id", "mode", "executor"], sort=False):

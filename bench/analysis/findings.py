@@ -248,6 +248,10 @@ def _grew_in(grown: pd.DataFrame | None, row: pd.Series, part: str | None) -> st
     if mine.empty:
         return ""
     g = mine.iloc[0]
+    if bool(g.get("waiting")) and isinstance(g.get("via_function"), str):
+        return (f", of which {_num(g['delta_s'])} s waiting in `{g['module']}:"
+                f"{g['function']}` under `{g['via_module']}:{g['via_function']}` "
+                f"({_num(g['via_delta_s'])} s)")
     return f", of which {_num(g['delta_s'])} s in `{g['module']}:{g['function']}`"
 
 

@@ -123,6 +123,10 @@ SUMMARY_PARTS: Mapping[str, str] = {
 # splits exist: 12,870 for 8 runs against 8).
 ALPHA = 0.05
 MIN_TESTED_S = 0.04
+# The client's calls whose inclusive time is tested too: what can be named as the call a
+# wait sat under (not the standard library's frames, the harness's, or pytest's, which
+# hold the whole part).
+INCLUSIVE = ("covalent", "serialization", "HTTP", "database", "dask", USER_TASK)
 PERMUTATIONS = 20_000
 
 
@@ -281,67 +285,93 @@ def counted(part: str, role: str, waiting: bool) -> bool:
     return role in PART_ROLES.get(part, ()) and (role == CLIENT or not waiting)
 
 
-def differential(hot_env: pd.DataFrame, hot_ref: pd.DataFrame, metric: str = "self_s",
-                 alpha: float = ALPHA, min_s: float = MIN_TESTED_S, n_boot: int = 4000,
-                 seed: int = 0) -> pd.DataFrame:
-    """Per part, role and function: seconds per run in `hot_env` minus `hot_ref`.
+def differential(hot_env: pd.DataFrame, hot_ref: pd.DataFrame, alpha: float = ALPHA,
+                 min_s: float = MIN_TESTED_S, n_boot: int = 4000, seed: int = 0
+                 ) -> pd.DataFrame:
+    """Per part, role and function: seconds per run in `hot_env` minus `hot_ref`, of self
+    time (metric "self_s") and, for the client's main thread, of inclusive time ("total_s":
+    the function and what it calls; which call made the client wait longer).
 
     Both are `hotspots(..., per_run=True)` of several profiled rounds (a run in which a
-    function never showed counts 0 s). Rows: ref_s and env_s (medians over runs), delta_s
-    (their difference), ci_low/ci_high (95 % percentile bootstrap of the difference of
-    medians, each side resampled), waiting, n_env, n_ref, and for the rows tested:
+    function never showed counts 0 s). Rows: metric, ref_s and env_s (medians over runs),
+    delta_s (their difference), ci_low/ci_high (95 % percentile bootstrap of the difference
+    of medians, each side resampled), waiting, n_env, n_ref, and for the rows tested:
 
-    * tested: a function counted in its part (`counted`) whose mean over both sides' runs
-      is at least `min_s`. The filter does not look at which side a run is on, so under no
-      difference it leaves the tests' null distributions as they are (independent
-      filtering), and it keeps the family small: the single-sample noise of hundreds of
-      functions never enters it.
+    * tested: self time of a function counted in its part (`counted`), or inclusive time of
+      one of the client's functions outside the standard library and the harness (INCLUSIVE),
+      whose mean over both sides' runs is at least `min_s`. The filter does not look at
+      which side a run is on, so under no difference it leaves the tests' null
+      distributions as they are (independent filtering), and it keeps the family small: the
+      single-sample noise of hundreds of functions never enters it.
     * p: Mann-Whitney U, two-sided, its p from the permutation distribution (exact when
       the runs' splits are few: ties of zeros, common here, are handled right);
-    * p_adj: Benjamini-Hochberg over every tested row of the comparison; significant:
-      p_adj < alpha. Under no difference at all it bounds the chance of any significant
-      row by alpha, whatever the number of functions.
+    * p_adj: Benjamini-Hochberg over every tested row of the comparison, both metrics;
+      significant: p_adj < alpha. Under no difference at all it bounds the chance of any
+      significant row by alpha, whatever the number of functions.
 
-    top_grower: per part, the tested row with the largest positive delta_s, a working
-    function (not waiting) before a waiting one: when the server works longer in a part,
-    the client's wait on it grows as much, and the work is what to name."""
+    top_grower (self time): per part, the tested row with the largest positive delta_s, a
+    working function (not waiting) before a waiting one: when the server works longer in a
+    part, the client's wait on it grows as much, and the work is what to name."""
     rng = np.random.default_rng(seed)
-    env, ref = _by_run(hot_env, metric), _by_run(hot_ref, metric)
-    keys = env.index.union(ref.index)
-    cols = [*KEYS, "category", "waiting", "ref_s", "env_s", "delta_s", "ci_low", "ci_high",
-            "p", "p_adj", "significant", "tested", "n_env", "n_ref", "top_grower"]
-    if not len(keys) or not env.shape[1] or not ref.shape[1]:
-        return pd.DataFrame(columns=cols)
-    a = env.reindex(keys, fill_value=0.0).to_numpy(float)
-    b = ref.reindex(keys, fill_value=0.0).to_numpy(float)
+    cols = ["metric", *KEYS, "category", "waiting", "ref_s", "env_s", "delta_s", "ci_low",
+            "ci_high", "p", "p_adj", "significant", "tested", "n_env", "n_ref", "top_grower"]
     facts = pd.concat([hot_env, hot_ref]).drop_duplicates(list(KEYS)).set_index(list(KEYS))
-    out = pd.DataFrame(list(keys), columns=list(KEYS))
-    out["category"] = facts["category"].reindex(keys).fillna(OTHER).to_numpy()
-    out["waiting"] = facts["waiting"].reindex(keys).fillna(False).astype(bool).to_numpy()
-    out["ref_s"], out["env_s"] = np.median(b, axis=1), np.median(a, axis=1)
-    out["delta_s"] = out["env_s"] - out["ref_s"]
-    boot = (np.median(a[:, rng.integers(0, a.shape[1], (n_boot, a.shape[1]))], axis=2)
-            - np.median(b[:, rng.integers(0, b.shape[1], (n_boot, b.shape[1]))], axis=2))
-    out["ci_low"] = np.percentile(boot, 2.5, axis=1)
-    out["ci_high"] = np.percentile(boot, 97.5, axis=1)
-    pooled = np.concatenate([a, b], axis=1)
-    out["tested"] = ([counted(p, r, w) for p, r, w in
-                      zip(out["part"], out["role"], out["waiting"], strict=True)]
-                     & (pooled.mean(axis=1) >= min_s) & (pooled.std(axis=1) > 0))
-    out["p"] = out["p_adj"] = np.nan
-    tested = out["tested"].to_numpy()
+    frames = []
+    for metric in ("self_s", "total_s"):
+        env, ref = _by_run(hot_env, metric), _by_run(hot_ref, metric)
+        keys = env.index.union(ref.index)
+        if not len(keys) or not env.shape[1] or not ref.shape[1]:
+            continue
+        a = env.reindex(keys, fill_value=0.0).to_numpy(float)
+        b = ref.reindex(keys, fill_value=0.0).to_numpy(float)
+        out = pd.DataFrame(list(keys), columns=list(KEYS))
+        out.insert(0, "metric", metric)
+        out["category"] = facts["category"].reindex(keys).fillna(OTHER).to_numpy()
+        out["waiting"] = facts["waiting"].reindex(keys).fillna(False).astype(bool).to_numpy()
+        if metric == "total_s":  # inclusive: only the client's calls that can be named
+            keep = ((out["role"] == CLIENT) & out["category"].isin(INCLUSIVE)
+                    & ~out["waiting"]).to_numpy()
+            out, a, b = out[keep].reset_index(drop=True), a[keep], b[keep]
+            eligible = np.ones(len(out), bool)
+        else:
+            eligible = np.array([counted(p, r, w) for p, r, w in
+                                 zip(out["part"], out["role"], out["waiting"], strict=True)],
+                                bool)
+        if not len(out):
+            continue
+        out["ref_s"], out["env_s"] = np.median(b, axis=1), np.median(a, axis=1)
+        out["delta_s"] = out["env_s"] - out["ref_s"]
+        pooled = np.concatenate([a, b], axis=1)
+        big = pooled.mean(axis=1) >= min_s  # the CI's bootstrap only where it can matter
+        boot = (np.median(a[big][:, rng.integers(0, a.shape[1], (n_boot, a.shape[1]))], axis=2)
+                - np.median(b[big][:, rng.integers(0, b.shape[1], (n_boot, b.shape[1]))],
+                            axis=2))
+        out["ci_low"] = out["ci_high"] = np.nan
+        out.loc[big, "ci_low"] = np.percentile(boot, 2.5, axis=1)
+        out.loc[big, "ci_high"] = np.percentile(boot, 97.5, axis=1)
+        out["tested"] = eligible & big & (pooled.std(axis=1) > 0)
+        out["p"] = np.nan
+        tested = out["tested"].to_numpy()
+        if tested.any():
+            out.loc[tested, "p"] = stats.mannwhitneyu(
+                a[tested], b[tested], axis=1, alternative="two-sided",
+                method=stats.PermutationMethod(n_resamples=PERMUTATIONS, rng=rng)).pvalue
+        out["n_env"], out["n_ref"] = a.shape[1], b.shape[1]
+        frames.append(out)
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, ignore_index=True)
+    out["p_adj"] = np.nan
+    tested = out["tested"].to_numpy(bool)
     if tested.any():
-        p = stats.mannwhitneyu(a[tested], b[tested], axis=1, alternative="two-sided",
-                               method=stats.PermutationMethod(n_resamples=PERMUTATIONS,
-                                                              rng=rng)).pvalue
-        out.loc[tested, "p"] = p
-        out.loc[tested, "p_adj"] = stats.false_discovery_control(p, method="bh")
+        out.loc[tested, "p_adj"] = stats.false_discovery_control(
+            out.loc[tested, "p"].to_numpy(float), method="bh")
     out["significant"] = out["p_adj"] < alpha
-    out["n_env"], out["n_ref"] = a.shape[1], b.shape[1]
-    growing = out[out["tested"] & (out["delta_s"] > 0)]
+    growing = out[(out["metric"] == "self_s") & out["tested"] & (out["delta_s"] > 0)]
     growing = growing.sort_values(["waiting", "delta_s"], ascending=[True, False])
     out["top_grower"] = out.index.isin(growing.groupby("part", sort=False).head(1).index)
-    out = out.sort_values(["part", "delta_s"], ascending=[True, False], key=_part_order)
+    out = out.sort_values(["metric", "part", "delta_s"], ascending=[False, True, False],
+                          key=_part_order)
     return out[cols].reset_index(drop=True)
 
 
@@ -378,11 +408,26 @@ def environment_differentials(hot: pd.DataFrame, order: Sequence[str] | None = N
 
 
 def growers(diffs: pd.DataFrame) -> pd.DataFrame:
-    """Of `environment_differentials`: per comparison and part, the function that grew most
-    (its top_grower), the significant ones first, with runs ("n_env/n_ref")."""
+    """Of `environment_differentials`: per comparison and part, the function whose self time
+    grew most (its top_grower), the significant ones first, with runs ("n_env/n_ref") and,
+    when it is a wait, the call it waited under: via_module, via_function, via_delta_s, the
+    client's significant inclusive-time grower of that part (Covalent's own code first,
+    then the largest growth)."""
     if diffs is None or diffs.empty:
         return pd.DataFrame()
-    out = diffs[diffs["top_grower"].astype(bool)].copy()
+    comparison = ["config_id", "executor", "environment", "part"]
+    inclusive = diffs[(diffs["metric"] == "total_s") & diffs["significant"].astype(bool)
+                      & (diffs["delta_s"] > 0)]
+    inclusive = (inclusive.assign(own=inclusive["category"] != "covalent")
+                 .sort_values(["own", "delta_s"], ascending=[True, False])
+                 .drop_duplicates(comparison)
+                 .rename(columns={"module": "via_module", "function": "via_function",
+                                  "delta_s": "via_delta_s"}))
+    out = diffs[(diffs["metric"] == "self_s") & diffs["top_grower"].astype(bool)]
+    out = out.merge(inclusive[[*comparison, "via_module", "via_function", "via_delta_s"]],
+                    on=comparison, how="left")
+    working = ~out["waiting"].astype(bool)
+    out.loc[working, ["via_module", "via_function", "via_delta_s"]] = np.nan
     out["significant"] = out["significant"].astype(bool)
     out["runs"] = out["n_env"].astype(int).astype(str) + "/" + out["n_ref"].astype(int).astype(str)
     return out.sort_values(["significant", "p_adj", "delta_s"],

@@ -33,6 +33,7 @@ class Bullets:
 class Table:
     frame: pd.DataFrame
     floatfmt: str = ".2f"
+    as_text: bool = False  # cells already formatted ("+0.370", "0.0022"): kept as written
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ Block = Heading | Text | Bullets | Table | Figure | Findings
 
 
 def markdown_table(table: Table) -> str:
-    return table.frame.to_markdown(index=False, floatfmt=table.floatfmt)
+    return table.frame.to_markdown(index=False, floatfmt=table.floatfmt,
+                                   disable_numparse=table.as_text)
 
 
 def _figure_md(figure: Figure) -> str:

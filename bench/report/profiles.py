@@ -67,7 +67,7 @@ def part_functions(hot: pd.DataFrame, top: int = TOP) -> pd.DataFrame:
 
 
 def _table(columns: list[str], rows: list[list]) -> Table:
-    return Table(pd.DataFrame(rows, columns=columns))
+    return Table(pd.DataFrame(rows, columns=columns), as_text=True)
 
 
 def _fmt(s: float) -> str:
@@ -114,14 +114,17 @@ def profiles_section(data: ReportData, figures: list[Figure]) -> list[Block]:
             "reference over the profiled rounds: median difference, 95 % bootstrap CI; "
             "Mann–Whitney p by permutation, and q: that p adjusted by Benjamini–Hochberg "
             "over every function tested in the comparison, those with at least "
-            f"{MIN_TESTED_S:g} s per run). "
+            f"{MIN_TESTED_S:g} s per run). A wait is named with the client's call it "
+            "waited under, the one whose inclusive time grew most (Covalent's first). "
             + (f"{len(sig)} of {len(grown)} significant (q < {ALPHA:g})." if len(sig)
                else f"None is significant (q < {ALPHA:g}).")))
         blocks.append(_table(
             ["environment", "executor", "part", "function", "grew s/run", "95 % CI", "p",
              "q"],
             [[g.environment, g.executor, g.part,
-              f"`{g.module}:{g.function}` ({g.role}{', waiting' if g.waiting else ''})",
+              f"`{g.module}:{g.function}` ({g.role}{', waiting' if g.waiting else ''})"
+              + (f", under `{g.via_module}:{g.via_function}` ({g.via_delta_s:+.3f} s "
+                 f"inclusive)" if isinstance(g.via_function, str) else ""),
               f"{g.delta_s:+.3f}", f"[{g.ci_low:+.3f}, {g.ci_high:+.3f}]", f"{g.p:.2g}",
               f"{g.p_adj:.2g}"]
              for g in grown.head(20).itertuples()]))
