@@ -296,13 +296,15 @@ def _s(role: str, pid: int, t: float) -> Sample:
     (_s("client", 1, 3.0), H.OUTSIDE, ""),
     (_s("server", 100, 0.2), R.SUBMIT, ""),  # the server receiving the upload
     (_s("server", 100, 0.75), H.SCHEDULING_GAPS, ""),
-    (_s("server", 100, 0.9), R.NODE, "a"),
+    (_s("server", 100, 0.85), R.NODE, "a"),  # staging node a
+    (_s("server", 100, 0.9), H.ALONGSIDE, "a"),  # while a's task runs in process 200
     (_s("server", 100, 1.1), R.NODE, "c"),  # overlapping nodes: the one that started last
     (_s("server", 100, 1.55), H.SCHEDULING_GAPS, ""),
     (_s("server", 100, 2.4), R.RETRIEVE, ""),
     (_s("worker", 200, 1.0), R.IN_TASK, "a"),
     (_s("worker", 200, 0.85), R.NODE, "a"),  # staging before the task's own code
     (_s("worker", 300, 1.0), R.NODE, "c"),  # not the process the task ran in
+    (_s("worker", 300, 1.3), H.ALONGSIDE, "a"),  # c is over; a's task runs elsewhere
 ])
 def test_attribute_places_samples_by_time_and_role(sample: Sample, part: str,
                                                    task: str) -> None:
@@ -328,7 +330,7 @@ def test_samples_read_back_from_json_attribute_and_rank_the_same() -> None:
     rows = json.loads(json.dumps([{"role": s.role, "pid": s.pid, "tid": s.tid,
                                    "time_s": s.time_s, "frames": s.frames} for s in samples]))
     a, b = H.attribute(samples, PHASES), H.attribute(rows, PHASES)
-    assert list(a["part"]) == list(b["part"]) == [R.NODE, R.NODE, R.SUBMIT]
+    assert list(a["part"]) == list(b["part"]) == [H.ALONGSIDE, R.NODE, R.SUBMIT]
     pd.testing.assert_frame_equal(H.hotspots(a, RATE), H.hotspots(b, RATE))
 
 

@@ -10,9 +10,11 @@ Parts (`part`), by the role of the process sampled:
   client waiting while the server runs the dispatch), completion_detect,
   queued_for_retrieve, retrieve; in_task when a task ran in the client's own process (a
   plain run).
-* server and worker: in_task inside a probed task's span in that same process; node inside
-  a node's server-side span (staging, (de)serialization, hand-off; overlapping nodes: the
-  one that started last); scheduling_gaps in the server span but in no node (what
+* server and worker: in_task inside a probed task's span in that same process;
+  alongside_task in the span of that task's node but in another process (the server's own
+  work while the task runs elsewhere: heartbeats, polls, its Dask cluster); node inside a
+  node's server-side span otherwise (staging, (de)serialization, hand-off; overlapping
+  nodes: the one that started last); scheduling_gaps in the server span but in no node (what
   bench.analysis.decompose calls scheduling gaps); otherwise the client phase of the
   moment (the server receiving the upload during submit, serving the download during
   retrieve).
@@ -43,10 +45,11 @@ from bench.analysis.decompose import environments_of
 NODE, IN_TASK = R.NODE, R.IN_TASK
 SCHEDULING_GAPS = "scheduling_gaps"  # server time in no node span
 UNPHASED = "unphased"  # inside the run, in no span
+ALONGSIDE = "alongside_task"  # in a node's span, while its task runs in another process
 OUTSIDE = "outside"  # before the run started or after it ended
 CLIENT_PHASES = (R.SUBMIT, R.UNTIL_RUNNING, R.SERVER, R.COMPLETION_DETECT,
                  R.QUEUED_FOR_RETRIEVE, R.RETRIEVE)
-PARTS = (R.SUBMIT, R.UNTIL_RUNNING, R.SERVER, NODE, IN_TASK, SCHEDULING_GAPS,
+PARTS = (R.SUBMIT, R.UNTIL_RUNNING, R.SERVER, NODE, IN_TASK, ALONGSIDE, SCHEDULING_GAPS,
          R.COMPLETION_DETECT, R.QUEUED_FOR_RETRIEVE, R.RETRIEVE, UNPHASED, OUTSIDE)
 CLIENT = "client"
 
@@ -108,6 +111,7 @@ PART_ROLES: Mapping[str, tuple[str, ...]] = {
     NODE: ("server", "worker"),
     SCHEDULING_GAPS: ("server",),
     IN_TASK: ("worker",),
+    ALONGSIDE: ("server", "worker"),
     R.COMPLETION_DETECT: (CLIENT,),
     R.RETRIEVE: (CLIENT, "server"),
 }
@@ -179,6 +183,10 @@ def attribute(samples: Iterable[Any] | pd.DataFrame,
     for row in ph[ph["phase"] == IN_TASK].itertuples():
         inside = (t >= row.start_s) & (t < row.end_s)
         if not pd.isna(row.pid):
+            # The other processes, in this node's span while its task runs elsewhere: not
+            # staging the node, but what they do alongside it (heartbeats, polls).
+            beside = inside & (pid != int(row.pid)) & (part == NODE) & (task == _text(row.task))
+            part[beside] = ALONGSIDE
             inside &= pid == int(row.pid)
         part[inside], task[inside] = IN_TASK, _text(row.task)
     df["part"], df["task"] = part, task

@@ -56,7 +56,7 @@ def part_functions(hot: pd.DataFrame, top: int = TOP) -> pd.DataFrame:
         client = mine[mine["role"] == "client"]
         part_s = (client.drop_duplicates(["run_id"])["part_s"].sum()
                   + mine[mine["role"] != "client"]["self_s"].sum()) / runs
-        funcs = funcs.sort_values("self_s", ascending=False).head(top)
+        funcs = funcs[funcs["self_s"] > 0].sort_values("self_s", ascending=False).head(top)
         for rank, f in enumerate(funcs.itertuples(), 1):
             rows.append({"config_id": config_id, "executor": name, "part": part,
                          "part_s": part_s, "rank": rank, "module": f.module,
