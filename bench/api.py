@@ -455,6 +455,17 @@ class Session:
 
         return load_hotspots(self.path)
 
+    @property
+    def growth(self) -> pd.DataFrame:
+        """With environments and profiled rounds: per part, role and function, each
+        environment's seconds per run minus the reference's, with CI, p and the corrected q
+        (bench.analysis.hotspots.environment_differentials; the report's hotspot_diffs.csv).
+        `bench.analysis.hotspots.growers(session.growth)`: each part's top grower."""
+        from bench.analysis.decompose import environments_of
+        from bench.analysis.hotspots import environment_differentials
+
+        return environment_differentials(self.hotspots, environments_of(self.runs))
+
     @functools.cached_property
     def summary(self) -> pd.DataFrame:
         """Per configuration and executor: medians, overheads and their CIs (summary.csv,
