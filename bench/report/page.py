@@ -41,6 +41,7 @@ from bench.analysis.findings import (  # noqa: E402
     findings,
 )
 from bench.analysis.hotspots import environment_differentials, growers  # noqa: E402
+from bench.analysis.load import load_table  # noqa: E402
 from bench.analysis.stats import CONFIDENCE  # noqa: E402
 from bench.gate import HISTORY_CSV  # noqa: E402
 from bench.records import (  # noqa: E402
@@ -56,7 +57,7 @@ from bench.records import (  # noqa: E402
 )
 
 # Imported for their sections and plots, which they declare in the registry.
-from bench.report import environments, matrix, profiles, scaling  # noqa: E402, F401
+from bench.report import environments, load, matrix, profiles, scaling  # noqa: E402, F401
 from bench.report import registry as reg  # noqa: E402
 from bench.report.blocks import (  # noqa: E402
     Block,
@@ -81,6 +82,7 @@ STACKS_COST_CSV = "stacks_cost.csv"  # what sampling the stacks cost (--bench-st
 ENVIRONMENTS_CSV = "environments.csv"
 # Per function and part, each environment's profiled rounds against the reference's.
 HOTSPOT_DIFFS_CSV = "hotspot_diffs.csv"
+LOAD_CSV = "load.csv"  # per level of dispatches in flight (bench.analysis.load)
 PROBES_TEXT = (
     "Each round also ran every mode bare, without the in-task probes (profile setting "
     "`probes = \"compare\"`), interleaved with the probed runs. `cost_s` is the median over "
@@ -837,6 +839,9 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     hotspot_diffs = environment_differentials(hotspots, environments_of(all_runs))
     if not hotspot_diffs.empty:
         hotspot_diffs.to_csv(out_dir / HOTSPOT_DIFFS_CSV, index=False, float_format="%.4g")
+    under_load = load_table(all_runs)
+    if not under_load.empty and under_load["concurrency"].nunique() > 1:
+        under_load.to_csv(out_dir / LOAD_CSV, index=False, float_format="%.4g")
     history = in_dir / HISTORY_CSV
     keep = detail_configs(full_summary)
     data = ReportData(
@@ -847,7 +852,7 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         probes=probes, notes=notes,
         history=pd.read_csv(history, dtype={"executor": str})
         if history.is_file() and history.stat().st_size else None,
-        hotspots=hotspots, hotspot_diffs=hotspot_diffs, stacks=stacks)
+        hotspots=hotspots, hotspot_diffs=hotspot_diffs, stacks=stacks, load=under_load)
     draw_plots(data)
     return write_page(data)
 

@@ -46,6 +46,8 @@ class ReportData:
     # (decompose.stacks_cost); empty without them.
     hotspots: pd.DataFrame = field(default_factory=pd.DataFrame)
     hotspot_diffs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Concurrency sweeps: throughput, latency and errors per level (analysis.load).
+    load: pd.DataFrame = field(default_factory=pd.DataFrame)
     stacks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def of_workloads(self, names: list[str]) -> ReportData:

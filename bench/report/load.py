@@ -1,0 +1,90 @@
+"""Under load (a `concurrency` sweep, e.g. the `load` profile): throughput and latency per
+level of dispatches in flight, the errors by kind, and the knee (bench.analysis.load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.analysis.load import SATURATION_GAIN, knee, knee_sentence  # noqa: E402
+from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.registry import ReportData, plot, section  # noqa: E402
+
+
+def _swept(data: ReportData) -> bool:
+    return data.load is not None and not data.load.empty and data.load["concurrency"].nunique() > 1
+
+
+def _label(row: pd.Series) -> str:
+    return f"{row['environment']}:{row['executor']}" if row["environment"] else row["executor"]
+
+
+@plot("load", "load.png", section="load", when=_swept, caption=(
+    "N dispatches in flight at once: throughput (left; flat from the knee on: more in "
+    "flight only queue) and latency from the batch's start to each result (right: median, "
+    "p95 dashed, the band to the slowest); a red x where dispatches failed."))
+def plot_load(data: ReportData, path: Path) -> bool:
+    table = data.load
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for (family, *_), sweep in table.groupby(["family", "executor", "environment"],
+                                             sort=False):
+        sweep = sweep.sort_values("concurrency")
+        name = _label(sweep.iloc[0]) + (f" ({family})" if table["family"].nunique() > 1
+                                        else "")
+        line = left.plot(sweep["concurrency"], sweep["dispatches_per_s"], marker="o",
+                         label=name)[0]
+        colour = line.get_color()
+        right.plot(sweep["concurrency"], sweep["latency_p50_s"], marker="o", color=colour,
+                   label=f"{name}: median")
+        right.plot(sweep["concurrency"], sweep["latency_p95_s"], linestyle="--",
+                   color=colour, label=f"{name}: p95")
+        right.fill_between(sweep["concurrency"], sweep["latency_p50_s"],
+                           sweep["latency_max_s"], alpha=0.12, color=colour)
+        failed = sweep[sweep["errors"] > 0]
+        left.scatter(failed["concurrency"], failed["dispatches_per_s"].fillna(0), color="red",
+                     marker="x", s=90, zorder=4)
+    levels = sorted(table["concurrency"].unique())
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(int(v)) for v in levels])
+        ax.set_xlabel("dispatches in flight (N)")
+        ax.legend(fontsize=7)
+    left.set_ylabel("throughput (completed dispatches per second)")
+    right.set_ylabel("latency: batch start to result in hand (s)")
+    fig.suptitle("Covalent under load", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+@section("load", order=35)
+def load_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    if not _swept(data):
+        return []
+    table = data.load
+    kinds = [c for c in table.columns if c.startswith("errors: ")]
+    shown = table.assign(executor=[_label(r) for _, r in table.iterrows()])[
+        ["family", "executor", "concurrency", "rounds", "dispatches", "completed",
+         "dispatches_per_s", "tasks_per_s", "latency_p50_s", "latency_p95_s",
+         "latency_max_s", *kinds]]
+    errors = int(table["errors"].sum())
+    return [
+        Heading("Under load"),
+        Text(f"N dispatches submitted at once, for each N of the sweep, every round "
+             f"(`load.csv`). Throughput: completed dispatches (and their tasks) per second "
+             f"of the batch's wall time, rounds pooled; latency: from the batch's start to "
+             f"each result in hand. The knee: the first N with errors, or where doubling "
+             f"the dispatches in flight adds less than {100 * SATURATION_GAIN:.0f} % to "
+             f"throughput. " + (f"{errors} dispatches failed; each is a row of runs.csv "
+                                f"with its error, by kind below." if errors else
+                                "No dispatch failed.")),
+        Bullets(tuple(knee_sentence(r) for _, r in knee(table).iterrows())),
+        Table(shown, floatfmt=".3g"),
+        *figures,
+    ]
