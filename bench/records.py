@@ -99,6 +99,9 @@ RUN_COLUMNS = (
     "retrieve_s",  # downloading the finished result
     "stock_wall_s",  # what ct.get_result(wait=True)'s 1 s polling would have shown
     "server_cpu_s",  # CPU of the server's process tree during the run (idle tax on plain)
+    "server_rss_mb",  # after the batch: RSS of the server's process tree (MB)
+    "server_open_files",  # ... its open file descriptors
+    "server_db_mb",  # ... its database on disk (owned servers)
     "client_rss_mb",  # this process's RSS after the run
     "server_startup_s",
     "server_workers",  # the server's Dask cluster: workers x threads per worker
@@ -426,6 +429,7 @@ PHASES_OPTIONAL = tuple(c for c in PHASE_COLUMNS if c not in PHASES_NEEDED)
 # Columns that hold numbers (or nothing): another value there means a damaged row.
 RUN_NUMBERS = ("round", "concurrency", "slot", "wall_s", "latency_s", "batch_wall_s",
                "submit_s", "server_s", "retrieve_s", "stock_wall_s", "server_cpu_s",
+               "server_rss_mb", "server_open_files", "server_db_mb",
                "client_rss_mb", "server_startup_s", "server_workers",
                "server_threads_per_worker", "cpu_count")
 PHASE_NUMBERS = ("round", "start_s", "duration_s", "cpu_s", "sys_cpu_s", "page_faults", "bytes",

@@ -178,6 +178,9 @@ def test_a_chain_through_the_environment_matches_the_plain_run(
     assert record.outcome.metrics["correct"]
     assert record.tasks_probed == "2/2"
     assert record.timings["submit_s"] > 0 and "server_cpu_s" in record.timings
+    # What the server holds after it, for a soak: its tree's RSS and files, its database.
+    assert record.timings["server_rss_mb"] > 50 and record.timings["server_open_files"] > 3
+    assert record.timings["server_db_mb"] > 0
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
-"""Under load (a `concurrency` sweep, e.g. the `load` profile): throughput and latency per
-level of dispatches in flight, the errors by kind, and the knee (bench.analysis.load)."""
+"""Covalent at scale, in the report: under load (a `concurrency` sweep, e.g. the `load`
+profile: throughput and latency per level of dispatches in flight, the errors by kind, the
+knee; bench.analysis.load) and in a soak (the `soak` profile: what grows dispatch after
+dispatch; bench.analysis.soak)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.analysis.load import SATURATION_GAIN, knee, knee_sentence  # noqa: E402
+from bench.analysis.soak import PER, SOAK_METRICS, SOAK_MIN_RUNS, soak_sentence  # noqa: E402
 from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
 from bench.report.registry import ReportData, plot, section  # noqa: E402
 
@@ -86,5 +89,66 @@ def load_section(data: ReportData, figures: list[Figure]) -> list[Block]:
                                 "No dispatch failed.")),
         Bullets(tuple(knee_sentence(r) for _, r in knee(table).iterrows())),
         Table(shown, floatfmt=".3g"),
+        *figures,
+    ]
+
+
+# --- soak ----------------------------------------------------------------------------------
+
+
+@plot("soak", "soak.png", section="soak", when=lambda d: not d.soak.empty, caption=(
+    "Dispatch after dispatch on one server: each panel a quantity read after every run, "
+    "with its Theil–Sen line; a slope whose CI is above 0 is growth."))
+def plot_soak(data: ReportData, path: Path) -> bool:
+    cov = data.soak_runs
+    metrics = [m for m in SOAK_METRICS if m in set(data.soak["metric"])]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4),
+                             squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=True):
+        for (executor, environment), seq in cov.groupby(["executor", "environment"],
+                                                        sort=False):
+            y = pd.to_numeric(seq[metric], errors="coerce")
+            name = f"{environment}:{executor}" if environment else executor
+            dots = ax.plot(seq["dispatch"], y, ".", alpha=0.5, label=name)[0]
+            fit = data.soak[(data.soak["executor"] == executor)
+                            & (data.soak["environment"] == environment)
+                            & (data.soak["metric"] == metric)]
+            if len(fit):
+                f = fit.iloc[0]
+                x0, x1 = float(seq["dispatch"].min()), float(seq["dispatch"].max())
+                mid = float(y.median())
+                xm = float(seq["dispatch"].median())
+                slope = f["slope_per_100"] / 100
+                ax.plot([x0, x1], [mid + slope * (x0 - xm), mid + slope * (x1 - xm)],
+                        color=dots.get_color())
+        ax.set_title(SOAK_METRICS[metric], fontsize=9)
+        ax.set_xlabel("dispatch")
+        ax.legend(fontsize=7)
+    fig.suptitle("Soak: does anything grow with the dispatches?", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+@section("soak", order=36)
+def soak_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    if data.soak.empty:
+        return []
+    lines = []
+    for (executor, environment), rows in data.soak.groupby(["executor", "environment"],
+                                                          sort=False):
+        name = f"{environment}:{executor}" if environment else executor
+        lines += [f"`{name}`, " + soak_sentence(r) for _, r in rows.iterrows()]
+    grows = data.soak[data.soak["grows"]]
+    return [
+        Heading("Soak: dispatch after dispatch"),
+        Text(f"Sequences of at least {SOAK_MIN_RUNS} dispatches on one server, each read "
+             f"after its run (runs.csv `server_rss_mb`, `server_open_files`, "
+             f"`server_db_mb`; orchestration from the phases). Growth is the Theil–Sen "
+             f"slope per {PER} dispatches with its 95 % CI (`soak.csv`): "
+             + (f"{len(grows)} of {len(data.soak)} grow." if len(grows) else
+                "nothing is shown to grow.")),
+        Bullets(tuple(lines)),
         *figures,
     ]

@@ -42,6 +42,7 @@ from bench.analysis.findings import (  # noqa: E402
 )
 from bench.analysis.hotspots import environment_differentials, growers  # noqa: E402
 from bench.analysis.load import load_table  # noqa: E402
+from bench.analysis.soak import soak_growth, soak_runs  # noqa: E402
 from bench.analysis.stats import CONFIDENCE  # noqa: E402
 from bench.gate import HISTORY_CSV  # noqa: E402
 from bench.records import (  # noqa: E402
@@ -83,6 +84,7 @@ ENVIRONMENTS_CSV = "environments.csv"
 # Per function and part, each environment's profiled rounds against the reference's.
 HOTSPOT_DIFFS_CSV = "hotspot_diffs.csv"
 LOAD_CSV = "load.csv"  # per level of dispatches in flight (bench.analysis.load)
+SOAK_CSV = "soak.csv"  # what grows dispatch after dispatch (bench.analysis.soak)
 PROBES_TEXT = (
     "Each round also ran every mode bare, without the in-task probes (profile setting "
     "`probes = \"compare\"`), interleaved with the probed runs. `cost_s` is the median over "
@@ -842,6 +844,10 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     under_load = load_table(all_runs)
     if not under_load.empty and under_load["concurrency"].nunique() > 1:
         under_load.to_csv(out_dir / LOAD_CSV, index=False, float_format="%.4g")
+    soaked = soak_runs(all_runs, phases)
+    soak = soak_growth(soaked)
+    if not soak.empty:
+        soak.to_csv(out_dir / SOAK_CSV, index=False, float_format="%.4g")
     history = in_dir / HISTORY_CSV
     keep = detail_configs(full_summary)
     data = ReportData(
@@ -852,7 +858,8 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         probes=probes, notes=notes,
         history=pd.read_csv(history, dtype={"executor": str})
         if history.is_file() and history.stat().st_size else None,
-        hotspots=hotspots, hotspot_diffs=hotspot_diffs, stacks=stacks, load=under_load)
+        hotspots=hotspots, hotspot_diffs=hotspot_diffs, stacks=stacks, load=under_load,
+        soak_runs=soaked, soak=soak)
     draw_plots(data)
     return write_page(data)
 

@@ -48,6 +48,9 @@ class ReportData:
     hotspot_diffs: pd.DataFrame = field(default_factory=pd.DataFrame)
     # Concurrency sweeps: throughput, latency and errors per level (analysis.load).
     load: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Soaks: the long sequences' runs and what grows in them (analysis.soak).
+    soak_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    soak: pd.DataFrame = field(default_factory=pd.DataFrame)
     stacks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def of_workloads(self, names: list[str]) -> ReportData:

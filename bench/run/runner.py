@@ -605,11 +605,14 @@ def _finish_batch(
 
 def meter_batch(records: list[RunRecord], meter: CpuMeter, server: Any) -> None:
     """What the server's meter says of a finished batch, on each of its records: the
-    server's CPU (of the whole batch: the server can't tell runs apart) and, for Covalent
+    server's CPU (of the whole batch: the server can't tell runs apart), what it holds
+    after it (RSS, open files, database size: CovalentServer.footprint) and, for Covalent
     runs, a worker-restart flag if a process of its tree died meanwhile."""
     server_cpu = meter.seconds(server.processes())
     died = meter.died()
+    held = server.footprint() if hasattr(server, "footprint") else {}
     for record in records:
         record.timings["server_cpu_s"] = server_cpu
+        record.timings.update(held)
         if died and record.mode == "covalent":
             record.flags = f"{R.WORKER_RESTART}:{len(died)}"

@@ -255,6 +255,25 @@ class CovalentServer:
         """The server's live process tree: top process and all its descendants."""
         return [] if self.pid is None else process_tree(self.pid)
 
+    def footprint(self) -> dict[str, float]:
+        """What the server holds now: the RSS (MB) and open file descriptors of its process
+        tree, summed, and its database's size on disk (MB, owned servers: the file and its
+        journal). For a soak: what grows from dispatch to dispatch."""
+        procs = self.processes()
+        rss = fds = 0 if procs else float("nan")  # attached: its processes are not ours
+        for proc in procs:
+            try:
+                rss += proc.memory_info().rss
+                fds += proc.num_fds()
+            except psutil.Error:  # gone meanwhile, or not ours to read
+                continue
+        db = float("nan")
+        if self.root is not None and (self.root / "db").is_dir():
+            db = sum(f.stat().st_size for f in (self.root / "db").iterdir() if f.is_file())
+            db /= 2**20
+        return {"server_rss_mb": rss / 2**20, "server_open_files": float(fds),
+                "server_db_mb": db}
+
     def pool_events(self, dispatch_ids: set[str]) -> list[dict[str, Any]]:
         """What the server's hook noted of these dispatches' tasks that lost their process
         in the local executor's pool: [{"dispatch_id", "node_ids", "dead": [[pid, exit]]}]."""

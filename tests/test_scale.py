@@ -1,5 +1,6 @@
-"""Covalent under load (bench.analysis.load): errors by kind, throughput and latency per
-level of dispatches in flight, the knee; and the report's section from records."""
+"""Covalent at scale: under load (bench.analysis.load: errors by kind, throughput and
+latency per level of dispatches in flight, the knee) and in a soak (bench.analysis.soak:
+what grows dispatch after dispatch); and the report's sections from records."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from bench import records as R
 from bench.analysis.load import error_kind, knee, knee_sentence, load_table
+from bench.analysis.soak import SOAK_MIN_RUNS, soak_growth, soak_runs, soak_sentence
 
 
 @pytest.mark.parametrize("status,error,kind", [
@@ -84,19 +86,25 @@ def test_the_knee_is_saturation_or_errors_and_none_is_said_so() -> None:
     assert knee_sentence(pd.Series(row)).startswith("`local`: no knee up to 4 in flight")
 
 
+def _write_runs(directory: Path, runs: pd.DataFrame) -> None:
+    runs = runs.assign(run_id=[f"r{i}" for i in range(len(runs))], workload="chain",
+                       params='{"n": 10, "sleep_s": 0.0}', slot=0, output_digest="d",
+                       outputs="{}", probes="on", flags="",
+                       timestamp="2026-12-02T00:00:00+00:00")
+    if "wall_s" not in runs:
+        runs["wall_s"] = runs["latency_s"]
+    writer = R.runs_writer(directory)
+    for row in runs.to_dict("records"):
+        writer.append(row)
+
+
 def test_the_report_shows_the_load_section_from_records(tmp_path: Path) -> None:
     from bench.report.page import main as report_main
 
     runs = pd.concat([_runs({1: (2.0, ["COMPLETED"]), 2: (2.1, ["COMPLETED"] * 2),
                              4: (4.0, ["COMPLETED"] * 3 + ["FAILED"])}),
                       _runs({1: (2.0, ["COMPLETED"])}).assign(mode="plain", executor="")])
-    runs = runs.assign(run_id=[f"r{i}" for i in range(len(runs))], profile="load",
-                       workload="chain", params='{"n": 10, "sleep_s": 0.0}', slot=0,
-                       wall_s=runs["latency_s"], output_digest="d", outputs="{}",
-                       probes="on", flags="", timestamp="2026-12-02T00:00:00+00:00")
-    writer = R.runs_writer(tmp_path)
-    for row in runs.to_dict("records"):
-        writer.append(row)
+    _write_runs(tmp_path, runs.assign(profile="load"))
     assert report_main(["--in", str(tmp_path)]) == 0
     page = (tmp_path / "README.md").read_text()
     assert "## Under load" in page and "load.png" in page
@@ -104,3 +112,55 @@ def test_the_report_shows_the_load_section_from_records(tmp_path: Path) -> None:
     assert "errors: database locked" in page
     assert (tmp_path / "load.png").stat().st_size > 10_000
     assert list(pd.read_csv(tmp_path / "load.csv")["concurrency"]) == [1, 2, 4]
+
+
+def _soak(n: int, rss_per_run: float, seed: int = 3) -> pd.DataFrame:
+    """n dispatches after a warm-up, one per round: the server's RSS rising by
+    `rss_per_run` MB each (with noise), its open files flat, its database growing."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(n + 1)
+    return pd.DataFrame({
+        "session_id": "s", "profile": "soak", "workload": "chain", "config_id": "chain",
+        "mode": "covalent", "executor": "local",
+        "environment": "", "round": k, "warmup": k == 0, "concurrency": 1,
+        "status": "COMPLETED", "error": "", "tasks_probed": "10/10",
+        "wall_s": 2.0 + rng.normal(0, 0.2, n + 1) + np.where(k % 17 == 5, 3.0, 0.0),
+        "latency_s": 2.0, "batch_wall_s": 2.0,
+        "server_rss_mb": 200 + rss_per_run * k + rng.normal(0, 1.0, n + 1),
+        "server_open_files": 40.0, "server_db_mb": 0.5 + 0.01 * k})
+
+
+def test_a_soak_says_what_grows_with_a_ci_and_what_does_not() -> None:
+    runs = _soak(60, rss_per_run=0.3)
+    assert soak_runs(runs.iloc[: SOAK_MIN_RUNS - 1], None).empty  # too short to be a soak
+    rows = soak_growth(soak_runs(runs, None))
+    growth = rows.set_index("metric")
+    rss = growth.loc["server_rss_mb"]
+    assert rss["dispatches"] == 60 and bool(rss["grows"])  # the warm-up is left out
+    assert rss["ci_low_per_100"] < 30 < rss["ci_high_per_100"]
+    # The odd slow run (+3 s every 17th) moves a Theil-Sen slope little: nothing grows.
+    orch = growth.loc["orchestration_s"]
+    assert not orch["grows"] and not orch["shrinks"], orch.to_dict()
+    assert not growth.loc["server_open_files", "grows"]
+    assert growth.loc["server_db_mb", "slope_per_100"] == pytest.approx(1.0)
+    said = {r["metric"]: soak_sentence(r) for _, r in rows.iterrows()}
+    assert said["server_rss_mb"].startswith("server RSS (MB): ") and said[
+        "server_rss_mb"].endswith(": grows") and rss["first"] < rss["last"]
+    assert said["orchestration_s"].endswith("no growth shown")
+    flat = soak_growth(soak_runs(_soak(60, rss_per_run=0.0), None)).set_index("metric")
+    assert not flat.loc["server_rss_mb", "grows"]
+
+
+def test_the_report_shows_the_soak_section_from_records(tmp_path: Path) -> None:
+    from bench.report.page import main as report_main
+
+    runs = _soak(50, rss_per_run=0.3)
+    plain = runs.assign(mode="plain", executor="", wall_s=0.001)
+    _write_runs(tmp_path, pd.concat([runs, plain]).assign(profile="soak"))
+    assert report_main(["--in", str(tmp_path)]) == 0
+    page = (tmp_path / "README.md").read_text()
+    assert "## Soak: dispatch after dispatch" in page and "soak.png" in page
+    assert "`local`, server RSS (MB): " in page and ": grows" in page
+    assert (tmp_path / "soak.png").stat().st_size > 10_000
+    assert set(pd.read_csv(tmp_path / "soak.csv")["metric"]) >= {"server_rss_mb",
+                                                                 "orchestration_s"}
