@@ -13,14 +13,39 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.analysis.load import SATURATION_GAIN, knee, knee_sentence  # noqa: E402
-from bench.analysis.soak import PER, SOAK_METRICS, SOAK_MIN_RUNS, soak_sentence  # noqa: E402
+from bench.analysis.load import SATURATION_GAIN, knee, knee_sentence, load_table  # noqa: E402
+from bench.analysis.soak import (  # noqa: E402
+    PER,
+    SOAK_METRICS,
+    SOAK_MIN_RUNS,
+    soak_growth,
+    soak_runs,
+    soak_sentence,
+)
 from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
-from bench.report.registry import ReportData, plot, section  # noqa: E402
+from bench.report.registry import ReportData, derived, plot, section  # noqa: E402
+
+
+@derived("load", "load.csv")
+def _load(data: ReportData) -> pd.DataFrame:
+    """Per level of dispatches in flight, of the concurrency sweeps (none: empty)."""
+    table = load_table(data.all_runs)
+    return table if not table.empty and table["concurrency"].nunique() > 1 else pd.DataFrame()
+
+
+@derived("soak_runs", "soak_runs.csv")
+def _soak_runs(data: ReportData) -> pd.DataFrame:
+    """The soak-long sequences' runs, numbered (bench.analysis.soak.soak_runs)."""
+    return soak_runs(data.all_runs, data.phases)
+
+
+@derived("soak", "soak.csv")
+def _soak(data: ReportData) -> pd.DataFrame:
+    return soak_growth(data.table("soak_runs"))
 
 
 def _swept(data: ReportData) -> bool:
-    return data.load is not None and not data.load.empty and data.load["concurrency"].nunique() > 1
+    return not data.table("load").empty
 
 
 def _label(row: pd.Series) -> str:
@@ -32,7 +57,7 @@ def _label(row: pd.Series) -> str:
     "flight only queue) and latency from the batch's start to each result (right: median, "
     "p95 dashed, the band to the slowest); a red x where dispatches failed."))
 def plot_load(data: ReportData, path: Path) -> bool:
-    table = data.load
+    table = data.table("load")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
     for (family, *_), sweep in table.groupby(["family", "executor", "environment"],
                                              sort=False):
@@ -70,7 +95,7 @@ def plot_load(data: ReportData, path: Path) -> bool:
 def load_section(data: ReportData, figures: list[Figure]) -> list[Block]:
     if not _swept(data):
         return []
-    table = data.load
+    table = data.table("load")
     kinds = [c for c in table.columns if c.startswith("errors: ")]
     shown = table.assign(executor=[_label(r) for _, r in table.iterrows()])[
         ["family", "executor", "concurrency", "rounds", "dispatches", "completed",
@@ -96,12 +121,12 @@ def load_section(data: ReportData, figures: list[Figure]) -> list[Block]:
 # --- soak ----------------------------------------------------------------------------------
 
 
-@plot("soak", "soak.png", section="soak", when=lambda d: not d.soak.empty, caption=(
+@plot("soak", "soak.png", section="soak", when=lambda d: not d.table("soak").empty, caption=(
     "Dispatch after dispatch on one server: each panel a quantity read after every run, "
     "with its Theil–Sen line; a slope whose CI is above 0 is growth."))
 def plot_soak(data: ReportData, path: Path) -> bool:
-    cov = data.soak_runs
-    metrics = [m for m in SOAK_METRICS if m in set(data.soak["metric"])]
+    cov, soak = data.table("soak_runs"), data.table("soak")
+    metrics = [m for m in SOAK_METRICS if m in set(soak["metric"])]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4),
                              squeeze=False)
     for ax, metric in zip(axes.flat, metrics, strict=True):
@@ -110,9 +135,8 @@ def plot_soak(data: ReportData, path: Path) -> bool:
             y = pd.to_numeric(seq[metric], errors="coerce")
             name = f"{environment}:{executor}" if environment else executor
             dots = ax.plot(seq["dispatch"], y, ".", alpha=0.5, label=name)[0]
-            fit = data.soak[(data.soak["executor"] == executor)
-                            & (data.soak["environment"] == environment)
-                            & (data.soak["metric"] == metric)]
+            fit = soak[(soak["executor"] == executor) & (soak["environment"] == environment)
+                       & (soak["metric"] == metric)]
             if len(fit):
                 f = fit.iloc[0]
                 x0, x1 = float(seq["dispatch"].min()), float(seq["dispatch"].max())
@@ -133,21 +157,22 @@ def plot_soak(data: ReportData, path: Path) -> bool:
 
 @section("soak", order=36)
 def soak_section(data: ReportData, figures: list[Figure]) -> list[Block]:
-    if data.soak.empty:
+    soak = data.table("soak")
+    if soak.empty:
         return []
     lines = []
-    for (executor, environment), rows in data.soak.groupby(["executor", "environment"],
-                                                          sort=False):
+    for (executor, environment), rows in soak.groupby(["executor", "environment"],
+                                                     sort=False):
         name = f"{environment}:{executor}" if environment else executor
         lines += [f"`{name}`, " + soak_sentence(r) for _, r in rows.iterrows()]
-    grows = data.soak[data.soak["grows"]]
+    grows = soak[soak["grows"]]
     return [
         Heading("Soak: dispatch after dispatch"),
         Text(f"Sequences of at least {SOAK_MIN_RUNS} dispatches on one server, each read "
              f"after its run (runs.csv `server_rss_mb`, `server_open_files`, "
              f"`server_db_mb`; orchestration from the phases). Growth is the Theil–Sen "
              f"slope per {PER} dispatches with its 95 % CI (`soak.csv`): "
-             + (f"{len(grows)} of {len(data.soak)} grow." if len(grows) else
+             + (f"{len(grows)} of {len(soak)} grow." if len(grows) else
                 "nothing is shown to grow.")),
         Bullets(tuple(lines)),
         *figures,

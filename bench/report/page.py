@@ -22,7 +22,6 @@ from bench.analysis.decompose import (  # noqa: E402
     SEGMENTS,
     as_batches,
     environment_diffs,
-    environments_of,
     flagged,
     measured,
     numeric_outputs,
@@ -40,9 +39,7 @@ from bench.analysis.findings import (  # noqa: E402
     SAME_WORK,
     findings,
 )
-from bench.analysis.hotspots import environment_differentials, growers  # noqa: E402
-from bench.analysis.load import load_table  # noqa: E402
-from bench.analysis.soak import soak_growth, soak_runs  # noqa: E402
+from bench.analysis.hotspots import growers  # noqa: E402
 from bench.analysis.stats import CONFIDENCE  # noqa: E402
 from bench.gate import HISTORY_CSV  # noqa: E402
 from bench.records import (  # noqa: E402
@@ -81,10 +78,6 @@ MODE_COLORS = {"plain": "#4c72b0", "local": "#dd8452", "dask": "#55a868", "exter
 PROBE_COST_CSV = "probe_cost.csv"
 STACKS_COST_CSV = "stacks_cost.csv"  # what sampling the stacks cost (--bench-stacks)
 ENVIRONMENTS_CSV = "environments.csv"
-# Per function and part, each environment's profiled rounds against the reference's.
-HOTSPOT_DIFFS_CSV = "hotspot_diffs.csv"
-LOAD_CSV = "load.csv"  # per level of dispatches in flight (bench.analysis.load)
-SOAK_CSV = "soak.csv"  # what grows dispatch after dispatch (bench.analysis.soak)
 PROBES_TEXT = (
     "Each round also ran every mode bare, without the in-task probes (profile setting "
     "`probes = \"compare\"`), interleaved with the probed runs. `cost_s` is the median over "
@@ -657,7 +650,7 @@ def findings_block(data: ReportData, figures: dict[str, Figure]) -> Findings:
     key plot."""
     items = [(f.text, reg.topic_figure(f.topic, figures))
              for f in findings(data.full_summary, data.fits, data.probes, data.diffs,
-                               growers(data.hotspot_diffs))]
+                               growers(data.table("hotspot_diffs")))]
     key = reg.key_figure(data.full_summary["config_id"].nunique() > 1, figures)
     return Findings(tuple(items), key=key, note=FINDINGS_NOTE)
 
@@ -746,6 +739,17 @@ def page_blocks(data: ReportData) -> list[Block]:
     # The key plot opens the page; it is not repeated further down.
     shown = {opening.key.file} if opening.key else set()
     return [b for b in blocks if not (isinstance(b, Figure) and b.file in shown)]
+
+
+def write_tables(data: ReportData) -> None:
+    """Every declared derived table that is not empty, as its CSV beside the page; none
+    left from an earlier report that this data can't make."""
+    for d in reg.DERIVED:
+        table = data.table(d.name)
+        path = data.out_dir / d.file
+        path.unlink(missing_ok=True)
+        if not table.empty:
+            table.to_csv(path, index=False, float_format="%.4g")
 
 
 def draw_plots(data: ReportData) -> None:
@@ -837,17 +841,6 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     stacks = stacks_cost(all_runs)
     if not stacks.empty:
         stacks.to_csv(out_dir / STACKS_COST_CSV, index=False, float_format="%.4f")
-    hotspots = load_hotspots(in_dir, sessions)
-    hotspot_diffs = environment_differentials(hotspots, environments_of(all_runs))
-    if not hotspot_diffs.empty:
-        hotspot_diffs.to_csv(out_dir / HOTSPOT_DIFFS_CSV, index=False, float_format="%.4g")
-    under_load = load_table(all_runs)
-    if not under_load.empty and under_load["concurrency"].nunique() > 1:
-        under_load.to_csv(out_dir / LOAD_CSV, index=False, float_format="%.4g")
-    soaked = soak_runs(all_runs, phases)
-    soak = soak_growth(soaked)
-    if not soak.empty:
-        soak.to_csv(out_dir / SOAK_CSV, index=False, float_format="%.4g")
     history = in_dir / HISTORY_CSV
     keep = detail_configs(full_summary)
     data = ReportData(
@@ -858,8 +851,8 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         probes=probes, notes=notes,
         history=pd.read_csv(history, dtype={"executor": str})
         if history.is_file() and history.stat().st_size else None,
-        hotspots=hotspots, hotspot_diffs=hotspot_diffs, stacks=stacks, load=under_load,
-        soak_runs=soaked, soak=soak)
+        hotspots=load_hotspots(in_dir, sessions), stacks=stacks, all_runs=all_runs)
+    write_tables(data)
     draw_plots(data)
     return write_page(data)
 

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.analysis.decompose import environments_of  # noqa: E402
 from bench.analysis.findings import PART_NAMES  # noqa: E402
 from bench.analysis.hotspots import (  # noqa: E402
     ALPHA,
@@ -23,12 +24,13 @@ from bench.analysis.hotspots import (  # noqa: E402
     PART_ROLES,
     SUMMARY_PARTS,
     counted,
+    environment_differentials,
     growers,
     label,
 )
 from bench.records import STACKS_DIR  # noqa: E402
 from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
-from bench.report.registry import ReportData, plot, section  # noqa: E402
+from bench.report.registry import ReportData, derived, plot, section  # noqa: E402
 
 TOP = 5
 def part_functions(hot: pd.DataFrame, top: int = TOP) -> pd.DataFrame:
@@ -64,6 +66,15 @@ def part_functions(hot: pd.DataFrame, top: int = TOP) -> pd.DataFrame:
                          "waiting": bool(f.waiting), "self_s": f.self_s,
                          "share": f.self_s / part_s if part_s else float("nan")})
     return pd.DataFrame(rows)
+
+
+@derived("hotspot_diffs", "hotspot_diffs.csv")
+def hotspot_diffs(data: ReportData) -> pd.DataFrame:
+    """Per function and part, each environment's profiled rounds against the reference's
+    (bench.analysis.hotspots.environment_differentials)."""
+    if data.hotspots is None or data.hotspots.empty:
+        return pd.DataFrame()
+    return environment_differentials(data.hotspots, environments_of(data.all_runs))
 
 
 def _table(columns: list[str], rows: list[list]) -> Table:
@@ -105,7 +116,7 @@ def profiles_section(data: ReportData, figures: list[Figure]) -> list[Block]:
                 for r in table.itertuples()]
         blocks.append(_table(["executor", "part", "part s/run", "#", "function (line)",
                               "kind", "self s/run", "of part"], rows))
-    grown = growers(data.hotspot_diffs)
+    grown = growers(data.table("hotspot_diffs"))
     if len(grown):
         sig = grown[grown["significant"]]
         blocks.append(Heading("What grew, against the reference environment", 3))

@@ -4,8 +4,10 @@ A plot is one `@plot(...)` on its drawing function: its name (`Session.plot(name
 caption, the section that shows it, when the data supports it, which findings topics it
 shows (and how well: lower is preferred) and whether it can open the page as the key plot.
 A section is one `@section(...)` on the function that builds its blocks from the data and
-its drawn figures. Everything else derives from these lists: which plots are drawn, which
-stale files go, the page's order, each finding's plot and the key plot
+its drawn figures. A table derived from the records for the sections, and written beside
+the page as a CSV, is one `@derived(...)` on the function that computes it. Everything
+else derives from these lists: which plots are drawn, which tables written, which stale
+files go, the page's order, each finding's plot and the key plot
 (bench.report.page.make_report).
 
 A section with `per_workload` is built from the rows of the workloads that name it in their
@@ -41,21 +43,27 @@ class ReportData:
     probes: pd.DataFrame  # the probes' own cost (decompose.probe_cost)
     history: pd.DataFrame | None  # the gate's history.csv
     notes: list[str]  # what the records themselves say (damaged lines, runs left out)
-    # Profiled rounds (--bench-stacks): hotspots.csv of these sessions, each environment's
-    # against the reference's (hotspots.environment_differentials), and what sampling cost
-    # (decompose.stacks_cost); empty without them.
+    # Profiled rounds (--bench-stacks): hotspots.csv of these sessions, and what sampling
+    # cost (decompose.stacks_cost); empty without them.
     hotspots: pd.DataFrame = field(default_factory=pd.DataFrame)
-    hotspot_diffs: pd.DataFrame = field(default_factory=pd.DataFrame)
-    # Concurrency sweeps: throughput, latency and errors per level (analysis.load).
-    load: pd.DataFrame = field(default_factory=pd.DataFrame)
-    # Soaks: the long sequences' runs and what grows in them (analysis.soak).
-    soak_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
-    soak: pd.DataFrame = field(default_factory=pd.DataFrame)
     stacks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Every run of the records (the ones above are the detailed configurations' measured
+    # runs), for the derived tables.
+    all_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    _tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """The derived table `name` (declared with `@derived`), computed once."""
+        if name not in self._tables:
+            (d,) = [d for d in DERIVED if d.name == name] or [None]
+            if d is None:
+                raise KeyError(f"no derived table {name!r}: declare it with @derived")
+            self._tables[name] = d.compute(self)
+        return self._tables[name]
 
     def of_workloads(self, names: list[str]) -> ReportData:
         """The summary and fits of these workloads only."""
-        return replace(self, full_summary=self.full_summary[
+        return replace(self, _tables={}, full_summary=self.full_summary[
             self.full_summary["workload"].astype(str).isin(names)],
             fits=self.fits[self.fits["workload"].astype(str).isin(names)])
 
@@ -96,8 +104,27 @@ class Section:
     per_workload: bool = False
 
 
+@dataclass(frozen=True)
+class Derived:
+    name: str
+    file: str  # the CSV written beside the page when the table is not empty
+    compute: Callable[[ReportData], pd.DataFrame]
+
+
 PLOTS: list[Plot] = []  # in declaration order: the order of a section's figures
 SECTIONS: list[Section] = []
+DERIVED: list[Derived] = []
+
+
+def derived(name: str, file: str) -> Callable[[F], F]:
+    """Declare the decorated function (data) -> DataFrame as the derived table `name`:
+    computed once per report (ReportData.table), written to `file` beside the page."""
+    def register(compute: F) -> F:
+        if any(d.name == name or d.file == file for d in DERIVED):
+            raise ValueError(f"derived table {name!r} ({file}) is declared twice")
+        DERIVED.append(Derived(name, file, compute))
+        return compute
+    return register
 
 
 def plot(name: str, file: str, caption: str, section: str,
