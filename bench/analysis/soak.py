@@ -66,12 +66,13 @@ def soak_growth(cov: pd.DataFrame) -> pd.DataFrame:
                 continue
             x = seq["dispatch"].to_numpy(float)[ok]
             v = y.to_numpy(float)[ok]
-            slope, _, low, high = stats.theilslopes(v, x, alpha=0.95)
+            slope, intercept, low, high = stats.theilslopes(v, x, alpha=0.95)
             rows.append({"config_id": config_id, "executor": executor,
                          "environment": environment, "metric": metric,
                          "dispatches": int(ok.sum()),
                          "first": float(np.median(v[:tenth])),
                          "last": float(np.median(v[-tenth:])),
+                         "intercept": float(intercept),
                          "slope_per_100": PER * float(slope),
                          "ci_low_per_100": PER * float(low),
                          "ci_high_per_100": PER * float(high),

@@ -139,12 +139,9 @@ def plot_soak(data: ReportData, path: Path) -> bool:
                        & (soak["metric"] == metric)]
             if len(fit):
                 f = fit.iloc[0]
-                x0, x1 = float(seq["dispatch"].min()), float(seq["dispatch"].max())
-                mid = float(y.median())
-                xm = float(seq["dispatch"].median())
-                slope = f["slope_per_100"] / 100
-                ax.plot([x0, x1], [mid + slope * (x0 - xm), mid + slope * (x1 - xm)],
-                        color=dots.get_color())
+                xs = [float(seq["dispatch"].min()), float(seq["dispatch"].max())]
+                slope = f["slope_per_100"] / PER
+                ax.plot(xs, [f["intercept"] + slope * x for x in xs], color=dots.get_color())
         ax.set_title(SOAK_METRICS[metric], fontsize=9)
         ax.set_xlabel("dispatch")
         ax.legend(fontsize=7)
