@@ -82,6 +82,8 @@ def plot_load(data: ReportData, path: Path) -> bool:
         ax.set_xticks(levels, [str(int(v)) for v in levels])
         ax.set_xlabel("dispatches in flight (N)")
         ax.legend(fontsize=7)
+    left.set_ylim(bottom=0)  # flat is flat: no zoom that makes noise look like a knee
+    right.set_ylim(bottom=0)
     left.set_ylabel("throughput (completed dispatches per second)")
     right.set_ylabel("latency: batch start to result in hand (s)")
     fig.suptitle("Covalent under load", fontsize=11)
