@@ -426,8 +426,8 @@ def growers(diffs: pd.DataFrame) -> pd.DataFrame:
     comparison = ["config_id", "executor", "environment", "part"]
     inclusive = diffs[(diffs["metric"] == "total_s") & diffs["significant"].astype(bool)
                       & (diffs["delta_s"] > 0)]
-    inclusive = (inclusive.assign(own=inclusive["category"] != "covalent")
-                 .sort_values(["own", "delta_s"], ascending=[True, False])
+    inclusive = (inclusive.assign(other=inclusive["category"] != "covalent")
+                 .sort_values(["other", "delta_s"], ascending=[True, False])
                  .drop_duplicates(comparison)
                  .rename(columns={"module": "via_module", "function": "via_function",
                                   "delta_s": "via_delta_s"}))

@@ -9,6 +9,8 @@ Text is Markdown inline: `code`, **bold**, *italic* and [links](target).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -94,3 +96,13 @@ def to_markdown(blocks: list[Block]) -> str:
             if block.key:
                 out.append(_figure_md(block.key))
     return "\n\n".join(out) + "\n"
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Every plot of the report, saved alike: laid out, 110 dpi, and closed (matplotlib
+    keeps open figures alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

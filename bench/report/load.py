@@ -22,7 +22,7 @@ from bench.analysis.soak import (  # noqa: E402
     soak_runs,
     soak_sentence,
 )
-from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text, save_figure  # noqa: E402
 from bench.report.registry import ReportData, derived, plot, section  # noqa: E402
 
 
@@ -87,9 +87,7 @@ def plot_load(data: ReportData, path: Path) -> bool:
     left.set_ylabel("throughput (completed dispatches per second)")
     right.set_ylabel("latency: batch start to result in hand (s)")
     fig.suptitle("Covalent under load", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -148,9 +146,7 @@ def plot_soak(data: ReportData, path: Path) -> bool:
         ax.set_xlabel("dispatch")
         ax.legend(fontsize=7)
     fig.suptitle("Soak: does anything grow with the dispatches?", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

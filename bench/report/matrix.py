@@ -22,16 +22,10 @@ import pandas as pd  # noqa: E402
 from bench.analysis.decompose import family  # noqa: E402
 from bench.analysis.findings import CHEAPEST, PAYOFF  # noqa: E402
 from bench.analysis.stats import fit_line  # noqa: E402
-from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text, save_figure  # noqa: E402
 from bench.report.registry import ReportData, plot, section  # noqa: E402
 
 SHAPE_ORDER = ("tutorial", "lean", "per-epoch", "monolithic")
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _single(summary: pd.DataFrame) -> pd.DataFrame:
@@ -100,7 +94,7 @@ def plot_scaling(data: ReportData, path: Path) -> bool:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Overhead as the workload grows, per graph shape "
                  "(fit: constant + per-1000-samples part)", fontsize=11)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -139,7 +133,7 @@ def plot_bytes(data: ReportData, path: Path) -> bool:
     ax.set_ylabel("MiB serialized per run (node outputs)")
     ax.set_title("Bytes Covalent moves per run, by graph shape")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -213,7 +207,7 @@ def plot_sweep(data: ReportData, path: Path) -> bool:
     axes[0, 0].set_ylabel("wall time (s, median)")
     fig.suptitle("Hyper-parameter sweep: K models, plain one after another vs Covalent "
                  "(solid: plain, dashed: Covalent)", fontsize=11)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -258,7 +252,7 @@ def plot_concurrency(data: ReportData, path: Path) -> bool:
     left.set_ylabel("throughput (workflows per minute)")
     right.set_ylabel("latency: batch start to result in hand (s)")
     fig.suptitle("N workflows at once (Covalent) vs one after another (plain)", fontsize=11)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 

@@ -64,6 +64,7 @@ from bench.report.blocks import (  # noqa: E402
     Heading,
     Table,
     Text,
+    save_figure,
     to_markdown,
 )
 from bench.report.html import write_html  # noqa: E402
@@ -158,9 +159,7 @@ def plot_wall_time(data: ReportData, path: Path) -> None:
         ax.set_ylabel("wall time (s)")
         ax.margins(y=0.12)
     fig.suptitle("Wall time per run\n(bars: median; dots: measured rounds)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @plot("overhead", "overhead.png", section="plots", when=_summary, key=5,
@@ -186,9 +185,7 @@ def plot_overhead(data: ReportData, path: Path) -> None:
     ax.set_title("Covalent overhead per configuration\n(whiskers: range over rounds)",
                  fontsize=11)
     ax.margins(y=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @plot("accuracy", "accuracy.png", section="plots", topics={SAME_WORK: 0},
@@ -215,9 +212,7 @@ def plot_accuracy(data: ReportData, path: Path) -> None:
     ax.set_ylim(0, 110)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy: both modes did the same work")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _listed(value: object) -> list:
@@ -250,9 +245,7 @@ def plot_loss_curves(data: ReportData, path: Path) -> None:
         ax.set_ylabel("nll loss")
         ax.legend()
     fig.suptitle("Training loss (every log_interval batches; identical runs overlap)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @plot("breakdown", "breakdown.png", section="plots", when=_phases,
@@ -292,9 +285,7 @@ def plot_breakdown(data: ReportData, path: Path) -> None:
     # Room for the longest bar's label inside the axes (margins() stops at the stacked
     # segments' sticky edges, and the label would land on the legend).
     ax.set_xlim(0, max(ends) * 1.12 if max(ends) > 0 else 1.0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @plot("overhead_parts", "overhead_parts.png", section="plots", when=_summary_and_phases,
@@ -331,9 +322,7 @@ def plot_overhead_parts(data: ReportData, path: Path) -> None:
     ax.set_title("What the overhead is made of")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.set_size_inches(fig.get_size_inches()[0] + 3.5, fig.get_size_inches()[1])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @plot("overhead_ci", "overhead_ci.png", section="plots", when=_summary_and_phases, key=4,
@@ -361,9 +350,7 @@ def plot_overhead_ci(data: ReportData, path: Path) -> None:
     ax.set_title(f"Overhead families: median of paired rounds, {CONFIDENCE:.0%} CI")
     ax.legend(fontsize=7)
     ax.margins(y=0.2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @plot("timeline", "timeline.png", section="plots", when=_phases, caption=(
@@ -407,9 +394,7 @@ def plot_timeline(data: ReportData, path: Path) -> None:
                  "orange = node span on the server", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in client_colours.values()]
     ax.legend(handles, list(client_colours), fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @plot("cold_start", "cold_start.png", section="plots",
@@ -490,9 +475,7 @@ def plot_history(data: ReportData, path: Path) -> None:
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
     axes[0, 0].set_title("Overhead across commits (dashed: baseline; x: regression)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _environment_table(runs: pd.DataFrame) -> Table:

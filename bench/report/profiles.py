@@ -29,7 +29,7 @@ from bench.analysis.hotspots import (  # noqa: E402
     label,
 )
 from bench.records import STACKS_DIR  # noqa: E402
-from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text, save_figure  # noqa: E402
 from bench.report.registry import ReportData, derived, plot, section  # noqa: E402
 
 TOP = 5
@@ -307,7 +307,5 @@ def plot_flame(data: ReportData, path: Path) -> bool:
         under = f", under {' > '.join(trunk[-3:])}" if trunk else ""
         ax.set_title(f"{title}: {width:.2f} s sampled{under}", fontsize=9, loc="left")
     fig.suptitle(f"Flame graphs of profiled run {run_id} ({label})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from bench.analysis.decompose import family  # noqa: E402
 from bench.analysis.findings import CHEAPEST, PAYOFF  # noqa: E402
-from bench.report.blocks import Block, Figure, Heading, Table, Text  # noqa: E402
+from bench.report.blocks import Block, Figure, Heading, Table, Text, save_figure  # noqa: E402
 from bench.report.registry import ReportData, plot, section  # noqa: E402
 
 COLORS = {"local": "#dd8452", "dask": "#55a868", "external": "#8172b3"}
@@ -61,9 +61,7 @@ def plot_scaling(data: ReportData, path: Path) -> bool:
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
     fig.suptitle("Orchestration against the swept parameter (median, 95 % CI; fitted line)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
