@@ -3,6 +3,9 @@
     python -m bench run [pytest options]   the benchmark (= pytest bench --benchmark-only ...)
     python -m bench report [--in DIR]      plots, tables and the page from the records
     python -m bench gate [--in DIR]        judge the latest session against the baseline
+    python -m bench calibrate [--sessions K]  the gate's error rates, from K A/A sessions
+    python -m bench predict --bench-workload MODULE:ATTR [--envelope DIR]
+                                           orchestration predicted for your graph
     python -m bench list                   profiles and built-in workloads
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-COMMANDS = ("run", "report", "gate", "list")
+COMMANDS = ("run", "report", "gate", "calibrate", "predict", "list")
 
 
 def _list() -> int:
@@ -50,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         from bench.gate import main as gate_main
 
         return gate_main(rest)
+    if command == "predict":
+        from bench.predict import main as predict_main
+
+        return predict_main(rest)
+    if command == "calibrate":
+        from bench.calibrate import main as calibrate_main
+
+        return calibrate_main(rest)
     return _list()
 
 

@@ -17,7 +17,7 @@ from bench.workloads.mnist import MnistWorkload
 
 
 def test_built_ins_are_registered_by_their_modules_and_listed(capsys) -> None:
-    assert list(BUILT_IN) == ["mnist", "chain", "fanout"]
+    assert list(BUILT_IN) == ["mnist", "chain", "fanout", "graph"]
     assert workload_for("chain") is BUILT_IN["chain"]
     assert bench_main(["list"]) == 0
     listed = capsys.readouterr().out

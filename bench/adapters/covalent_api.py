@@ -46,6 +46,7 @@ __all__ = [
     "is_lattice",
     "node_runs",
     "output_sizes",
+    "graph_census",
     "pickle_by_value",
     "run_plain",
     "status",
@@ -143,9 +144,12 @@ def http_timeout(read_s: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _electron_calls(wrap: TaskWrapper | None) -> Iterator[None]:
+def _electron_calls(wrap: TaskWrapper | None,
+                    on_sublattice: Callable[[Lattice, tuple, dict], None] | None = None
+                    ) -> Iterator[None]:
     """While active, electrons called outside a graph build run `wrap(fn)` (plain runs), and
-    electrons called during a build get their metadata back afterwards.
+    electrons called during a build get their metadata back afterwards. A sublattice called
+    plain is passed to `on_sublattice` with its arguments first.
 
     Covalent writes the lattice's defaults (executor ...) into a module-level electron when
     a graph is built, so the next lattice would inherit the previous one's executor."""
@@ -155,6 +159,8 @@ def _electron_calls(wrap: TaskWrapper | None) -> Iterator[None]:
     def call(self: Electron, *args: Any, **kwargs: Any) -> Any:
         if active_lattice_manager.get_active_lattice() is None:
             fn = self.function
+            if isinstance(fn, Lattice) and on_sublattice is not None:
+                on_sublattice(fn, args, kwargs)
             # A sublattice: its electrons are probed. An electron called inside a task (the
             # tutorial's train_model calls train_over_one_epoch) is part of that task, as it
             # is on Covalent, where it runs as a plain call inside the task's process.
@@ -288,6 +294,42 @@ def transport_graph(lattice: Lattice, *args: Any, **kwargs: Any) -> Any:
     built = _probed(lattice, None)
     built.build_graph(*args, **kwargs)
     return built.transport_graph.get_internal_graph_copy()
+
+
+def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
+                 ) -> dict[str, int]:
+    """What Covalent will run for `lattice(*args, **kwargs)`, from one plain run: the graphs
+    it builds (the lattice's and every sublattice's, each built here from the arguments the
+    plain run passed it): their nodes and edges, the tasks called, the sublattices, the
+    serialized bytes of every task's output and of every parameter node's value."""
+    kwargs = kwargs or {}
+    counts = dict.fromkeys(("nodes", "edges", "tasks", "sublattices", "output_bytes",
+                            "input_bytes"), 0)
+
+    def add_graph(built: Lattice, a: tuple, k: dict) -> None:
+        graph = transport_graph(built, *a, **k)
+        counts["nodes"] += graph.number_of_nodes()
+        counts["edges"] += graph.number_of_edges()
+        counts["input_bytes"] += sum(len(data["value"].serialize())
+                                     for _, data in graph.nodes(data=True)
+                                     if _kind(data["name"]) == "parameter" and "value" in data)
+
+    def on_sublattice(sub: Lattice, a: tuple, k: dict) -> None:
+        counts["sublattices"] += 1
+        add_graph(sub, a, k)
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*a: Any, **k: Any) -> Any:
+            value = fn(*a, **k)
+            counts["tasks"] += 1
+            counts["output_bytes"] += len(TransportableObject(value).serialize())
+            return value
+        return counted
+
+    add_graph(lattice, args, kwargs)
+    with _electron_calls(wrap, on_sublattice):
+        lattice_function(lattice)(*args, **kwargs)
+    return counts
 
 
 # --- following a dispatch -------------------------------------------------------------------

@@ -189,3 +189,73 @@ def speed_scale(new_plain: pd.Series, base_plain: pd.Series,
                           f"{low:.2f}..{high:.2f}: {100 * width:.0f} % wide, more than "
                           f"{100 * max_ci_rel:.0f} %)")
     return SpeedScale(estimate, (low, high), True)
+
+
+# Calibration (bench.calibrate): the gate's error rates from A/A sessions, each judged as is
+# and with planted delays. One row of `verdicts` per session, threshold_pct, planted_s,
+# config_id, executor and metric, with the verdict.
+DETECTION_GOAL = 0.8
+
+
+def _rate(k: int, n: int) -> dict[str, float]:
+    """k of n, with its Clopper-Pearson 95 % CI."""
+    ci = stats.binomtest(k, n).proportion_ci(0.95, method="exact") if n else None
+    return {"rate": k / n if n else math.nan, "ci_low": ci.low if ci else math.nan,
+            "ci_high": ci.high if ci else math.nan}
+
+
+def _flagged(verdicts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per `by` + session: whether any verdict there is a regression."""
+    hit = verdicts.assign(regression=verdicts["verdict"] == "regression")
+    return hit.groupby([*by, "session"], sort=True)["regression"].any().reset_index()
+
+
+def false_positive_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per threshold: how many A/A sessions (planted_s 0) the gate failed, with a CI, and
+    how many of their single verdicts were regressions."""
+    aa = verdicts[verdicts["planted_s"] == 0]
+    rows = []
+    for threshold, group in aa.groupby("threshold_pct"):
+        sessions = _flagged(group, [])
+        k, n = int(sessions["regression"].sum()), len(sessions)
+        rows.append({"threshold_pct": threshold, "sessions": n, "false_positives": k,
+                     **_rate(k, n), "verdicts": len(group),
+                     "regression_verdicts": int((group["verdict"] == "regression").sum())})
+    return pd.DataFrame(rows)
+
+
+def detection_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per threshold, executor and planted delay: the share of sessions in which the gate
+    called that executor a regression, with a CI, and the delay as a share of the
+    reference's median orchestration."""
+    rows = []
+    planted = verdicts[verdicts["planted_s"] > 0]
+    orch = verdicts[(verdicts["planted_s"] == 0) & (verdicts["metric"] == "orchestration_s")]
+    for (threshold, executor, delay), group in planted.groupby(
+            ["threshold_pct", "executor", "planted_s"]):
+        sessions = _flagged(group, [])
+        k, n = int(sessions["regression"].sum()), len(sessions)
+        ref = orch.loc[orch["executor"] == executor, "reference_median"].median()
+        rows.append({"threshold_pct": threshold, "executor": executor, "planted_s": delay,
+                     "planted_pct": 100 * delay / ref if ref else math.nan,
+                     "sessions": n, "detected": k, **_rate(k, n)})
+    return pd.DataFrame(rows)
+
+
+def smallest_detected(detection: pd.DataFrame, goal: float = DETECTION_GOAL) -> pd.DataFrame:
+    """Per threshold and executor: the smallest planted delay from which every larger one
+    is caught in at least `goal` of the sessions (NaN: none up to the largest planted)."""
+    rows = []
+    for (threshold, executor), group in detection.groupby(["threshold_pct", "executor"]):
+        group = group.sort_values("planted_s")
+        ok = (group["rate"] >= goal).to_numpy()
+        # the first delay after which no smaller-than-goal rate follows
+        tail = [i for i in range(len(ok)) if ok[i:].all()]
+        first = group.iloc[tail[0]] if tail else None
+        rows.append({"threshold_pct": threshold, "executor": executor,
+                     "smallest_caught_s": first["planted_s"] if first is not None else math.nan,
+                     "as_pct_of_orchestration": first["planted_pct"] if first is not None
+                     else math.nan,
+                     "caught": f"{int(first['detected'])}/{int(first['sessions'])}"
+                     if first is not None else ""})
+    return pd.DataFrame(rows)

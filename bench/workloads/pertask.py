@@ -9,6 +9,7 @@ Module level, so Covalent pickles the task by reference: server and workers impo
 
 from __future__ import annotations
 
+import importlib
 import time
 
 import covalent as ct
@@ -37,3 +38,49 @@ def chain(n: int = 10, sleep_s: float = 0.0) -> int:
 def fanout(n: int = 10, sleep_s: float = 0.0) -> list[int]:
     """n independent tasks, gathered into one list; returns [1, ..., n]."""
     return [step_electron(i, sleep_s) for i in range(n)]
+
+
+# --- the envelope's graphs (workload `graph`): any task count, shape, fan-in, bytes, nesting
+
+def seed(index: int, payload_bytes: int) -> tuple[int, bytes]:
+    """A first-layer task: its index and payload_bytes of zeros (the bytes on each edge)."""
+    return index, bytes(payload_bytes)
+
+
+def combine(inputs: list[tuple[int, bytes]], payload_bytes: int) -> tuple[int, bytes]:
+    """A later-layer task fed by fan_in tasks of the layer before: their sum + 1."""
+    return sum(value for value, _ in inputs) + 1, bytes(payload_bytes)
+
+
+def gather(inputs: list[tuple[int, bytes]]) -> int:
+    """The reduce that ends every graph: one task fed by the whole last layer."""
+    return sum(value for value, _ in inputs)
+
+
+seed_electron, combine_electron, gather_electron = (ct.electron(f) for f in
+                                                    (seed, combine, gather))
+
+
+def layered_value(tasks: int, width: int, fan_in: int) -> int:
+    """What `layered` returns, computed without Covalent (the workload's check)."""
+    depth = -(-tasks // width)
+    layer = list(range(width))
+    for _ in range(depth - 1):
+        layer = [sum(layer[(i + j) % width] for j in range(fan_in)) + 1 for i in range(width)]
+    return sum(layer)
+
+
+@ct.lattice
+def layered(tasks: int = 10, width: int = 10, fan_in: int = 1, payload_bytes: int = 0,
+            nesting: int = 0) -> int:
+    """ceil(tasks / width) layers of `width` tasks, each fed by `fan_in` tasks of the layer
+    before, every edge carrying payload_bytes, reduced by one gather task; inside `nesting`
+    levels of sublattice."""
+    if nesting > 0:  # by import: Covalent runs this function's source, not its module
+        inner = importlib.import_module("bench.workloads.pertask").layered
+        return ct.electron(inner)(tasks, width, fan_in, payload_bytes, nesting - 1)
+    layer = [seed_electron(i, payload_bytes) for i in range(width)]
+    for _ in range(-(-tasks // width) - 1):
+        layer = [combine_electron([layer[(i + j) % width] for j in range(fan_in)],
+                                  payload_bytes) for i in range(width)]
+    return gather_electron(layer)

@@ -8,6 +8,7 @@ import of bench.workloads, the report's included) stays light.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,3 +51,70 @@ class TasksWorkload(Workload):
 register(TasksWorkload("chain", "n tasks, each on the previous one's output; returns n."))
 register(TasksWorkload("fanout", "n independent tasks, gathered into one list; returns "
                                  "[1, ..., n]."))
+
+
+class GraphWorkload(Workload):
+    """The envelope's graph (bench.workloads.pertask.layered): any task count, width against
+    depth, fan-in, bytes per edge and sublattice nesting, one lattice for all of them."""
+
+    name = "graph"
+    # The graph's census (bench.adapters.covalent_api.graph_census): what the envelope's
+    # model is fitted on, the same figures `python -m bench predict` reads from a user's graph.
+    run_facts = ("nodes", "edges", "sublattices", "output_bytes", "input_bytes")
+    description = ("ceil(tasks / width) layers of `width` tasks (0: all in one), each fed "
+                   "by `fan_in` of the layer before, payload_bytes on every edge, one gather "
+                   "task, inside `nesting` sublattices; returns a checksum.")
+
+    def defaults(self) -> dict[str, Any]:
+        return {"tasks": 10, "width": 0, "fan_in": 1, "payload_bytes": 0, "nesting": 0}
+
+    def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        full = super().check(params)
+        for key, low in (("tasks", 1), ("width", 0), ("fan_in", 1), ("payload_bytes", 0),
+                         ("nesting", 0)):
+            value = full[key]
+            if isinstance(value, float) and value.is_integer():
+                value = full[key] = int(value)  # 1e6 in a TOML file
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise WorkloadError(f"{key} must be an integer >= {low}, got {value!r}")
+        full["width"] = full["width"] or full["tasks"]  # 0: one layer, a fan-out
+        if full["width"] > full["tasks"]:
+            raise WorkloadError(f"width ({full['width']}) cannot exceed tasks "
+                                f"({full['tasks']})")
+        if full["fan_in"] > full["width"]:
+            raise WorkloadError(f"fan_in ({full['fan_in']}) cannot exceed width "
+                                f"({full['width']}): a task is fed by tasks of the layer "
+                                f"before")
+        return full
+
+    def lattice(self, params: Mapping[str, Any]) -> Any:
+        from bench.workloads import pertask
+
+        return pertask.layered
+
+    def inputs(self, params: Mapping[str, Any]) -> tuple[tuple, dict]:
+        return (), dict(params)
+
+    def outcome(self, value: Any, params: Mapping[str, Any]) -> Outcome:
+        from bench.workloads.pertask import layered_value
+
+        expected = layered_value(params["tasks"], params["width"], params["fan_in"])
+        return Outcome(digest(value), {"correct": value == expected, **_census(params)})
+
+
+_CENSUSES: dict[str, dict[str, int]] = {}
+
+
+def _census(params: Mapping[str, Any]) -> dict[str, int]:
+    """The graph's census, once per configuration (a plain run and the graph builds: after
+    the clock, in the first run's outcome)."""
+    key = json.dumps(dict(params), sort_keys=True)
+    if key not in _CENSUSES:
+        from bench.adapters import covalent_api
+        from bench.workloads import pertask
+
+        _CENSUSES[key] = covalent_api.graph_census(pertask.layered, (), dict(params))
+    return _CENSUSES[key]
+
+
+register(GraphWorkload())

@@ -1,0 +1,184 @@
+"""Covalent's envelope: orchestration as a model of what a graph holds, fitted per
+environment and executor on the `envelope` profile's sweep (bench/config/envelope.toml), and
+used to predict a user's graph (`python -m bench predict`).
+
+The features of a graph come from its census (bench.adapters.covalent_api.graph_census: one
+plain run and the client's graph builds), the same for the sweep's graphs and a user's:
+  * dispatches: 1 + the sublattices it runs (each is a dispatch of its own);
+  * nodes: every node of every graph built (tasks, parameters, the list and postprocess
+    nodes Covalent generates), each a row in the server's database and a unit of its
+    scheduling;
+  * edges: every edge of those graphs;
+  * mb: the serialized bytes of the tasks' outputs and of the parameters' values, in MB:
+    what is uploaded, stored and moved.
+Orchestration per run = Covalent wall - the tasks' own time (bench.analysis.decompose).
+
+The fit is weighted least squares through the origin (`dispatches` is >= 1, so it carries
+the per-dispatch constant), with weights 1 / fitted^2: on this server the noise of a run
+grows with its size, so a 300 s run's residual must not outweigh a 3 s run's. Coefficient
+CIs are heteroscedasticity-robust (HC3); the fit's quality is R^2 and the median of
+|residual| / fitted. A prediction's interval is the model's 95 % interval for one new run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+FEATURES = ("dispatches", "nodes", "edges", "mb")
+CENSUS_KEYS = ("nodes", "edges", "tasks", "sublattices", "output_bytes", "input_bytes")
+UNITS = {"dispatches": "s per dispatch", "nodes": "s per node", "edges": "s per edge",
+         "mb": "s per MB"}
+
+
+def features(census: Mapping[str, float]) -> dict[str, float]:
+    """The model's features of one graph, from its census."""
+    return {"dispatches": 1.0 + float(census["sublattices"]),
+            "nodes": float(census["nodes"]), "edges": float(census["edges"]),
+            "mb": (float(census["output_bytes"]) + float(census["input_bytes"])) / 1e6}
+
+
+def envelope_runs(rounds: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per measured Covalent round of the sweep: environment, executor,
+    config_id, orchestration_s, the census and the features.
+
+    `rounds`: bench.analysis.decompose.round_estimates; `runs`: runs.csv, whose `outputs`
+    carry each configuration's census (the `graph` workload records it)."""
+    census = {}
+    for config_id, text in runs[["config_id", "outputs"]].dropna().itertuples(index=False):
+        found = json.loads(text)
+        if all(k in found for k in CENSUS_KEYS):
+            census[config_id] = {k: found[k] for k in CENSUS_KEYS}
+    done = rounds[rounds["config_id"].isin(census) & rounds["orchestration_s"].notna()]
+    if done.empty:
+        return pd.DataFrame()
+    env_exec = done["executor"].str.rsplit(":", n=1)
+    out = done.assign(environment=env_exec.str[0].where(env_exec.str.len() > 1, ""),
+                      base=env_exec.str[-1])
+    rows = [{**census[c], **features(census[c])} for c in out["config_id"]]
+    return pd.concat([out.reset_index(drop=True)[["environment", "base", "config_id", "round",
+                                                  "orchestration_s"]],
+                      pd.DataFrame(rows)], axis=1).rename(columns={"base": "executor"})
+
+
+@dataclass(frozen=True)
+class EnvelopeFit:
+    """The fitted model of one environment and executor."""
+
+    environment: str
+    executor: str
+    coefficients: dict[str, tuple[float, float, float]]  # feature -> (estimate, CI low, high)
+    r2: float
+    median_rel_error: float  # median |residual| / fitted over the sweep's runs
+    runs: int
+    model: object  # the statsmodels results (predictions)
+
+    def predict(self, feats: Mapping[str, float]) -> tuple[float, float, float]:
+        """(point, 95 % interval low, high) of one new run's orchestration, in seconds."""
+        x = np.array([[feats[f] for f in FEATURES]])
+        point = float(self.model.predict(x)[0])
+        weight = 1 / max(point, 1e-3) ** 2
+        frame = self.model.get_prediction(x, weights=np.array([weight])).summary_frame(0.05)
+        return point, float(frame["obs_ci_lower"].iloc[0]), float(frame["obs_ci_upper"].iloc[0])
+
+
+def fit(sweep: pd.DataFrame, environment: str, executor: str) -> EnvelopeFit:
+    """The weighted least-squares fit of one environment's and executor's runs (see above)."""
+    import statsmodels.api as sm
+
+    rows = sweep[(sweep["environment"] == environment) & (sweep["executor"] == executor)]
+    x, y = rows[list(FEATURES)].to_numpy(float), rows["orchestration_s"].to_numpy(float)
+    if len(rows) <= len(FEATURES):
+        raise ValueError(f"{environment or 'this'} [{executor}]: {len(rows)} runs, too few to "
+                         f"fit {len(FEATURES)} coefficients; run the whole envelope profile")
+    first = sm.OLS(y, x).fit()
+    weights = 1 / np.clip(np.abs(first.fittedvalues), 0.1, None) ** 2
+    model = sm.WLS(y, x, weights=weights).fit(cov_type="HC3")
+    ci = model.conf_int(0.05)
+    coefficients = {f: (float(model.params[i]), float(ci[i][0]), float(ci[i][1]))
+                    for i, f in enumerate(FEATURES)}
+    fitted = model.fittedvalues
+    rel = np.abs(y - fitted) / np.clip(np.abs(fitted), 1e-3, None)
+    return EnvelopeFit(environment, executor, coefficients, float(model.rsquared),
+                       float(np.median(rel)), len(rows), model)
+
+
+def fits(sweep: pd.DataFrame) -> list[EnvelopeFit]:
+    """One fit per environment and executor of the sweep that has enough runs."""
+    out = []
+    for (env, executor), rows in sweep.groupby(["environment", "executor"], sort=False):
+        if len(rows) > len(FEATURES):
+            out.append(fit(sweep, env, executor))
+    return out
+
+
+def coefficient_table(found: list[EnvelopeFit]) -> pd.DataFrame:
+    """envelope.csv: one row per environment, executor and coefficient."""
+    return pd.DataFrame([
+        {"environment": f.environment, "executor": f.executor, "feature": name,
+         "unit": UNITS[name], "estimate": est, "ci_low": low, "ci_high": high,
+         "r2": f.r2, "median_rel_error": f.median_rel_error, "runs": f.runs}
+        for f in found for name, (est, low, high) in f.coefficients.items()])
+
+
+# Growth worse than linear: along the sweep's task-count series (graphs that differ only in
+# their number of tasks), the exponent k of orchestration - its smallest graph's against
+# the nodes added (log-log least squares, with its 95 % CI). k > 1 with the CI above 1 is
+# superlinear, and the sentence says how the cost of one more node moved.
+@dataclass(frozen=True)
+class Growth:
+    environment: str
+    executor: str
+    series: str
+    exponent: float
+    ci: tuple[float, float]
+    first: tuple[int, float]  # (nodes, seconds per added node) at the smallest n > base
+    last: tuple[int, float]
+
+    @property
+    def superlinear(self) -> bool:
+        return self.ci[0] > 1
+
+    def sentence(self) -> str:
+        verdict = ("grows worse than linearly" if self.superlinear else
+                   "grows no worse than linearly" if self.ci[1] <= 1 or self.exponent <= 1
+                   else "may grow worse than linearly (not significant)")
+        return (f"{self.environment + ' ' if self.environment else ''}[{self.executor}] "
+                f"{self.series}: orchestration {verdict} in the number of nodes (exponent "
+                f"{self.exponent:.2f}, 95 % CI {self.ci[0]:.2f}..{self.ci[1]:.2f}); the cost "
+                f"of one more node goes from {self.first[1]:.3f} s at {self.first[0]} nodes to "
+                f"{self.last[1]:.3f} s at {self.last[0]}")
+
+
+def growth(sweep: pd.DataFrame, series: Mapping[str, list[str]]) -> list[Growth]:
+    """Per environment, executor and named series (config_ids in order of size)."""
+    out = []
+    for (env, executor), rows in sweep.groupby(["environment", "executor"], sort=False):
+        med = rows.groupby("config_id").agg(nodes=("nodes", "first"),
+                                            orch=("orchestration_s", "median"))
+        for name, ids in series.items():
+            points = med.loc[[c for c in ids if c in med.index]].sort_values("nodes")
+            if len(points) < 3:
+                continue
+            base = points.iloc[0]
+            rest = points.iloc[1:]
+            added = rest["nodes"] - base["nodes"]
+            extra = rest["orch"] - base["orch"]
+            keep = (added > 0) & (extra > 0)
+            if keep.sum() < 2:
+                continue
+            fit_ = stats.linregress(np.log(added[keep]), np.log(extra[keep]))
+            t = stats.t.ppf(0.975, keep.sum() - 2) if keep.sum() > 2 else math.inf
+            ci = (fit_.slope - t * fit_.stderr, fit_.slope + t * fit_.stderr)
+            per = extra / added
+            out.append(Growth(env, executor, name, float(fit_.slope),
+                              (float(ci[0]), float(ci[1])),
+                              (int(rest["nodes"].iloc[0]), float(per.iloc[0])),
+                              (int(rest["nodes"].iloc[-1]), float(per.iloc[-1]))))
+    return out

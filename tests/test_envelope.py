@@ -1,0 +1,143 @@
+"""The envelope: its graph workload (any task count, shape, fan-in, bytes, nesting), the
+census a prediction reads from a graph, the fitted model and the growth test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.adapters import covalent_api
+from bench.analysis.envelope import FEATURES, envelope_runs, features, fit, growth
+from bench.config.profiles import load_profile
+from bench.run.runner import measure_covalent_batch, measure_plain
+from bench.workloads import WorkloadError, workload_for
+from bench.workloads.pertask import layered_value
+
+GRAPH = workload_for("graph")
+
+
+def _census(**params: int) -> dict[str, int]:
+    full = GRAPH.check(params)
+    args, kwargs = GRAPH.inputs(full)
+    return covalent_api.graph_census(GRAPH.lattice(full), args, kwargs)
+
+
+@pytest.mark.parametrize("params", [{"tasks": 1}, {"tasks": 6, "width": 1},
+                                    {"tasks": 12, "width": 4, "fan_in": 3},
+                                    {"tasks": 2, "width": 1, "nesting": 2}])
+def test_plain_run_returns_the_checksum(params: dict, tmp_path: Path) -> None:
+    full = GRAPH.check(params)
+    record = measure_plain(GRAPH, full, tmp_path)
+    assert record.status == "COMPLETED", record.error
+    assert record.outcome.metrics["correct"]
+    depth = -(-full["tasks"] // full["width"])
+    assert record.outcome.metrics["tasks"] == depth * full["width"] + 1  # + the gather
+
+
+def test_census_counts_what_the_graph_holds() -> None:
+    fan = _census(tasks=10)
+    assert fan["tasks"] == 11 and fan["sublattices"] == 0
+    chain = _census(tasks=10, width=1)
+    assert chain["tasks"] == 11
+    dense = _census(tasks=10, width=5, fan_in=5)
+    # one later layer of 5 tasks, each fed by 4 more: 20 more edges
+    assert dense["edges"] == _census(tasks=10, width=5, fan_in=1)["edges"] + 20
+    heavy = _census(tasks=2, width=1, payload_bytes=1_000_000)
+    # at least the two tasks' megabyte: Covalent stores base64 and a repr of a value (about
+    # 5.4 bytes a byte here, as its manifest reports), and the census counts what it stores
+    assert heavy["output_bytes"] > 2_000_000 + _census(tasks=2, width=1)["output_bytes"]
+    nested = _census(tasks=2, width=1, nesting=2)
+    assert nested["sublattices"] == 2 and nested["tasks"] == 3
+    assert nested["nodes"] > _census(tasks=2, width=1)["nodes"]  # the sublattices' graphs
+    assert features(nested)["dispatches"] == 3
+
+
+def test_bad_shapes_are_explained() -> None:
+    with pytest.raises(WorkloadError, match="width .5. cannot exceed tasks .3."):
+        GRAPH.check({"tasks": 3, "width": 5})
+    with pytest.raises(WorkloadError, match="fan_in .4. cannot exceed width .2."):
+        GRAPH.check({"tasks": 4, "width": 2, "fan_in": 4})
+    with pytest.raises(WorkloadError, match="payload_bytes must be an integer >= 0"):
+        GRAPH.check({"payload_bytes": -1})
+    assert GRAPH.check({"payload_bytes": 1e6})["payload_bytes"] == 1_000_000
+    assert layered_value(4, 2, 2) == 4
+
+
+def test_envelope_profile_plans_the_sweep() -> None:
+    profile = load_profile("envelope", data_dir="/mnist")
+    params = [s.params for s in profile.scenarios]
+    assert max(p["tasks"] for p in params if p["width"] == p["tasks"]) >= 1000
+    assert {p["payload_bytes"] for p in params} >= {1000, 100_000_000}
+    assert {p["nesting"] for p in params} >= {0, 3}
+    assert len({p["fan_in"] for p in params}) >= 3
+
+
+def _synthetic_sweep(coef: dict[str, float], power: float = 1.0, seed: int = 0
+                     ) -> pd.DataFrame:
+    """Runs whose orchestration follows coef (nodes to the given power) with 5 % noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, (nodes, edges, mb, subs) in enumerate(
+            [(3, 3, 0.01, 0), (30, 40, 0.01, 0), (300, 400, 0.1, 0), (900, 1200, 0.4, 0),
+             (3000, 4000, 1.5, 0), (30, 60, 0.01, 0), (60, 300, 0.02, 0), (15, 20, 100, 0),
+             (15, 20, 10, 0), (20, 25, 0.02, 1), (30, 35, 0.03, 2), (200, 900, 0.1, 0)]):
+        feats = {"dispatches": 1 + subs, "nodes": nodes, "edges": edges, "mb": mb}
+        mean = (coef["dispatches"] * feats["dispatches"] + coef["nodes"] * nodes ** power
+                + coef["edges"] * edges + coef["mb"] * mb)
+        for r in range(3):
+            rows.append({"environment": "e", "executor": "local", "config_id": f"c{i}",
+                         "round": r, "orchestration_s": mean * rng.normal(1, 0.05), **feats})
+    return pd.DataFrame(rows)
+
+
+def test_fit_recovers_known_costs_within_its_intervals() -> None:
+    truth = {"dispatches": 2.5, "nodes": 0.08, "edges": 0.01, "mb": 0.05}
+    covered = dict.fromkeys(FEATURES, 0)
+    for seed in range(40):  # 95 % intervals: each should hold the truth in most sweeps
+        found = fit(_synthetic_sweep(truth, seed=seed), "e", "local")
+        for name in FEATURES:
+            est, low, high = found.coefficients[name]
+            covered[name] += low <= truth[name] <= high
+    assert all(n >= 32 for n in covered.values()), covered  # >= 80 % of 40
+    found = fit(_synthetic_sweep(truth), "e", "local")
+    assert found.r2 > 0.95
+    point, low, high = found.predict({"dispatches": 1, "nodes": 100, "edges": 120, "mb": 1})
+    expected = 2.5 + 8 + 1.2 + 0.05
+    assert low < expected < high and abs(point - expected) / expected < 0.1
+
+
+def test_growth_names_superlinear_cost_and_not_linear_cost() -> None:
+    series = {"fan-out": ["c0", "c1", "c2", "c3", "c4"]}
+    linear = growth(_synthetic_sweep({"dispatches": 2, "nodes": 0.1, "edges": 0, "mb": 0}),
+                    series)
+    assert len(linear) == 1 and not linear[0].superlinear
+    worse = growth(_synthetic_sweep({"dispatches": 2, "nodes": 0.002, "edges": 0, "mb": 0},
+                                    power=1.5), series)
+    assert worse[0].superlinear and worse[0].last[1] > 3 * worse[0].first[1]
+    assert "grows worse than linearly" in worse[0].sentence()
+
+
+def test_too_few_runs_to_fit_are_refused() -> None:
+    sweep = _synthetic_sweep({"dispatches": 2, "nodes": 0.1, "edges": 0, "mb": 0}).head(4)
+    with pytest.raises(ValueError, match="4 runs, too few to fit 4 coefficients"):
+        fit(sweep, "e", "local")
+
+
+@pytest.mark.slow
+def test_dispatched_graph_records_its_census(covalent_server, tmp_path: Path) -> None:
+    full = GRAPH.check({"tasks": 4, "width": 2, "fan_in": 2, "nesting": 1,
+                        "payload_bytes": 1000})
+    plain = measure_plain(GRAPH, full, tmp_path)
+    (cov,) = measure_covalent_batch(GRAPH, full, executor="local",
+                                    address=covalent_server.address, probe_dir=tmp_path)
+    assert cov.status == "COMPLETED", cov.error
+    assert cov.outcome.digest == plain.outcome.digest and cov.outcome.metrics["correct"]
+    assert cov.outcome.metrics["sublattices"] == 1
+    rounds = pd.DataFrame([{"config_id": "g", "executor": "local", "round": 0,
+                            "orchestration_s": cov.wall_s}])
+    runs = pd.DataFrame([{"config_id": "g", "outputs": cov.row()["outputs"]}])
+    sweep = envelope_runs(rounds, runs)
+    assert sweep.loc[0, "dispatches"] == 2 and sweep.loc[0, "executor"] == "local"
