@@ -3,6 +3,7 @@ census a prediction reads from a graph, the fitted model and the growth test."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,6 @@ def test_dispatched_graph_records_its_census(covalent_server, tmp_path: Path) ->
     assert cov.outcome.metrics["sublattices"] == 1
     rounds = pd.DataFrame([{"config_id": "g", "executor": "local", "round": 0,
                             "orchestration_s": cov.wall_s}])
-    runs = pd.DataFrame([{"config_id": "g", "outputs": cov.row()["outputs"]}])
+    runs = pd.DataFrame([{"config_id": "g", "outputs": json.dumps(cov.outcome.metrics)}])
     sweep = envelope_runs(rounds, runs)
     assert sweep.loc[0, "dispatches"] == 2 and sweep.loc[0, "executor"] == "local"
