@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 
 from bench.adapters import covalent_api
-from bench.analysis.envelope import FEATURES, envelope_runs, features, fit, growth
+from bench.analysis.envelope import (
+    FEATURES,
+    envelope_runs,
+    features,
+    fit,
+    growth,
+    task_count_series,
+)
 from bench.config.profiles import load_profile
 from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads import WorkloadError, workload_for
@@ -142,3 +149,17 @@ def test_dispatched_graph_records_its_census(covalent_server, tmp_path: Path) ->
     runs = pd.DataFrame([{"config_id": "g", "outputs": json.dumps(cov.outcome.metrics)}])
     sweep = envelope_runs(rounds, runs)
     assert sweep.loc[0, "dispatches"] == 2 and sweep.loc[0, "executor"] == "local"
+
+
+def test_task_count_series_are_the_graphs_that_differ_only_in_size() -> None:
+    def row(config_id: str, **p: int) -> dict:
+        full = GRAPH.check(p)
+        return {"workload": "graph", "config_id": config_id, "params": json.dumps(full)}
+
+    runs = pd.DataFrame([row("f100", tasks=100), row("f1", tasks=1), row("f10", tasks=10),
+                         row("c30", tasks=30, width=1), row("c10", tasks=10, width=1),
+                         row("b", tasks=4, width=1, payload_bytes=1000),
+                         row("n", tasks=4, width=1, nesting=1),
+                         row("d", tasks=64, width=16, fan_in=4)])
+    assert task_count_series(runs) == {"fan-out": ["f1", "f10", "f100"],
+                                       "chain": ["f1", "c10", "c30"]}

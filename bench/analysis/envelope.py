@@ -23,7 +23,6 @@ CIs are heteroscedasticity-robust (HC3); the fit's quality is R^2 and the median
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -171,10 +170,10 @@ def growth(sweep: pd.DataFrame, series: Mapping[str, list[str]]) -> list[Growth]
             added = rest["nodes"] - base["nodes"]
             extra = rest["orch"] - base["orch"]
             keep = (added > 0) & (extra > 0)
-            if keep.sum() < 2:
+            if keep.sum() < 3:  # a slope and its CI need 3 points past the smallest graph
                 continue
             fit_ = stats.linregress(np.log(added[keep]), np.log(extra[keep]))
-            t = stats.t.ppf(0.975, keep.sum() - 2) if keep.sum() > 2 else math.inf
+            t = stats.t.ppf(0.975, keep.sum() - 2)
             ci = (fit_.slope - t * fit_.stderr, fit_.slope + t * fit_.stderr)
             per = extra / added
             out.append(Growth(env, executor, name, float(fit_.slope),
@@ -182,3 +181,20 @@ def growth(sweep: pd.DataFrame, series: Mapping[str, list[str]]) -> list[Growth]
                               (int(rest["nodes"].iloc[0]), float(per.iloc[0])),
                               (int(rest["nodes"].iloc[-1]), float(per.iloc[-1]))))
     return out
+
+
+def task_count_series(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """The sweep's graphs that differ only in their task count, by shape: `fan-out` (one
+    layer) and `chain` (width 1), each in order of size (runs.csv `params`)."""
+    shapes: dict[str, dict[str, int]] = {"fan-out": {}, "chain": {}}
+    rows = runs[runs.get("workload", pd.Series(dtype=str)) == "graph"]
+    for config_id, text in rows[["config_id", "params"]].dropna().drop_duplicates() \
+            .itertuples(index=False):
+        p = json.loads(text)
+        if p.get("fan_in", 1) != 1 or p.get("payload_bytes", 0) or p.get("nesting", 0):
+            continue
+        if p["width"] == p["tasks"]:
+            shapes["fan-out"][config_id] = p["tasks"]
+        if p["width"] == 1:
+            shapes["chain"][config_id] = p["tasks"]
+    return {name: sorted(ids, key=ids.get) for name, ids in shapes.items()}

@@ -55,7 +55,7 @@ from bench.records import (  # noqa: E402
 )
 
 # Imported for their sections and plots, which they declare in the registry.
-from bench.report import environments, load, matrix, profiles, scaling  # noqa: E402, F401
+from bench.report import envelope, environments, load, matrix, profiles, scaling  # noqa: E402, F401
 from bench.report import registry as reg  # noqa: E402
 from bench.report.blocks import (  # noqa: E402
     Block,

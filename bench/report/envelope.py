@@ -1,0 +1,92 @@
+"""Covalent's envelope, in the report: the fitted cost per dispatch, node, edge and MB per
+environment and executor, the growth test, and measured against fitted orchestration
+(bench.analysis.envelope; the `envelope` profile)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from bench.analysis.decompose import round_estimates  # noqa: E402
+from bench.analysis.envelope import (  # noqa: E402
+    coefficient_table,
+    envelope_runs,
+    fits,
+    growth,
+    task_count_series,
+)
+from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text, save_figure  # noqa: E402
+from bench.report.registry import ReportData, derived, plot, section  # noqa: E402
+
+
+@derived("envelope_runs", "envelope_runs.csv")
+def _envelope_runs(data: ReportData) -> pd.DataFrame:
+    """The `graph` workload's measured Covalent rounds with their census and features."""
+    runs = data.all_runs
+    if "workload" not in runs or not (runs["workload"] == "graph").any():
+        return pd.DataFrame()
+    return envelope_runs(round_estimates(runs, data.phases), runs)
+
+
+@derived("envelope", "envelope.csv")
+def _envelope(data: ReportData) -> pd.DataFrame:
+    sweep = data.table("envelope_runs")
+    return coefficient_table(fits(sweep)) if not sweep.empty else pd.DataFrame()
+
+
+def _fitted(data: ReportData) -> bool:
+    return not data.table("envelope").empty
+
+
+@plot("envelope", "envelope.png", section="envelope", when=_fitted, caption=(
+    "Each graph of the sweep: its measured orchestration against the envelope model's fit "
+    "(log-log; the diagonal is a perfect fit), per environment and executor."))
+def plot_envelope(data: ReportData, path: Path) -> bool:
+    sweep = data.table("envelope_runs")
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    for found in fits(sweep):
+        rows = sweep[(sweep["environment"] == found.environment)
+                     & (sweep["executor"] == found.executor)]
+        label = f"{found.environment}:{found.executor}" if found.environment else found.executor
+        ax.scatter(found.model.fittedvalues, rows["orchestration_s"], s=18,
+                   label=f"{label} (R² {found.r2:.2f})")
+    low = max(0.1, float(sweep["orchestration_s"].min()) / 1.5)
+    high = float(sweep["orchestration_s"].max()) * 1.5
+    ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # seconds as plain numbers, no crowded minor labels
+        axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("fitted orchestration (s)")
+    ax.set_ylabel("measured orchestration (s)")
+    ax.legend(fontsize=7)
+    ax.set_title("The envelope model against the sweep", fontsize=10)
+    save_figure(fig, path)
+    return True
+
+
+@section("envelope", order=34)
+def envelope_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    if not _fitted(data):
+        return []
+    table = data.table("envelope")
+    sweep = data.table("envelope_runs")
+    grown = growth(sweep, task_count_series(data.all_runs))
+    return [
+        Heading("Covalent's envelope"),
+        Text("Orchestration per run fitted as a x dispatches + b x nodes + c x edges + d x "
+             "MB over the sweep's graphs (weighted least squares, HC3 95 % CIs; "
+             "`envelope.csv`). `python -m bench predict --bench-workload MODULE:ATTR "
+             "--envelope <this folder>` applies it to your graph."),
+        Bullets(tuple(g.sentence() for g in grown)),
+        Table(table, floatfmt=".3g"),
+        *figures,
+    ]
