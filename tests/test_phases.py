@@ -240,6 +240,7 @@ SLOW_S = 3.0
 
 
 @pytest.mark.slow
+@pytest.mark.quiet  # compares a plain run's task time with a Covalent run's: run alone
 def test_task_slower_only_under_covalent_is_compute_inflation(
     small_config: WorkflowConfig, tmp_path, monkeypatch
 ) -> None:
