@@ -25,20 +25,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis.gate import detection_table, false_positive_table, smallest_detected
+from bench.analysis.gate import (
+    confirmed_table,
+    detection_table,
+    false_positive_table,
+    smallest_detected,
+)
 from bench.gate import CannotJudgeError, Session, read_session, same_session
 
-DEFAULT_SHIFTS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+DEFAULT_SHIFTS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0)
 DEFAULT_THRESHOLDS = (10.0, 15.0, 25.0, 35.0)
 DONE = "done"
 
 
 def run_sessions(out: Path, sessions: int, profile: str, requirement: str,
-                 extra: list[str]) -> list[Path]:
-    """Run the A/A sessions that are not done yet; the directories of all done ones."""
+                 extra: list[str], judged: frozenset[str] = frozenset()) -> list[Path]:
+    """Run the A/A sessions that are not done yet; the directories of all done ones.
+    `judged`: sessions whose verdicts are kept from an earlier calibration (their records
+    are gone): they count towards `sessions` and are not run again."""
     done = []
     for i in range(sessions):
         where = out / "sessions" / f"aa-{i:02d}"
+        if where.name in judged and not (where / DONE).exists():
+            continue
         if not (where / DONE).exists():
             print(f"calibrate: A/A session {i + 1} of {sessions} -> {where}", flush=True)
             command = [sys.executable, "-m", "bench", "run", "-q", "-p", "no:cacheprovider",
@@ -52,6 +61,14 @@ def run_sessions(out: Path, sessions: int, profile: str, requirement: str,
             (where / DONE).write_text("ok\n")
         done.append(where)
     return done
+
+
+def earlier_verdicts(out: Path) -> pd.DataFrame:
+    """The verdicts.csv of an earlier calibration in `out`, or an empty frame."""
+    path = out / "verdicts.csv"
+    if not path.is_file() or not path.stat().st_size:
+        return pd.DataFrame()
+    return pd.read_csv(path, dtype={"session": str, "config_id": str, "executor": str})
 
 
 def planted(session: Session, env: str, delay_s: float) -> Session:
@@ -104,7 +121,21 @@ def describe(verdicts: pd.DataFrame, alpha: float) -> str:
              fp.to_markdown(index=False, floatfmt=".3g"), "",
              "## Smallest planted delay caught in at least 80 % of sessions", ""]
     small = smallest_detected(det)
-    lines += [small.to_markdown(index=False, floatfmt=".3g"), "",
+    lines += [small.to_markdown(index=False, floatfmt=".3g"), ""]
+    two = confirmed_table(verdicts)
+    lines += ["## With a confirming session (CI's gate step)", "",
+              "CI runs a second session when the gate finds a regression and fails only when "
+              "the same configuration, executor and metric regressed in both "
+              "(`python -m bench.gate --confirms`). Every ordered pair of distinct sessions "
+              "here is a first session and its confirmation; the bound assumes the sessions "
+              "independent (false positives: at most the single-stage CI's high end squared; "
+              "detection: at least its low end squared).", "",
+              two[two["planted_s"] == 0].drop(columns=["executor", "planted_s", "planted_pct"])
+              .rename(columns={"sessions": "pairs", "detected": "false_positive_pairs"})
+              .to_markdown(index=False, floatfmt=".3g"), "",
+              "Smallest planted delay caught and confirmed in at least 80 % of the pairs:", "",
+              smallest_detected(two[two["planted_s"] > 0]).to_markdown(index=False,
+                                                                      floatfmt=".3g"), "",
               "## Detection by planted delay", "", det.to_markdown(index=False, floatfmt=".3g")]
     return "\n".join(lines) + "\n"
 
@@ -124,15 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.sessions < 1:
         parser.error(f"--sessions must be at least 1, got {args.sessions}")
     args.out.mkdir(parents=True, exist_ok=True)
+    kept = earlier_verdicts(args.out)
     if args.analyze_only:
         dirs = sorted(p.parent for p in (args.out / "sessions").glob(f"*/{DONE}"))
     else:
-        dirs = run_sessions(args.out, args.sessions, args.profile, args.requirement, extra)
-    if not dirs:
+        dirs = run_sessions(args.out, args.sessions, args.profile, args.requirement, extra,
+                            frozenset(kept["session"]) if not kept.empty else frozenset())
+    if not dirs and kept.empty:
         print(f"error: no finished A/A session in {args.out / 'sessions'}; run "
               f"`python -m bench calibrate --out {args.out}` first", file=sys.stderr)
         return 2
-    verdicts = judge_all(dirs, DEFAULT_SHIFTS, DEFAULT_THRESHOLDS, args.alpha)
+    fresh = judge_all(dirs, DEFAULT_SHIFTS, DEFAULT_THRESHOLDS, args.alpha)
+    if not kept.empty:  # sessions judged before whose records are gone stay counted
+        kept = kept[~kept["session"].isin({d.name for d in dirs})]
+        print(f"calibrate: {kept['session'].nunique()} earlier session(s) kept from "
+              f"{args.out / 'verdicts.csv'} (their records are no longer here)")
+    verdicts = pd.concat([kept, fresh], ignore_index=True) if not kept.empty else fresh
     verdicts.to_csv(args.out / "verdicts.csv", index=False)
     rates = false_positive_table(verdicts)
     rates.to_csv(args.out / "error_rates.csv", index=False)

@@ -444,6 +444,19 @@ def history_shifts(history: pd.DataFrame, thresholds: dict[str, float]
     return notes, fresh
 
 
+def regressed_cells(in_dir: Path) -> set[tuple[str, str, str]]:
+    """(configuration, executor, metric) the latest gate run on `in_dir` called a regression
+    (its history.csv)."""
+    history = read_history(in_dir)
+    if history.empty or "session_id" not in history:
+        raise CannotJudgeError(f"--confirms {in_dir}: no gate verdicts there (history.csv); "
+                               f"run `python -m bench.gate --in {in_dir}` first")
+    last = history[history["session_id"] == history["session_id"].iloc[-1]]
+    hit = last[last["verdict"] == "regression"]
+    return {(str(r.config_id), str(r.executor), str(r.metric))
+            for r in hit.itertuples(index=False)}
+
+
 def read_history(in_dir: Path) -> pd.DataFrame:
     path = in_dir / HISTORY_CSV
     if not path.is_file():
@@ -517,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
     parser.add_argument("--refresh-baseline", action="store_true",
                         help="replace the baseline with the latest session (deliberate)")
+    parser.add_argument("--confirms", type=Path, default=None, metavar="DIR",
+                        help="this session reruns the one in DIR, whose gate found a "
+                        "regression: fail only on a configuration, executor and metric that "
+                        "regressed in both (CI's confirmation; its error rates: python -m "
+                        "bench calibrate)")
     parser.add_argument("--allow-failed-runs", action="store_true",
                         help="with --refresh-baseline: take the baseline even if some measured "
                         "runs failed (refused by default); it records how many")
@@ -573,6 +591,20 @@ def main(argv: list[str] | None = None) -> int:
         _write_page(args.in_dir, text, notes, against)
         record_history(history, verdicts, session.runs)
     regressions = [v for v in verdicts if v.verdict == "regression"]
+    if args.confirms is not None:
+        try:
+            first = regressed_cells(args.confirms)
+        except CannotJudgeError as exc:
+            print(f"error: cannot judge: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_JUDGE
+        for v in regressions:
+            if (v.config_id, v.executor, v.metric) not in first:
+                print(f"note: not confirmed (regressed here, not in {args.confirms}): "
+                      f"{v.message()}")
+        for cell in sorted(first - {(v.config_id, v.executor, v.metric) for v in regressions}):
+            print(f"note: not confirmed (regressed in {args.confirms}, not here): "
+                  f"{' '.join(cell)}")
+        regressions = [v for v in regressions if (v.config_id, v.executor, v.metric) in first]
     for v in regressions:
         print(f"REGRESSION: {v.message()}", file=sys.stderr)
     shifts, fresh = history_shifts(read_history(args.in_dir), thresholds)

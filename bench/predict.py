@@ -19,36 +19,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis.decompose import round_estimates
-from bench.analysis.envelope import FEATURES, envelope_runs, features, fits
+from bench.analysis.envelope import FEATURES, features, fits, stored_envelope
 from bench.config.profiles import ProfileError, parse_override
-from bench.records import NoRecordsError, load_phases, load_runs
+from bench.records import NoRecordsError
 from bench.workloads import WorkloadError, workload_for
 
 
 def census_of(workload_ref: str, inputs: str | None, args: list[str]) -> dict[str, float]:
     """The census of the workload's graph, for the parameters given as KEY=VALUE."""
-    from bench.adapters import covalent_api
-
     workload = workload_for(workload_ref, inputs=inputs)
     params = workload.check(dict(parse_override(a, "--bench-arg") for a in args))
     workload.prepare(params)
-    call_args, call_kwargs = workload.inputs(params)
-    return covalent_api.graph_census(workload.lattice(params), call_args, call_kwargs)
+    return workload.census(params)
 
 
 def predictions(census: dict[str, float], envelope_dir: Path) -> pd.DataFrame:
     """One row per fitted environment and executor: the prediction and its interval."""
-    runs = load_runs(envelope_dir)
-    sweep = envelope_runs(round_estimates(runs, load_phases(envelope_dir)), runs)
-    if sweep.empty:
-        raise NoRecordsError(f"{envelope_dir}: no measured run of the `graph` workload; run "
-                             f"`pytest bench --benchmark-only --bench-profile envelope "
-                             f"--bench-out {envelope_dir}` first")
+    envelope = stored_envelope(envelope_dir)
     feats = features(census)
-    found_fits = fits(sweep)
+    found_fits = fits(envelope.sweep)
     if not found_fits:
-        counts = sweep.groupby(["environment", "executor"]).size()
+        counts = envelope.sweep.groupby(["environment", "executor"]).size()
         have = ", ".join(f"{env or 'this'} [{ex}]: {n}" for (env, ex), n in counts.items())
         raise NoRecordsError(
             f"{envelope_dir}: too few measured runs to fit the envelope's {len(FEATURES)} "
@@ -57,7 +48,9 @@ def predictions(census: dict[str, float], envelope_dir: Path) -> pd.DataFrame:
     rows = []
     for found in found_fits:
         point, low, high = found.predict(feats)
-        rows.append({"environment": found.environment, "executor": found.executor,
+        rows.append({"environment": found.environment,
+                     "covalent": envelope.versions.get(found.environment, ""),
+                     "executor": found.executor,
                      "predicted_orchestration_s": point, "interval_low_s": low,
                      "interval_high_s": high, "model_r2": found.r2,
                      "model_median_rel_error": found.median_rel_error, **feats})

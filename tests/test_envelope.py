@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 
 from bench.adapters import covalent_api
+from bench.analysis.decompose import numeric_outputs
 from bench.analysis.envelope import (
     FEATURES,
+    StoredEnvelope,
     envelope_runs,
     features,
     fit,
     growth,
+    measured_against_predicted,
     task_count_series,
 )
 from bench.config.profiles import load_profile
@@ -28,9 +31,7 @@ GRAPH = workload_for("graph")
 
 
 def _census(**params: int) -> dict[str, int]:
-    full = GRAPH.check(params)
-    args, kwargs = GRAPH.inputs(full)
-    return covalent_api.graph_census(GRAPH.lattice(full), args, kwargs)
+    return GRAPH.census(GRAPH.check(params))
 
 
 @pytest.mark.parametrize("params", [{"tasks": 1}, {"tasks": 6, "width": 1},
@@ -128,6 +129,37 @@ def test_growth_names_superlinear_cost_and_not_linear_cost() -> None:
     assert "grows worse than linearly" in worse[0].sentence()
 
 
+def test_a_sessions_graph_is_predicted_by_the_fit_of_its_release_and_executor() -> None:
+    truth = {"dispatches": 2.5, "nodes": 0.08, "edges": 0.01, "mb": 0.05}
+    sweep = _synthetic_sweep(truth).assign(environment="rel-a")
+    envelope = StoredEnvelope("sweep", sweep, {"rel-a": "0.240.0"})
+    census = {"nodes": 100, "edges": 120, "tasks": 30, "sublattices": 0,
+              "output_bytes": 600_000, "input_bytes": 400_000}
+    expected = 2.5 + 8 + 1.2 + 0.05
+    runs = pd.DataFrame([
+        {"config_id": "mine", "mode": "plain", "environment": "", "covalent": "",
+         "outputs": json.dumps({**census, "value": 1})},
+        {"config_id": "mine", "mode": "covalent", "environment": "", "covalent": "0.240.0",
+         "outputs": json.dumps({"value": 1})},
+        {"config_id": "mine", "mode": "covalent", "environment": "old", "covalent": "0.238.0",
+         "outputs": json.dumps({"value": 1})}])
+    rounds = pd.DataFrame([{"config_id": "mine", "executor": ex, "round": r,
+                            "orchestration_s": s}
+                           for ex, values in (("local", (expected, expected * 1.1, 0.9 *
+                                                         expected)),
+                                              ("old:local", (5.0, 5.0, 5.0)))
+                           for r, s in enumerate(values)])
+    table = measured_against_predicted(rounds, runs, envelope).set_index("environment")
+    mine = table.loc[""]  # this interpreter's 0.240.0: the fit of rel-a, which runs it
+    assert mine["envelope_environment"] == "rel-a" and mine["rounds"] == 3
+    assert mine["measured_orchestration_s"] == pytest.approx(expected)
+    assert abs(mine["error_pct"]) < 10 and mine["inside_interval"]
+    assert mine["mb"] == pytest.approx(1.0)
+    old = table.loc["old"]  # no fit of 0.238.0 in this envelope: said, not guessed
+    assert pd.isna(old["predicted_orchestration_s"])
+    assert "no fit for covalent 0.238.0 [local]" in old["note"]
+
+
 def test_too_few_runs_to_fit_are_refused() -> None:
     sweep = _synthetic_sweep({"dispatches": 2, "nodes": 0.1, "edges": 0, "mb": 0}).head(4)
     with pytest.raises(ValueError, match="4 runs, too few to fit 4 coefficients"):
@@ -143,12 +175,43 @@ def test_dispatched_graph_records_its_census(covalent_server, tmp_path: Path) ->
                                     address=covalent_server.address, probe_dir=tmp_path)
     assert cov.status == "COMPLETED", cov.error
     assert cov.outcome.digest == plain.outcome.digest and cov.outcome.metrics["correct"]
-    assert cov.outcome.metrics["sublattices"] == 1
+    # The census is the plain run's (one per configuration, after its clock).
+    assert plain.outcome.metrics["sublattices"] == 1 and "nodes" not in cov.outcome.metrics
+    assert plain.outcome.metrics["tasks"] == 5  # 4 + the gather
     rounds = pd.DataFrame([{"config_id": "g", "executor": "local", "round": 0,
                             "orchestration_s": cov.wall_s}])
-    runs = pd.DataFrame([{"config_id": "g", "outputs": json.dumps(cov.outcome.metrics)}])
+    runs = pd.DataFrame([{"config_id": "g", "outputs": json.dumps(m)}
+                         for m in (plain.outcome.metrics, cov.outcome.metrics)])
     sweep = envelope_runs(rounds, runs)
     assert sweep.loc[0, "dispatches"] == 2 and sweep.loc[0, "executor"] == "local"
+
+
+def test_a_users_plain_run_records_its_graphs_census(tmp_path: Path) -> None:
+    workload = workload_for("examples.fanout:fanout_workflow")
+    params = workload.check({"n": 3, "size": 100})
+    record = measure_plain(workload, params, tmp_path)
+    assert record.status == "COMPLETED", record.error
+    assert record.outcome.metrics["tasks"] == 4 and record.outcome.metrics["sublattices"] == 0
+    assert record.outcome.metrics["nodes"] > 4 and record.outcome.metrics["output_bytes"] > 0
+    # The census describes the graph: it is never summarized as one of the run's results.
+    frame = pd.DataFrame([{"workload": workload.name,
+                           "outputs": json.dumps(record.outcome.metrics),
+                           **record.outcome.metrics}])
+    assert not set(numeric_outputs(frame)) & {"nodes", "edges", "tasks", "output_bytes"}
+
+
+def test_a_graph_that_cannot_be_read_is_a_note_not_a_failed_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workload = workload_for("examples.fanout:fanout_workflow")
+    params = workload.check({"n": 2, "size": 10})
+
+    def unreadable(*_: object) -> None:
+        raise RuntimeError("no graph here")
+
+    monkeypatch.setattr(covalent_api, "graph_census", unreadable)
+    record = measure_plain(workload, {**params, "seed": 99}, tmp_path)
+    assert record.status == "COMPLETED" and record.wall_s > 0
+    assert "no graph here" in record.outcome.metrics["census_error"]
 
 
 def test_task_count_series_are_the_graphs_that_differ_only_in_size() -> None:

@@ -358,6 +358,25 @@ def test_same_session_environments_are_judged_against_the_reference(tmp_path, ca
     assert "new:local vs ref" in capsys.readouterr().err
 
 
+def test_a_confirming_session_fails_only_on_what_regressed_in_both(tmp_path, capsys) -> None:
+    """CI's confirmation: a second session of the same comparison; the job fails only on a
+    configuration, executor and metric that regressed in the first one too."""
+    first, again, cleared = tmp_path / "first", tmp_path / "again", tmp_path / "cleared"
+    none = ["--baseline", str(tmp_path / "none")]
+    _envs_session(first, {"ref": 14.0, "new": 16.0})
+    assert gate_main(["--in", str(first), *none]) == 1
+    _envs_session(again, {"ref": 14.0, "new": 16.0})
+    assert gate_main(["--in", str(again), "--confirms", str(first), *none]) == 1
+    assert "REGRESSION: c [new:local vs ref]" in capsys.readouterr().err
+    _envs_session(cleared, {"ref": 14.0, "new": 14.05})  # the first one was noise
+    assert gate_main(["--in", str(cleared), "--confirms", str(first), *none]) == 0
+    out = capsys.readouterr().out
+    assert f"not confirmed (regressed in {first}, not here): c new:local vs ref" in out
+    # Nothing to confirm against: said, not passed.
+    assert gate_main(["--in", str(cleared), "--confirms", str(tmp_path / "nothing"), *none]) == 3
+    assert "no gate verdicts there" in capsys.readouterr().err
+
+
 def test_a_same_session_with_too_few_rounds_cannot_be_judged(tmp_path, capsys) -> None:
     """Two rounds per environment: a clear refusal (exit 3) naming the fix, no traceback."""
     _envs_session(tmp_path, {"ref": 14.0, "new": 16.0}, rounds=2)

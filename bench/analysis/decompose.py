@@ -24,6 +24,7 @@ from scipy import stats
 from bench import records as R
 from bench.analysis.stats import fit_line, median_ci
 from bench.workloads import declared
+from bench.workloads.base import CENSUS_KEYS
 
 ORCHESTRATION_PARTS = (
     "submit_s",
@@ -343,7 +344,7 @@ def run_facts(frame: pd.DataFrame) -> list[str]:
 def numeric_outputs(frame: pd.DataFrame) -> list[str]:
     """Numeric outputs the rows carry as columns (runs.csv `outputs`), results only."""
     names: dict[str, None] = {}
-    facts = set(run_facts(frame))
+    facts = set(run_facts(frame)) | set(CENSUS_KEYS)  # the graph's census: not a result
     for text in frame.get("outputs", pd.Series(dtype=str)).dropna().unique():
         for key, value in json.loads(text).items():
             if isinstance(value, int | float) and not isinstance(value, bool) \

@@ -25,13 +25,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.workloads.base import CENSUS_KEYS
+
 FEATURES = ("dispatches", "nodes", "edges", "mb")
-CENSUS_KEYS = ("nodes", "edges", "tasks", "sublattices", "output_bytes", "input_bytes")
 UNITS = {"dispatches": "s per dispatch", "nodes": "s per node", "edges": "s per edge",
          "mb": "s per MB"}
 
@@ -43,27 +45,118 @@ def features(census: Mapping[str, float]) -> dict[str, float]:
             "mb": (float(census["output_bytes"]) + float(census["input_bytes"])) / 1e6}
 
 
+def censuses(runs: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Each configuration's census, from the runs that carry it (runs.csv `outputs`: a
+    workload that takes a census records it with its plain runs)."""
+    found: dict[str, dict[str, int]] = {}
+    if "outputs" not in runs:
+        return found
+    for config_id, text in runs[["config_id", "outputs"]].dropna().itertuples(index=False):
+        outputs = json.loads(text)
+        if all(k in outputs for k in CENSUS_KEYS):
+            found[config_id] = {k: outputs[k] for k in CENSUS_KEYS}
+    return found
+
+
+def _split_executor(rounds: pd.DataFrame) -> pd.DataFrame:
+    """round_estimates' `executor` ("ENV:EXECUTOR" side by side) as environment, executor."""
+    env_exec = rounds["executor"].str.rsplit(":", n=1)
+    return rounds.assign(environment=env_exec.str[0].where(env_exec.str.len() > 1, ""),
+                         executor=env_exec.str[-1])
+
+
 def envelope_runs(rounds: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """One row per measured Covalent round of the sweep: environment, executor,
     config_id, orchestration_s, the census and the features.
 
     `rounds`: bench.analysis.decompose.round_estimates; `runs`: runs.csv, whose `outputs`
     carry each configuration's census (the `graph` workload records it)."""
-    census = {}
-    for config_id, text in runs[["config_id", "outputs"]].dropna().itertuples(index=False):
-        found = json.loads(text)
-        if all(k in found for k in CENSUS_KEYS):
-            census[config_id] = {k: found[k] for k in CENSUS_KEYS}
+    census = censuses(runs)
     done = rounds[rounds["config_id"].isin(census) & rounds["orchestration_s"].notna()]
     if done.empty:
         return pd.DataFrame()
-    env_exec = done["executor"].str.rsplit(":", n=1)
-    out = done.assign(environment=env_exec.str[0].where(env_exec.str.len() > 1, ""),
-                      base=env_exec.str[-1])
+    out = _split_executor(done)
     rows = [{**census[c], **features(census[c])} for c in out["config_id"]]
-    return pd.concat([out.reset_index(drop=True)[["environment", "base", "config_id", "round",
-                                                  "orchestration_s"]],
-                      pd.DataFrame(rows)], axis=1).rename(columns={"base": "executor"})
+    return pd.concat([out.reset_index(drop=True)[["environment", "executor", "config_id",
+                                                  "round", "orchestration_s"]],
+                      pd.DataFrame(rows)], axis=1)
+
+
+def covalent_versions(runs: pd.DataFrame) -> dict[str, str]:
+    """Each environment's Covalent release, as its Covalent runs recorded it (runs.csv
+    `environment`, `covalent`; "" is this interpreter's)."""
+    cov = runs[runs["mode"] == "covalent"] if "mode" in runs else runs.iloc[0:0]
+    if cov.empty or "covalent" not in cov:
+        return {}
+    env = cov["environment"].fillna("").astype(str) if "environment" in cov else ""
+    return dict(zip(env, cov["covalent"].astype(str), strict=False))
+
+
+@dataclass(frozen=True)
+class StoredEnvelope:
+    """An envelope session's sweep, read from its records, to predict other graphs with."""
+
+    source: str  # where it was read from
+    sweep: pd.DataFrame  # envelope_runs
+    versions: dict[str, str]  # environment -> its Covalent release
+
+
+def stored_envelope(directory: str | Path) -> StoredEnvelope:
+    """The envelope recorded in `directory` (an `envelope` session's --bench-out). Raises
+    NoRecordsError when it holds no measured run of the `graph` workload."""
+    from bench.analysis.decompose import round_estimates
+    from bench.records import NoRecordsError, load_phases, load_runs
+
+    runs = load_runs(directory)
+    sweep = envelope_runs(round_estimates(runs, load_phases(directory)), runs)
+    if sweep.empty:
+        raise NoRecordsError(f"{directory}: no measured run of the `graph` workload; run "
+                             f"`pytest bench --benchmark-only --bench-profile envelope "
+                             f"--bench-out {directory}` first")
+    return StoredEnvelope(str(directory), sweep, covalent_versions(runs))
+
+
+def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
+                               envelope: StoredEnvelope) -> pd.DataFrame:
+    """One row per configuration, environment and executor of a session whose runs carry a
+    census (not the envelope's own graphs): the median measured orchestration, the
+    envelope's prediction for the same Covalent release and executor with its 95 % interval,
+    and how far the point was off.
+
+    The fit used is the envelope environment of the same name if it runs the same release,
+    else the first one that runs it; without one, the row says so (no prediction)."""
+    found = {k: v for k, v in censuses(runs).items()
+             if k not in set(envelope.sweep["config_id"])}
+    done = rounds[rounds["config_id"].isin(found) & rounds["orchestration_s"].notna()]
+    if done.empty:
+        return pd.DataFrame()
+    measured = _split_executor(done).groupby(["config_id", "environment", "executor"],
+                                             sort=False)["orchestration_s"].agg(
+        ["median", "size"]).reset_index()
+    here = covalent_versions(runs)
+    by_fit = {(f.environment, f.executor): f for f in fits(envelope.sweep)}
+    rows = []
+    for row in measured.itertuples(index=False):
+        release = here.get(row.environment, "")
+        names = [e for e, v in envelope.versions.items() if v == release]
+        names.sort(key=lambda e: e != row.environment)
+        chosen = next((by_fit[(e, row.executor)] for e in names
+                       if (e, row.executor) in by_fit), None)
+        out = {"config_id": row.config_id, "environment": row.environment,
+               "executor": row.executor, "covalent": release, "rounds": int(row.size),
+               "measured_orchestration_s": float(row.median)}
+        if chosen is None:
+            out["note"] = (f"the envelope has no fit for covalent {release or '?'} "
+                           f"[{row.executor}]")
+        else:
+            point, low, high = chosen.predict(features(found[row.config_id]))
+            out.update({"envelope_environment": chosen.environment,
+                        "predicted_orchestration_s": point, "interval_low_s": low,
+                        "interval_high_s": high,
+                        "error_pct": 100 * (point - row.median) / row.median,
+                        "inside_interval": bool(low <= row.median <= high), "note": ""})
+        rows.append({**out, **features(found[row.config_id])})
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)

@@ -259,3 +259,52 @@ def smallest_detected(detection: pd.DataFrame, goal: float = DETECTION_GOAL) -> 
                      "caught": f"{int(first['detected'])}/{int(first['sessions'])}"
                      if first is not None else ""})
     return pd.DataFrame(rows)
+
+
+# The gate with a confirmation (CI: a regression is confirmed by a second session, and the
+# job fails only when the same configuration, executor and metric regressed in both). From
+# the same A/A sessions: every ordered pair of distinct sessions is a first run and its
+# confirmation. Pairs share sessions, so their rate is a point estimate; its bound assumes
+# the sessions independent: P(both) = p^2 <= (single-stage CI high)^2 for false positives,
+# >= (single-stage CI low)^2 for detection.
+def _regressed_cells(verdicts: pd.DataFrame) -> dict[str, set[tuple[str, str, str]]]:
+    hit = verdicts[verdicts["verdict"] == "regression"]
+    cells: dict[str, set[tuple[str, str, str]]] = {s: set() for s in verdicts["session"]}
+    for row in hit.itertuples(index=False):
+        cells[row.session].add((row.config_id, row.executor, row.metric))
+    return cells
+
+
+def _confirmed_pairs(verdicts: pd.DataFrame) -> tuple[int, int]:
+    """(pairs whose first and confirming session share a regressed cell, pairs)."""
+    cells = _regressed_cells(verdicts)
+    names = sorted(cells)
+    both = sum(bool(cells[a] & cells[b]) for a in names for b in names if a != b)
+    return both, len(names) * (len(names) - 1)
+
+
+def confirmed_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per threshold, executor (`any` for the A/A rows) and planted delay: the share of
+    ordered session pairs in which a regression is found and confirmed, and its bound."""
+    rows = []
+    single_fp = false_positive_table(verdicts).set_index("threshold_pct")
+    single_det = detection_table(verdicts).set_index(["threshold_pct", "executor",
+                                                      "planted_s"])
+    orch = verdicts[(verdicts["planted_s"] == 0) & (verdicts["metric"] == "orchestration_s")]
+    for (threshold, delay), group in verdicts.groupby(["threshold_pct", "planted_s"]):
+        executors = ["any"] if delay == 0 else sorted(group["executor"].unique())
+        for executor in executors:
+            mine = group if executor == "any" else group[group["executor"] == executor]
+            both, pairs = _confirmed_pairs(mine)
+            if delay == 0:
+                bound = single_fp.loc[threshold, "ci_high"] ** 2
+                planted_pct = math.nan
+            else:
+                bound = single_det.loc[(threshold, executor, delay), "ci_low"] ** 2
+                ref = orch.loc[orch["executor"] == executor, "reference_median"].median()
+                planted_pct = 100 * delay / ref if ref else math.nan
+            rows.append({"threshold_pct": threshold, "executor": executor, "planted_s": delay,
+                         "planted_pct": planted_pct, "sessions": pairs, "detected": both,
+                         "rate": both / pairs if pairs else math.nan,
+                         "bound_if_independent": bound})
+    return pd.DataFrame(rows)

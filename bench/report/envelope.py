@@ -15,10 +15,13 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from bench.analysis.decompose import round_estimates  # noqa: E402
 from bench.analysis.envelope import (  # noqa: E402
+    StoredEnvelope,
     coefficient_table,
+    covalent_versions,
     envelope_runs,
     fits,
     growth,
+    measured_against_predicted,
     task_count_series,
 )
 from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text, save_figure  # noqa: E402
@@ -89,4 +92,61 @@ def envelope_section(data: ReportData, figures: list[Figure]) -> list[Block]:
         Bullets(tuple(g.sentence() for g in grown)),
         Table(table, floatfmt=".3g"),
         *figures,
+    ]
+
+
+# --- a session's graphs against the envelope's prediction ---------------------------------
+
+POINT_TOLERANCE_PCT = 25.0  # the issue's target for a point prediction
+
+
+def _envelope_for(data: ReportData) -> StoredEnvelope | None:
+    """The envelope named for this report (--envelope), else this session's own sweep."""
+    if data.envelope is not None:
+        return data.envelope
+    own = data.table("envelope_runs")
+    if own.empty:
+        return None
+    return StoredEnvelope("this session", own, covalent_versions(data.all_runs))
+
+
+@derived("predicted", "predicted.csv")
+def _predicted(data: ReportData) -> pd.DataFrame:
+    """The session's graphs (their plain runs' census) measured against the prediction."""
+    envelope = _envelope_for(data)
+    runs = data.all_runs
+    if envelope is None or runs.empty or not fits(envelope.sweep):
+        return pd.DataFrame()
+    return measured_against_predicted(round_estimates(runs, data.phases), runs, envelope)
+
+
+@section("predicted", order=35)
+def predicted_section(data: ReportData, figures: list[Figure]) -> list[Block]:
+    table = data.table("predicted")
+    if table.empty:
+        return []
+    envelope = _envelope_for(data)
+    judged = table.dropna(subset=["predicted_orchestration_s"]) \
+        if "predicted_orchestration_s" in table else table.iloc[0:0]
+    close = int((judged["error_pct"].abs() <= POINT_TOLERANCE_PCT).sum()) if len(judged) else 0
+    inside = int(judged["inside_interval"].sum()) if len(judged) else 0
+    shown = table.rename(columns={"measured_orchestration_s": "measured (s)",
+                                  "predicted_orchestration_s": "predicted (s)",
+                                  "interval_low_s": "95 % low", "interval_high_s": "95 % high",
+                                  "error_pct": "error %"})
+    keep = [c for c in ("config_id", "environment", "executor", "covalent", "rounds", "nodes",
+                        "edges", "mb", "measured (s)", "predicted (s)", "95 % low",
+                        "95 % high", "error %", "inside_interval", "note") if c in shown]
+    bullets = [f"{close} of {len(judged)} point predictions within ±{POINT_TOLERANCE_PCT:g} % "
+               f"of the measured orchestration; {inside} of {len(judged)} measurements inside "
+               f"the predicted 95 % interval."] if len(judged) else []
+    bullets += sorted({n for n in table.get("note", pd.Series(dtype=str)).dropna() if n})
+    return [
+        Heading("Predicted from the envelope"),
+        Text(f"Each configuration's measured orchestration (the median of its rounds) beside "
+             f"what the envelope in {envelope.source if envelope else '?'} predicts for its "
+             f"graph (its census, read by one plain run: nodes, edges, MB, sublattices) on "
+             f"the same Covalent release and executor (`predicted.csv`)."),
+        Bullets(tuple(bullets)),
+        Table(shown[keep], floatfmt=".3g"),
     ]

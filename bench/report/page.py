@@ -30,6 +30,7 @@ from bench.analysis.decompose import (  # noqa: E402
     total_overhead,
     with_breakdown,
 )
+from bench.analysis.envelope import StoredEnvelope, stored_envelope  # noqa: E402
 from bench.analysis.findings import (  # noqa: E402
     CHEAPEST,
     INFLATION,
@@ -790,8 +791,12 @@ def phases_coverage(runs: pd.DataFrame, phases: pd.DataFrame | None, in_dir: Pat
 
 
 def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                include_flagged: bool = False) -> Report:
+                include_flagged: bool = False,
+                envelope_dir: str | os.PathLike | None = None) -> Report:
+    """The report of the records in `in_dir`. `envelope_dir`: an envelope session whose
+    model predicts this session's graphs (default: DEFAULT_ENVELOPE where it holds one)."""
     in_dir = Path(in_dir)
+    stored = _envelope(in_dir, envelope_dir)
     out_dir = Path(out_dir) if out_dir else in_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     all_runs = load_runs(in_dir)
@@ -834,10 +839,27 @@ def make_report(in_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         probes=probes, notes=notes,
         history=pd.read_csv(history, dtype={"executor": str})
         if history.is_file() and history.stat().st_size else None,
-        hotspots=load_hotspots(in_dir, sessions), stacks=stacks, all_runs=all_runs)
+        hotspots=load_hotspots(in_dir, sessions), stacks=stacks, all_runs=all_runs,
+        envelope=stored)
     write_tables(data)
     draw_plots(data)
     return write_page(data)
+
+
+DEFAULT_ENVELOPE = Path("reports/envelope")  # `python -m bench predict`'s default too
+
+
+def _envelope(in_dir: Path, given: str | os.PathLike | None) -> StoredEnvelope | None:
+    """The envelope named, else the default one if it is there and is not this session."""
+    if given is not None:
+        return stored_envelope(given)  # named: its absence is an error
+    if not (DEFAULT_ENVELOPE / "runs.csv").is_file() or \
+            DEFAULT_ENVELOPE.resolve() == in_dir.resolve():
+        return None
+    try:
+        return stored_envelope(DEFAULT_ENVELOPE)
+    except (NoRecordsError, RecordsSchemaError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -849,9 +871,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--include-flagged", action="store_true",
                         help="keep runs flagged in runs.csv (a worker restarted during them) "
                         "in the statistics; by default they are left out")
+    parser.add_argument("--envelope", dest="envelope_dir", default=None, metavar="DIR",
+                        help="an envelope session (--bench-profile envelope) whose model "
+                        "predicts this session's graphs, shown beside what was measured "
+                        f"(default: {DEFAULT_ENVELOPE} if it holds one)")
     args = parser.parse_args(argv)
     try:
-        page = make_report(args.in_dir, args.out_dir, args.include_flagged).page
+        page = make_report(args.in_dir, args.out_dir, args.include_flagged,
+                           args.envelope_dir).page
     except (NoRecordsError, RecordsSchemaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

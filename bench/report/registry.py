@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import pandas as pd
 
+from bench.analysis.envelope import StoredEnvelope
 from bench.report.blocks import Block, Figure
 from bench.workloads import declared
 
@@ -50,6 +51,9 @@ class ReportData:
     # Every run of the records (the ones above are the detailed configurations' measured
     # runs), for the derived tables.
     all_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # A stored envelope to set beside this session's graphs (`--envelope`;
+    # bench.analysis.envelope.StoredEnvelope), or None.
+    envelope: StoredEnvelope | None = None
     _tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def table(self, name: str) -> pd.DataFrame:

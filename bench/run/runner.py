@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +294,19 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
     record.timings["client_rss_mb"] = _client_rss_mb()
     record.phases = _in_task_phases(probes, t0)
     record.tasks_probed = f"{len(probes)}/{len(probes)}" if probe else ""
+    if probe and record.outcome is not None and workload.takes_census:
+        _census_into(record, workload, params)
     return record
+
+
+def _census_into(record: RunRecord, workload: Workload, params: Mapping[str, Any]) -> None:
+    """The graph's census into the plain run's outputs (after its clock). A graph that cannot
+    be read is a note in those outputs, not a failed run: the run itself was measured."""
+    try:
+        found: dict[str, Any] = dict(workload.census(params))
+    except Exception as exc:
+        found = {"census_error": _error_text(exc)}
+    record.outcome = replace(record.outcome, metrics={**record.outcome.metrics, **found})
 
 
 @dataclass

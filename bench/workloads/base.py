@@ -40,6 +40,10 @@ class Workload(ABC):
     run_facts: tuple[str, ...] = ()
     # The report sections (bench.report.registry, by name) drawn from this workload's rows.
     report_sections: tuple[str, ...] = ("scaling",)
+    # Whether its plain runs record the graph's census (CENSUS_KEYS, in runs.csv `outputs`):
+    # what the envelope is fitted on and what a prediction for the graph reads. It costs one
+    # more plain run per configuration, after the clock (census()).
+    takes_census: bool = False
 
     @abstractmethod
     def defaults(self) -> dict[str, Any]:
@@ -91,6 +95,25 @@ class Workload(ABC):
     @abstractmethod
     def outcome(self, value: Any, params: Mapping[str, Any]) -> Outcome:
         """The Outcome of the lattice's return value."""
+
+    def census(self, params: Mapping[str, Any]) -> dict[str, int]:
+        """The graph Covalent will run for these parameters (CENSUS_KEYS), read by one plain
+        run and the client's graph builds (bench.adapters.covalent_api.graph_census); once
+        per configuration and process."""
+        key = (self.name, json.dumps(self.dimensions(params), sort_keys=True, default=repr))
+        if key not in _CENSUSES:
+            from bench.adapters import covalent_api
+
+            args, kwargs = self.inputs(params)
+            _CENSUSES[key] = covalent_api.graph_census(self.lattice(params), args, kwargs)
+        return _CENSUSES[key]
+
+
+# A graph's census (Workload.census): its nodes and edges (every sublattice's graph too), the
+# tasks called, the sublattices, the serialized bytes of the tasks' outputs and of the
+# parameters' values. A description of the graph, never summarized as a result.
+CENSUS_KEYS = ("nodes", "edges", "tasks", "sublattices", "output_bytes", "input_bytes")
+_CENSUSES: dict[tuple[str, str], dict[str, int]] = {}
 
 
 W = TypeVar("W", bound=Workload)

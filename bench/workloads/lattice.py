@@ -199,6 +199,10 @@ class LatticeWorkload(Workload):
     path/to/file.py:ATTR) or given as the object itself (from a notebook, say). `inputs` and
     `digest_fn` are functions, or their MODULE:FUNC names."""
 
+    # Its plain runs record the graph's census, so that its report can set the envelope's
+    # prediction beside what was measured (bench.report.envelope).
+    takes_census = True
+
     def __init__(self, ref: str | Any, inputs: str | Callable[..., Any] | None = None,
                  digest_fn: str | Callable[[Any], Any] | None = None) -> None:
         if isinstance(ref, str):

@@ -8,7 +8,6 @@ import of bench.workloads, the report's included) stays light.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,9 +57,9 @@ class GraphWorkload(Workload):
     depth, fan-in, bytes per edge and sublattice nesting, one lattice for all of them."""
 
     name = "graph"
-    # The graph's census (bench.adapters.covalent_api.graph_census): what the envelope's
-    # model is fitted on, the same figures `python -m bench predict` reads from a user's graph.
-    run_facts = ("nodes", "edges", "sublattices", "output_bytes", "input_bytes")
+    # The graph's census: what the envelope's model is fitted on, the same figures
+    # `python -m bench predict` reads from a user's graph.
+    takes_census = True
     description = ("ceil(tasks / width) layers of `width` tasks (0: all in one), each fed "
                    "by `fan_in` of the layer before, payload_bytes on every edge, one gather "
                    "task, inside `nesting` sublattices; returns a checksum.")
@@ -99,22 +98,7 @@ class GraphWorkload(Workload):
         from bench.workloads.pertask import layered_value
 
         expected = layered_value(params["tasks"], params["width"], params["fan_in"])
-        return Outcome(digest(value), {"correct": value == expected, **_census(params)})
-
-
-_CENSUSES: dict[str, dict[str, int]] = {}
-
-
-def _census(params: Mapping[str, Any]) -> dict[str, int]:
-    """The graph's census, once per configuration (a plain run and the graph builds: after
-    the clock, in the first run's outcome)."""
-    key = json.dumps(dict(params), sort_keys=True)
-    if key not in _CENSUSES:
-        from bench.adapters import covalent_api
-        from bench.workloads import pertask
-
-        _CENSUSES[key] = covalent_api.graph_census(pertask.layered, (), dict(params))
-    return _CENSUSES[key]
+        return Outcome(digest(value), {"correct": value == expected})
 
 
 register(GraphWorkload())
