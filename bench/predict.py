@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{census['sublattices']} sublattices, "
           f"{(census['output_bytes'] + census['input_bytes']) / 1e6:.3g} MB serialized "
           f"(read by one plain run, {took:.1f} s)")
+    if census.get("estimated"):
+        print(f"note: estimated from the lattice's graph alone: {census['estimate_reason']} "
+              f"(its tasks' outputs are not counted)")
     shown = table.drop(columns=list(FEATURES))
     print(shown.to_markdown(index=False, floatfmt=".3g"))
     if args.out:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import covalent as ct
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +29,21 @@ from bench.workloads import WorkloadError, workload_for
 from bench.workloads.pertask import layered_value
 
 GRAPH = workload_for("graph")
+
+
+@ct.electron
+def _needs_the_cluster(x: int) -> int:
+    raise RuntimeError("needs the cluster's GPU")
+
+
+@ct.electron
+def _plus_one(x: int) -> int:
+    return x + 1
+
+
+@ct.lattice
+def _runs_only_remotely(x: int = 1) -> int:
+    return _plus_one(_needs_the_cluster(x))
 
 
 def _census(**params: int) -> dict[str, int]:
@@ -198,6 +214,15 @@ def test_a_users_plain_run_records_its_graphs_census(tmp_path: Path) -> None:
                            "outputs": json.dumps(record.outcome.metrics),
                            **record.outcome.metrics}])
     assert not set(numeric_outputs(frame)) & {"nodes", "edges", "tasks", "output_bytes"}
+
+
+def test_a_census_is_estimated_from_the_graph_where_the_plain_run_fails() -> None:
+    found = covalent_api.graph_census(_runs_only_remotely, (), {"x": 1})
+    assert found["estimated"] == 1 and "needs the cluster's GPU" in found["estimate_reason"]
+    assert found["tasks"] == 2 and found["sublattices"] == 0 and found["output_bytes"] == 0
+    # the parameter, the two tasks and the postprocess node Covalent adds, as built
+    assert found["nodes"] == 4 and found["edges"] == 5
+    assert found["input_bytes"] > 0
 
 
 def test_a_graph_that_cannot_be_read_is_a_note_not_a_failed_run(

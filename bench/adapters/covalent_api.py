@@ -301,18 +301,24 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     """What Covalent will run for `lattice(*args, **kwargs)`, from one plain run: the graphs
     it builds (the lattice's and every sublattice's, each built here from the arguments the
     plain run passed it): their nodes and edges, the tasks called, the sublattices, the
-    serialized bytes of every task's output and of every parameter node's value."""
-    kwargs = kwargs or {}
-    counts = dict.fromkeys(("nodes", "edges", "tasks", "sublattices", "output_bytes",
-                            "input_bytes"), 0)
+    serialized bytes of every task's output and of every parameter node's value.
 
-    def add_graph(built: Lattice, a: tuple, k: dict) -> None:
+    Where the plain run fails (a task that needs the server's machine, say), the census is
+    estimated from the lattice's own graph: its nodes, edges and parameters as built, its
+    task and sublattice nodes as the tasks and sublattices, no output bytes, and
+    `estimated` = 1 with the reason in `estimate_reason`."""
+    kwargs = kwargs or {}
+    counts: dict[str, Any] = dict.fromkeys(("nodes", "edges", "tasks", "sublattices",
+                                            "output_bytes", "input_bytes"), 0)
+
+    def add_graph(built: Lattice, a: tuple, k: dict) -> Any:
         graph = transport_graph(built, *a, **k)
         counts["nodes"] += graph.number_of_nodes()
         counts["edges"] += graph.number_of_edges()
         counts["input_bytes"] += sum(len(data["value"].serialize())
                                      for _, data in graph.nodes(data=True)
                                      if _kind(data["name"]) == "parameter" and "value" in data)
+        return graph
 
     def on_sublattice(sub: Lattice, a: tuple, k: dict) -> None:
         counts["sublattices"] += 1
@@ -326,9 +332,16 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
             return value
         return counted
 
-    add_graph(lattice, args, kwargs)
-    with _electron_calls(wrap, on_sublattice):
-        lattice_function(lattice)(*args, **kwargs)
+    outer = add_graph(lattice, args, kwargs)
+    built = dict(counts)
+    try:
+        with _electron_calls(wrap, on_sublattice):
+            lattice_function(lattice)(*args, **kwargs)
+    except Exception as exc:  # what the graph alone says
+        kinds = [_kind(data["name"]) for _, data in outer.nodes(data=True)]
+        return {**built, "tasks": kinds.count("task"), "sublattices": kinds.count("sublattice"),
+                "output_bytes": 0, "estimated": 1,
+                "estimate_reason": f"the plain run failed: {type(exc).__name__}: {exc}"[:300]}
     return counts
 
 

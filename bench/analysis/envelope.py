@@ -54,7 +54,8 @@ def censuses(runs: pd.DataFrame) -> dict[str, dict[str, int]]:
     for config_id, text in runs[["config_id", "outputs"]].dropna().itertuples(index=False):
         outputs = json.loads(text)
         if all(k in outputs for k in CENSUS_KEYS):
-            found[config_id] = {k: outputs[k] for k in CENSUS_KEYS}
+            found[config_id] = {k: outputs[k] for k in (*CENSUS_KEYS, "estimated",
+                                                         "estimate_reason") if k in outputs}
     return found
 
 
@@ -155,6 +156,9 @@ def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
                         "interval_high_s": high,
                         "error_pct": 100 * (point - row.median) / row.median,
                         "inside_interval": bool(low <= row.median <= high), "note": ""})
+        if found[row.config_id].get("estimated"):  # from the graph alone: say so
+            out["note"] = (f"{out['note']}; " if out["note"] else "") + (
+                f"census estimated from the graph ({found[row.config_id]['estimate_reason']})")
         rows.append({**out, **features(found[row.config_id])})
     return pd.DataFrame(rows)
 
