@@ -24,6 +24,7 @@ from bench.analysis.envelope import (
     task_count_series,
 )
 from bench.config.profiles import load_profile
+from bench.records import NoRecordsError
 from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads import WorkloadError, workload_for
 from bench.workloads.pertask import layered_value
@@ -251,3 +252,67 @@ def test_task_count_series_are_the_graphs_that_differ_only_in_size() -> None:
                          row("d", tasks=64, width=16, fan_in=4)])
     assert task_count_series(runs) == {"fan-out": ["f1", "f10", "f100"],
                                        "chain": ["f1", "c10", "c30"]}
+
+
+def _records(out: Path, workload: str, graphs: dict[str, tuple[dict, float]],
+             environment: str = "", covalent: str = "0.240.0") -> None:
+    """A session in the real schema (the records writers): per configuration its census
+    (on the plain rows) and Covalent walls of `orchestration` + 0.1 s of task time."""
+    from bench.records import phases_writer, runs_writer
+
+    runs, phases = runs_writer(out), phases_writer(out)
+    for config_id, (census, orchestration) in graphs.items():
+        for rnd in range(3):
+            jitter = 1 + 0.03 * (rnd - 1)
+            for mode, executor, outputs, wall in (
+                    ("plain", "", {**census, "value": 1}, 0.1),
+                    ("covalent", "local", {"value": 1}, 0.1 + orchestration * jitter)):
+                run_id = f"{config_id}-{mode}-{rnd}"
+                runs.append({"timestamp": "2026-12-02T00:00:00+00:00", "session_id": "s",
+                             "profile": "p", "workload": workload, "config_id": config_id,
+                             "params": json.dumps({"k": config_id}), "mode": mode,
+                             "executor": executor, "environment": environment if executor
+                             else "", "round": rnd, "warmup": False, "wall_s": wall,
+                             "status": "COMPLETED", "output_digest": "d",
+                             "outputs": json.dumps(outputs), "covalent": covalent,
+                             "run_id": run_id})
+                phases.append({"session_id": "s", "run_id": run_id, "config_id": config_id,
+                               "mode": mode, "executor": executor, "round": rnd,
+                               "phase": "in_task", "task": "t", "start_s": 0.0,
+                               "duration_s": 0.1})
+
+
+def test_a_byo_report_sets_the_envelopes_prediction_beside_the_measurement(
+        tmp_path: Path) -> None:
+    from bench.report import make_report
+
+    def census(nodes: int, edges: int, mb: float = 0.01, subs: int = 0) -> dict:
+        return {"nodes": nodes, "edges": edges, "tasks": nodes // 3, "sublattices": subs,
+                "output_bytes": int(mb * 1e6), "input_bytes": 0}
+
+    cost = {"dispatches": 0.8, "nodes": 0.05, "edges": 0.01, "mb": 0.02}
+
+    def orchestration(c: dict) -> float:
+        f = features(c)
+        return sum(cost[k] * f[k] for k in FEATURES)
+
+    shapes = [census(*s) for s in ((3, 3), (30, 40), (300, 400), (60, 300), (15, 20, 100),
+                                   (20, 25, 0.02, 1), (30, 35, 0.03, 2), (200, 900))]
+    _records(tmp_path / "envelope", "graph",
+             {f"graph-{i}": (c, orchestration(c)) for i, c in enumerate(shapes)},
+             environment="rel", covalent="0.240.0")
+    mine = census(40, 50, 0.5)
+    _records(tmp_path / "mine", "examples.fanout:fanout_workflow",
+             {"fanout-n=12": (mine, orchestration(mine) * 1.05)})
+    report = make_report(tmp_path / "mine", envelope_dir=tmp_path / "envelope")
+    table = pd.read_csv(tmp_path / "mine" / "predicted.csv")
+    (row,) = table.to_dict("records")
+    assert row["envelope_environment"] == "rel" and row["inside_interval"]
+    assert row["error_pct"] == pytest.approx(100 * (1 / 1.05 - 1), abs=2)
+    page = report.page.read_text()
+    assert "## Predicted from the envelope" in page
+    assert f"the envelope in {tmp_path / 'envelope'} predicts" in page
+    assert "1 of 1 point predictions within ±25 %" in page
+    # An envelope named but holding none: a clear error, not an empty section.
+    with pytest.raises(NoRecordsError, match="no measured run of the `graph` workload"):
+        make_report(tmp_path / "mine", envelope_dir=tmp_path / "mine")

@@ -34,6 +34,7 @@ from scipy import stats
 from bench.workloads.base import CENSUS_KEYS
 
 FEATURES = ("dispatches", "nodes", "edges", "mb")
+SWEEP_WORKLOAD = "graph"  # the envelope's own graphs (bench.workloads.tasks.GraphWorkload)
 UNITS = {"dispatches": "s per dispatch", "nodes": "s per node", "edges": "s per edge",
          "mb": "s per MB"}
 
@@ -72,7 +73,7 @@ def envelope_runs(rounds: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
     `rounds`: bench.analysis.decompose.round_estimates; `runs`: runs.csv, whose `outputs`
     carry each configuration's census (the `graph` workload records it)."""
-    census = censuses(runs)
+    census = censuses(runs[runs["workload"] == SWEEP_WORKLOAD] if "workload" in runs else runs)
     done = rounds[rounds["config_id"].isin(census) & rounds["orchestration_s"].notna()]
     if done.empty:
         return pd.DataFrame()
@@ -284,7 +285,7 @@ def task_count_series(runs: pd.DataFrame) -> dict[str, list[str]]:
     """The sweep's graphs that differ only in their task count, by shape: `fan-out` (one
     layer) and `chain` (width 1), each in order of size (runs.csv `params`)."""
     shapes: dict[str, dict[str, int]] = {"fan-out": {}, "chain": {}}
-    rows = runs[runs.get("workload", pd.Series(dtype=str)) == "graph"]
+    rows = runs[runs.get("workload", pd.Series(dtype=str)) == SWEEP_WORKLOAD]
     for config_id, text in rows[["config_id", "params"]].dropna().drop_duplicates() \
             .itertuples(index=False):
         p = json.loads(text)

@@ -15,6 +15,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from bench.analysis.decompose import round_estimates  # noqa: E402
 from bench.analysis.envelope import (  # noqa: E402
+    SWEEP_WORKLOAD,
     StoredEnvelope,
     coefficient_table,
     covalent_versions,
@@ -32,7 +33,7 @@ from bench.report.registry import ReportData, derived, plot, section  # noqa: E4
 def _envelope_runs(data: ReportData) -> pd.DataFrame:
     """The `graph` workload's measured Covalent rounds with their census and features."""
     runs = data.all_runs
-    if "workload" not in runs or not (runs["workload"] == "graph").any():
+    if "workload" not in runs or not (runs["workload"] == SWEEP_WORKLOAD).any():
         return pd.DataFrame()
     return envelope_runs(round_estimates(runs, data.phases), runs)
 
