@@ -85,14 +85,16 @@ class Progress:
         return f"{text} ({100 * over / base:+.0f} %)"
 
     def eta(self) -> float:
-        """Seconds left: for each kind, its runs left times its median duration so far (the
-        session's median over all runs for a kind not seen yet)."""
+        """Seconds left: for each kind, its runs left times its mean duration so far (the
+        session's mean over all runs for a kind not seen yet). The mean, not the median: a
+        sum of durations is count x mean, and in a sweep of growing graphs (the envelope)
+        the median of the small ones would promise minutes for an hour."""
         seen = [s for v in self.done.values() for s in v]
         if not seen:
             return 0.0
-        fallback = statistics.median(seen)
+        fallback = statistics.fmean(seen)
         return sum((self.planned[k] - len(self.done.get(k, []))) *
-                   (statistics.median(self.done[k]) if self.done.get(k) else fallback)
+                   (statistics.fmean(self.done[k]) if self.done.get(k) else fallback)
                    for k in self.planned)
 
     def note(self, text: str) -> None:
