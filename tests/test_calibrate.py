@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from bench.analysis.gate import detection_table, false_positive_table, smallest_detected
+from bench.analysis.gate import (
+    confirmed_table,
+    detection_table,
+    false_positive_table,
+    smallest_detected,
+)
 from bench.calibrate import planted
 from bench.gate import Session
 
@@ -49,3 +56,42 @@ def test_planted_delay_lands_on_the_second_environments_covalent_runs_only() -> 
     shifted = planted(Session(runs, None, []), "b", 0.5)
     assert shifted.runs["wall_s"].tolist() == [1.0, 2.0, 2.5, 3.5]
     assert runs["wall_s"].tolist() == [1.0, 2.0, 2.0, 3.0]  # the session read stays as read
+
+
+def test_confirmation_counts_pairs_that_regress_on_the_same_cell() -> None:
+    """A first session and its confirmation: a failure needs the same configuration,
+    executor and metric in both; one noisy session alone never fails."""
+    frame = _verdicts({0.0: [False] * 4 + [True], 1.0: [True] * 4 + [False]})
+    table = confirmed_table(frame).set_index(["executor", "planted_s"])
+    aa = table.loc[("any", 0.0)]
+    assert (aa["sessions"], aa["detected"]) == (20, 0)  # 5 x 4 ordered pairs, none confirmed
+    single_high = false_positive_table(frame)["ci_high"].iloc[0]
+    assert aa["bound_if_independent"] == pytest.approx(single_high ** 2)
+    hit = table.loc[("local", 1.0)]
+    assert (hit["sessions"], hit["detected"]) == (20, 12)  # the 4 x 3 pairs of detecting ones
+    other_cell = frame.assign(metric=["total_overhead_pct" if s == "aa-00" else m
+                                      for s, m in zip(frame["session"], frame["metric"],
+                                                      strict=True)])
+    moved = confirmed_table(other_cell).set_index(["executor", "planted_s"])
+    assert moved.loc[("local", 1.0), "detected"] == 6  # aa-00 regressed elsewhere: 3 x 2
+
+
+def test_earlier_sessions_are_kept_and_not_run_again(tmp_path, monkeypatch) -> None:
+    """Sessions judged by an earlier calibration, whose records are gone, still count:
+    their verdicts stay in verdicts.csv and their numbers are not run again."""
+    import bench.calibrate as calibrate
+
+    _verdicts({0.0: [False, True]}).to_csv(tmp_path / "verdicts.csv", index=False)
+    ran = []
+
+    def fake_call(command: list[str]) -> int:
+        where = Path(command[command.index("--bench-out") + 1])
+        ran.append(where.name)
+        return 1  # a failed session: kept for reading, not counted
+
+    monkeypatch.setattr(calibrate.subprocess, "call", fake_call)
+    kept = calibrate.earlier_verdicts(tmp_path)
+    assert set(kept["session"]) == {"aa-00", "aa-01"}
+    done = calibrate.run_sessions(tmp_path, 4, "smoke", "covalent==0.240.0", [],
+                                  frozenset(kept["session"]))
+    assert ran == ["aa-02", "aa-03"] and done == []
