@@ -286,6 +286,10 @@ class Engine:
         self.probe_dir = Path()
         self.profiler: Any = None  # bench.run.profiling.Profiler, made by the first profiled run
         self._pending_hotspots: list[Any] = []  # the profiled batch's, until its rows are in
+        # ramp = "until-knee": per (configuration, label) the measured batches so far, and
+        # why its ramp stopped, once it has (bench.analysis.load.ramp_stop).
+        self._ramps: dict[tuple[str, str], list[tuple[int, int, int, float]]] = {}
+        self._ramp_stops: dict[tuple[str, str], str] = {}
 
     # --- places up and down
 
@@ -390,7 +394,14 @@ class Engine:
     # --- runs
 
     def skip_reason(self, case: Case) -> str | None:
-        """Why this round need not run (the precision asked for is reached), or None."""
+        """Why this round need not run (its concurrency ramp has stopped, or the precision
+        asked for is reached), or None."""
+        stopped = self._ramp_stopped(case)
+        if stopped:
+            self.reporter.skipped(case.label, case.scenario.concurrency * (
+                1 if case.round is not None else
+                case.scenario.rounds + case.scenario.warmup_rounds))
+            return stopped
         if self.precision is None or case.round is None:
             return None
         scenario = case.scenario
@@ -401,6 +412,37 @@ class Engine:
         if reason:
             self.reporter.skipped(case.label, scenario.concurrency)
         return reason
+
+    def _ramp_key(self, case: Case) -> tuple[str, str]:
+        return case.scenario.workload.config_id(case.scenario.params), case.label
+
+    def _ramp_stopped(self, case: Case) -> str | None:
+        """Why a level of an `until-knee` ramp is not run: a lower level of the same
+        configuration failed a run or the levels below passed the knee. A plain level stops
+        with the last Covalent mode's ramp (it is there only to be compared with them)."""
+        scenario = case.scenario
+        if scenario.ramp != "until-knee" or scenario.concurrency == 1:
+            return None
+        if case.mode == "plain":
+            modes = [replace(case, mode="covalent", executor=e,
+                             environment=env.name if env else "")
+                     for env in (scenario.environments or (None,)) for e in scenario.executors]
+            stopped = all([self._ramp_stopped(m) for m in modes])  # each mode's note, once
+            return "ramp stopped: every Covalent mode's ramp has" if stopped else None
+        key = self._ramp_key(case)
+        batches = self._ramps.get(key, [])
+        if not batches or scenario.concurrency <= max(b[0] for b in batches):
+            return None  # a level under way runs all its rounds
+        if key not in self._ramp_stops:
+            from bench.analysis.load import ramp_stop
+
+            reason = ramp_stop(batches)
+            if reason is None:
+                return None
+            self._ramp_stops[key] = reason
+            self.reporter.note(f"{key[0]} [{key[1]}]: the ramp stops at "
+                               f"{max(b[0] for b in batches)} in flight: {reason}")
+        return f"ramp stopped: {self._ramp_stops[key]}"
 
     def run(self, case: Case, round_: int) -> list[dict[str, Any]]:
         """One run of the case (a batch of `concurrency` runs), its rows written the moment
@@ -448,6 +490,11 @@ class Engine:
                 write(getattr(exc, "bench_records", []))
             raise
         write(records)
+        if scenario.ramp == "until-knee" and case.mode == "covalent" \
+                and round_ >= scenario.warmup_rounds:
+            ok = sum(r.status == "COMPLETED" for r in records)
+            self._ramps.setdefault(self._ramp_key(case), []).append(
+                (scenario.concurrency, ok, len(records), time.monotonic() - started))
         return rows
 
     def _measure(self, case: Case, place: Place | None) -> list[RunRecord]:

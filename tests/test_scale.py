@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench import records as R
-from bench.analysis.load import error_kind, knee, knee_sentence, load_table
+from bench.analysis.load import error_kind, knee, knee_sentence, load_table, ramp_stop
 from bench.analysis.soak import SOAK_MIN_RUNS, soak_growth, soak_runs, soak_sentence
 
 
@@ -164,3 +164,38 @@ def test_the_report_shows_the_soak_section_from_records(tmp_path: Path) -> None:
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert set(pd.read_csv(tmp_path / "soak.csv")["metric"]) >= {"server_rss_mb",
                                                                  "orchestration_s"}
+
+
+def test_a_ramp_stops_at_errors_and_past_a_confirmed_knee() -> None:
+    # (in flight, completed, runs, batch wall s) per measured batch
+    rising = [(1, 1, 1, 2.0), (2, 2, 2, 2.2), (4, 4, 4, 2.6)]
+    assert ramp_stop(rising) is None  # throughput still doubling
+    failed = [*rising, (8, 6, 8, 5.0)]
+    assert ramp_stop(failed) == "errors at 8 in flight (2 run(s) of a batch did not complete)"
+    flat = [(1, 1, 1, 1.0), (2, 2, 2, 1.1), (4, 4, 4, 4.2), (8, 8, 8, 8.1)]
+    assert ramp_stop(flat[:3]) is None  # one flat doubling is not yet a knee
+    reason = ramp_stop(flat)
+    assert reason and reason.startswith("past the knee: 1.82 -> 0.95 -> 0.99 dispatches/s")
+
+
+def test_an_until_knee_ramp_skips_the_levels_past_its_stop(tmp_path: Path) -> None:
+    from bench.config.profiles import ProfileError, load_profile
+    from bench.engine import Engine, Settings, plan
+
+    profile = load_profile("load", data_dir="/mnist", overrides=["ramp='until-knee'",
+                                                                  "executors=['local']"])
+    assert {s.ramp for s in profile.scenarios} == {"until-knee"}
+    engine = Engine(profile, Settings(out_dir=tmp_path))
+    cases = plan(profile, Settings(out_dir=tmp_path))
+    by_level = {}
+    for case in cases:
+        by_level.setdefault((case.scenario.concurrency, case.mode), case)
+    local = by_level[(4, "covalent")]
+    key = (local.scenario.workload.config_id(local.scenario.params), local.label)
+    engine._ramps[key] = [(1, 1, 1, 1.0), (2, 2, 2, 1.0), (4, 3, 4, 2.0)]  # 4: one failed
+    assert engine.skip_reason(by_level[(4, "covalent")]) is None  # its level is under way
+    assert engine.skip_reason(by_level[(8, "covalent")]).startswith(
+        "ramp stopped: errors at 4 in flight")
+    assert engine.skip_reason(by_level[(8, "plain")]).startswith("ramp stopped")
+    with pytest.raises(ProfileError, match="ramp must be one of full, until-knee"):
+        load_profile("load", data_dir="/mnist", overrides=["ramp='sometimes'"])

@@ -35,6 +35,32 @@ ERROR_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
                               r"RemoteDisconnected|Max retries exceeded", re.I)),
     ("lost dispatch", re.compile(r"not found|no such dispatch|lost|vanished", re.I)),
 )
+
+def ramp_stop(batches: list[tuple[int, int, int, float]],
+              gain: float = SATURATION_GAIN) -> str | None:
+    """Why a concurrency ramp should not go higher, or None. `batches`: the measured batches
+    so far of one configuration and mode, as (in flight, runs completed, runs, batch wall s).
+    It stops at the first level with a failed run (errors appear), and once two successive
+    doublings each bought less than `gain` more throughput (the knee, confirmed one level
+    on), so that a ramp can list levels far past any knee and pay only for the ones that
+    tell something."""
+    failed = sorted((n, n - ok) for n, ok, total, _ in batches if ok < total)
+    if failed:
+        level, lost = failed[0]
+        return f"errors at {level} in flight ({lost} run(s) of a batch did not complete)"
+    per_level: dict[int, list[float]] = {}
+    for n, ok, _, wall in batches:
+        if wall > 0:
+            per_level.setdefault(n, []).append(ok / wall)
+    levels = sorted(per_level)
+    rates = [float(np.median(per_level[n])) for n in levels]
+    if len(levels) >= 3 and all(rates[i] < rates[i - 1] * (1 + gain) for i in (-1, -2)):
+        shown = " -> ".join(f"{r:.2f}" for r in rates[-3:])
+        return (f"past the knee: {shown} dispatches/s at {', '.join(map(str, levels[-3:]))} "
+                f"in flight")
+    return None
+
+
 TIMEOUT_KIND = "timeout"
 OTHER_KIND = "other"
 

@@ -33,10 +33,14 @@ CONFIG_DIR = Path(__file__).parent
 LATTICE_PROFILE = "lattice"
 DEFAULT_PROFILE = "tutorial"
 # Settings of how a workload is run (not what it computes); `name` labels a matrix part.
-RUN_KEYS = ("rounds", "warmup_rounds", "executors", "concurrency", "timeout_s", "probes")
+RUN_KEYS = ("rounds", "warmup_rounds", "executors", "concurrency", "timeout_s", "probes",
+            "ramp")
 # probes = "on": every task timed from inside (the decomposition needs it); "compare": each
 # round also runs every mode bare, without probes, interleaved: what the probes cost.
 PROBES = ("on", "compare")
+# ramp = "full": every concurrency level listed runs; "until-knee": a level runs only while
+# the ones below it neither failed a run nor passed the knee (bench.analysis.load.ramp_stop).
+RAMPS = ("full", "until-knee")
 WORKLOAD_KEYS = ("workload", "inputs", "digest")
 PROFILE_KEYS = ("description", *WORKLOAD_KEYS, *RUN_KEYS)
 # [[environments]]: Covalent releases or settings measured side by side, the first the
@@ -55,7 +59,8 @@ EXECUTORS = ("local", "dask", "external")
 MAX_ROUNDS = 1000
 MAX_CASES = 50_000
 DEFAULTS: dict[str, Any] = {"rounds": 3, "warmup_rounds": 1, "executors": ["local", "dask"],
-                            "concurrency": 1, "timeout_s": 3600.0, "probes": "on"}
+                            "concurrency": 1, "timeout_s": 3600.0, "probes": "on",
+                            "ramp": "full"}
 
 
 class ProfileError(ValueError):
@@ -76,6 +81,7 @@ class Scenario:
     timeout_s: float = DEFAULTS["timeout_s"]
     probes: str = "on"  # see PROBES
     environments: tuple[Environment, ...] = ()  # the first is the reference
+    ramp: str = "full"  # see RAMPS
     id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -318,6 +324,9 @@ def profile_from_doc(
         if settings["probes"] not in PROBES:
             raise ProfileError(f"{where}: probes must be one of {', '.join(PROBES)}, got "
                                f"{settings['probes']!r}")
+        if settings["ramp"] not in RAMPS:
+            raise ProfileError(f"{where}: ramp must be one of {', '.join(RAMPS)}, got "
+                               f"{settings['ramp']!r}")
         keys = list(matrix)
         for values in itertools.product(
             *(_as_list(matrix[k]) for k in keys), _as_list(settings["concurrency"])
@@ -334,7 +343,7 @@ def profile_from_doc(
                     f"{where}: concurrency must be an integer >= 1, got {concurrency!r}"
                 )
             scenario = Scenario(workload, full, executors, rounds, warmup, concurrency, part,
-                                timeout_s, settings["probes"], environments)
+                                timeout_s, settings["probes"], environments, settings["ramp"])
             scenarios.setdefault(scenario.id, scenario)  # the same one in two parts runs once
     _check_cases(where, scenarios.values())
     workload = parts[0][0]
