@@ -97,7 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override one profile value: a run setting (rounds, warmup_rounds, executors, "
-        "concurrency, timeout_s) or a parameter, e.g. epochs=1 (repeatable)",
+        "concurrency, timeout_s, probes, ramp) or a parameter, e.g. epochs=1 (repeatable)",
     )
     group.addoption(
         "--bench-out",
