@@ -183,3 +183,24 @@ def test_digest_is_canonical() -> None:
     assert digest(np.arange(3)) == digest(np.arange(3)) != digest(np.arange(3.0))
     # Covalent hands a lattice's returned tuple back as a list: the same work.
     assert digest((1, 2)) == digest([1, 2]) != digest([2, 1])
+
+
+def test_a_default_json_cannot_carry_stays_behind_for_the_other_client() -> None:
+    """An environment's client gets the parameters as JSON: a function default (the
+    tutorial's `loss_fn=F.nll_loss`) is left for its own copy of the workload to fill."""
+    import covalent as ct
+
+    from bench.run.client import RemoteClientError, _sendable
+    from bench.workloads.lattice import LatticeWorkload
+
+    @ct.lattice
+    def scaled(x: int = 2, fn=abs) -> int:
+        return fn(x)
+
+    workload = LatticeWorkload(scaled)
+    params = workload.check({"x": 3})
+    assert _sendable(workload, params) == {"x": 3}
+    assert workload.check(_sendable(workload, params)) == params  # the other side's view
+    with pytest.raises(RemoteClientError, match=r"parameter fn=<built-in function max> "
+                                                r"cannot be sent"):
+        _sendable(workload, workload.check({"fn": max}))

@@ -106,6 +106,7 @@ class _Child:
 
         try:
             workload = self.workload(request)
+            params = workload.check(request["params"])  # the defaults left out of the JSON
             address = request["address"]
             # Asked when a dispatch or a status poll fails: does the server still answer?
             # (Its processes are the parent's to watch; here only HTTP tells.)
@@ -113,7 +114,7 @@ class _Child:
                                     owned=False)
             target = request.get("dispatch_to")
             records = measure_covalent_batch(
-                workload, request["params"], executor=request["executor"], address=address,
+                workload, params, executor=request["executor"], address=address,
                 probe_dir=request["probe_dir"], concurrency=int(request.get("concurrency", 1)),
                 timeout_s=float(request.get("timeout_s", 3600.0)),
                 dispatch_to=DaskTarget(**target) if target else None,
@@ -317,7 +318,8 @@ class RemoteClient:
                 f"workload {workload.name!r} was defined in this process (a notebook cell, "
                 f"say): a Covalent environment's client cannot import it; put it in a module")
         request = {"workload": name, "inputs": inputs, "digest": digest,
-                   "params": dict(params), "executor": executor, "address": address,
+                   "params": _sendable(workload, params), "executor": executor,
+                   "address": address,
                    "probe_dir": str(probe_dir), "concurrency": concurrency,
                    "timeout_s": timeout_s, "probe": probe,
                    "dispatch_to": dataclasses.asdict(dispatch_to) if dispatch_to else None}
@@ -461,3 +463,24 @@ def _record_from_json(data: Mapping[str, Any]) -> Any:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _sendable(workload: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters as JSON can carry them to an environment's client: a default that JSON
+    cannot hold (the tutorial's `loss_fn=F.nll_loss`) is left out, for that client's own
+    copy of the workload to fill in; any other such value is an error that says so."""
+    defaults = workload.defaults()
+    sent = {}
+    for key, value in params.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            if key in defaults and defaults[key] is value:
+                continue
+            raise RemoteClientError(
+                f"parameter {key}={value!r} cannot be sent to a Covalent environment's "
+                f"client (not JSON): give it as its default, or make it a value (a number, "
+                f"a string, a list) the workflow turns into the object") from None
+        sent[key] = value
+    return sent
+
