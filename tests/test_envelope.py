@@ -313,6 +313,8 @@ def test_a_byo_report_sets_the_envelopes_prediction_beside_the_measurement(
     assert "## Predicted from the envelope" in page
     assert f"the envelope in {tmp_path / 'envelope'} predicts" in page
     assert "1 of 1 point predictions within ±25 %" in page
+    finding = next(line for line in page.splitlines() if "The envelope predicted" in line)
+    assert "−5 % off the" in finding and "1 of 1 measurements fall inside" in finding
     # An envelope named but holding none: a clear error, not an empty section.
     with pytest.raises(NoRecordsError, match="no measured run of the `graph` workload"):
         make_report(tmp_path / "mine", envelope_dir=tmp_path / "mine")

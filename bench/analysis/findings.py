@@ -64,8 +64,9 @@ MALLOC_VAR = "MALLOC_TRIM_THRESHOLD_"
 
 # Topics, in the order the sentences come.
 (ENVIRONMENTS, OVERHEAD, LARGEST_PART, INFLATION, CHEAPEST, PAYOFF, SAME_WORK, PRECISION,
- PROBE_COST) = ("environments", "overhead", "largest_part", "compute_inflation", "cheapest",
-                "payoff", "same_work", "precision", "probe_cost")
+ PROBE_COST, PREDICTION) = ("environments", "overhead", "largest_part", "compute_inflation",
+                            "cheapest", "payoff", "same_work", "precision", "probe_cost",
+                            "prediction")
 MAX_NAMED_CHANGES = 4  # significant environment differences named in one sentence
 
 
@@ -78,7 +79,8 @@ class Finding:
 
 def findings(summary: pd.DataFrame, fits: pd.DataFrame | None = None,
              probes: pd.DataFrame | None = None, diffs: pd.DataFrame | None = None,
-             grown: pd.DataFrame | None = None) -> list[Finding]:
+             grown: pd.DataFrame | None = None,
+             predicted: pd.DataFrame | None = None) -> list[Finding]:
     """The page's opening sentences, derived from the summary (and fits, the probes' cost,
     the environments' paired differences and, from profiled rounds, the functions that grew
     most: hotspots.growers) frames. With several Covalent environments, what Covalent costs
@@ -89,7 +91,8 @@ def findings(summary: pd.DataFrame, fits: pd.DataFrame | None = None,
     base = reference_rows(summary)
     out = [f for f in (environments(diffs, grown), overhead(base), largest_part(base),
                        compute_inflation(base), cheapest(base), payoff(fits, summary),
-                       same_work(summary), precision(summary), probe_cost(probes))
+                       same_work(summary), precision(summary), prediction(predicted),
+                       probe_cost(probes))
            if f is not None]
     while len(out) > MAX_FINDINGS and any(f.optional for f in out):
         out.remove(next(f for f in reversed(out) if f.optional))
@@ -668,3 +671,29 @@ def probe_cost(cost: pd.DataFrame | None) -> Finding | None:
     return Finding(PROBE_COST, "The in-task probes themselves cost: " + _join(parts)
                    + " (probed − bare run of the same round; the figures above include it).",
                    optional=True)
+
+
+def prediction(predicted: pd.DataFrame | None) -> Finding | None:
+    """What the envelope predicted for the session's graphs against what was measured
+    (bench.analysis.envelope.measured_against_predicted)."""
+    if predicted is None or predicted.empty or "predicted_orchestration_s" not in predicted:
+        return None
+    rows = predicted.dropna(subset=["predicted_orchestration_s"])
+    if rows.empty:
+        return None
+    inside = int(rows["inside_interval"].astype(bool).sum())
+    low, high = rows["error_pct"].min(), rows["error_pct"].max()
+    spread = (f"{low:+.0f} %" if round(low) == round(high)
+              else f"{low:+.0f} to {high:+.0f} %").replace("-", "−")
+    return Finding(PREDICTION, (
+        f"The envelope predicted {_range(rows['predicted_orchestration_s'])} s of "
+        f"orchestration for this graph, {spread} off the "
+        f"{_range(rows['measured_orchestration_s'])} s measured ({len(rows)} release × "
+        f"executor pairs); {inside} of {len(rows)} measurements fall inside its 95 % "
+        f"interval (*Predicted from the envelope*)."), optional=True)
+
+
+def _range(values: pd.Series) -> str:
+    low, high = _num(values.min(), False), _num(values.max(), False)
+    return low if low == high else f"{low}–{high}"
+

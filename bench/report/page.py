@@ -154,8 +154,10 @@ def plot_wall_time(data: ReportData, path: Path) -> None:
             ax.scatter([x] * len(walls), walls, color="black", s=14, zorder=3)
             ax.annotate(f"{walls.median():.1f} s", (x, walls.max()), ha="center",
                         va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
-        ax.set_xticks(range(len(labels)), [("Covalent " + lb if lb != "plain" else lb)
-                                           for lb in labels])
+        names = [("Covalent " + lb if lb != "plain" else lb) for lb in labels]
+        crowded = sum(len(n) for n in names) > 40  # environments' labels would overlap
+        ax.set_xticks(range(len(labels)), names, rotation=30 if crowded else 0,
+                      ha="right" if crowded else "center", fontsize=8 if crowded else None)
         ax.set_title(_wrap_id(config_id, 40), fontsize=8)
         ax.set_ylabel("wall time (s)")
         ax.margins(y=0.12)
@@ -634,7 +636,7 @@ def findings_block(data: ReportData, figures: dict[str, Figure]) -> Findings:
     key plot."""
     items = [(f.text, reg.topic_figure(f.topic, figures))
              for f in findings(data.full_summary, data.fits, data.probes, data.diffs,
-                               growers(data.table("hotspot_diffs")))]
+                               growers(data.table("hotspot_diffs")), data.table("predicted"))]
     key = reg.key_figure(data.full_summary["config_id"].nunique() > 1, figures)
     return Findings(tuple(items), key=key, note=FINDINGS_NOTE)
 
