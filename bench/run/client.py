@@ -469,12 +469,12 @@ def _sendable(workload: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters as JSON can carry them to an environment's client: a default that JSON
     cannot hold (the tutorial's `loss_fn=F.nll_loss`) is left out, for that client's own
     copy of the workload to fill in; any other such value is an error that says so."""
-    defaults = workload.defaults()
     sent = {}
     for key, value in params.items():
         try:
             json.dumps(value)
         except (TypeError, ValueError):
+            defaults = workload.defaults()
             if key in defaults and defaults[key] is value:
                 continue
             raise RemoteClientError(
