@@ -318,3 +318,20 @@ def test_a_byo_report_sets_the_envelopes_prediction_beside_the_measurement(
     # An envelope named but holding none: a clear error, not an empty section.
     with pytest.raises(NoRecordsError, match="no measured run of the `graph` workload"):
         make_report(tmp_path / "mine", envelope_dir=tmp_path / "mine")
+
+
+def test_a_session_without_phases_or_census_gets_no_prediction_table() -> None:
+    """A report made beside a stored envelope (reports/envelope is the default) of a session
+    that took no census, or has no phases.csv (no orchestration), just has no such table."""
+    sweep = _synthetic_sweep({"dispatches": 1, "nodes": 0.1, "edges": 0, "mb": 0})
+    envelope = StoredEnvelope("sweep", sweep, {"e": "0.240.0"})
+    census = {"nodes": 10, "edges": 9, "tasks": 3, "sublattices": 0, "output_bytes": 0,
+              "input_bytes": 0}
+    runs = pd.DataFrame([{"config_id": "c", "mode": "plain", "environment": "",
+                          "covalent": "", "outputs": json.dumps(census)}])
+    no_phases = pd.DataFrame([{"config_id": "c", "executor": "local", "round": 0,
+                               "total_overhead_s": 2.0}])
+    assert measured_against_predicted(no_phases, runs, envelope).empty
+    no_census = runs.assign(outputs=json.dumps({"value": 1}))
+    with_phases = no_phases.assign(orchestration_s=2.0)
+    assert measured_against_predicted(with_phases, no_census, envelope).empty

@@ -129,6 +129,8 @@ def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
     else the first one that runs it; without one, the row says so (no prediction)."""
     found = {k: v for k, v in censuses(runs).items()
              if k not in set(envelope.sweep["config_id"])}
+    if not found or "orchestration_s" not in rounds:  # no census, or no phases.csv
+        return pd.DataFrame()
     done = rounds[rounds["config_id"].isin(found) & rounds["orchestration_s"].notna()]
     if done.empty:
         return pd.DataFrame()
