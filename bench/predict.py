@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"graph: {census['tasks']} tasks, {census['nodes']} nodes, {census['edges']} edges, "
-          f"{census['sublattices']} sublattices, "
+          f"{census['sublattices']} sublattices, depth {census['depth']}, "
           f"{(census['output_bytes'] + census['input_bytes']) / 1e6:.3g} MB serialized "
           f"(read by one plain run, {took:.1f} s)")
     if census.get("estimated"):

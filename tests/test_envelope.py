@@ -15,14 +15,17 @@ from bench.adapters import covalent_api
 from bench.analysis.decompose import numeric_outputs
 from bench.analysis.envelope import (
     FEATURES,
+    SWEEP_WORKLOAD,
     StoredEnvelope,
     envelope_runs,
     features,
     fit,
+    fits,
     growth,
     measured_against_predicted,
     task_count_series,
 )
+from bench.analysis.soak import SOAK_MIN_RUNS
 from bench.config.profiles import load_profile
 from bench.records import NoRecordsError
 from bench.run.runner import measure_covalent_batch, measure_plain
@@ -72,12 +75,19 @@ def test_census_counts_what_the_graph_holds() -> None:
     # one later layer of 5 tasks, each fed by 4 more: 20 more edges
     assert dense["edges"] == _census(tasks=10, width=5, fan_in=1)["edges"] + 20
     heavy = _census(tasks=2, width=1, payload_bytes=1_000_000)
-    # at least the two tasks' megabyte: Covalent stores base64 and a repr of a value (about
-    # 5.4 bytes a byte here, as its manifest reports), and the census counts what it stores
-    assert heavy["output_bytes"] > 2_000_000 + _census(tasks=2, width=1)["output_bytes"]
+    # the two tasks' megabyte each, as Covalent stores it: pickled, in base64 (4/3), and a
+    # repr, which for an array is one short line (a `bytes` payload's was 4 bytes a byte)
+    light = _census(tasks=2, width=1)["output_bytes"]
+    assert 2_000_000 * 4 / 3 < heavy["output_bytes"] - light < 2_000_000 * 1.4
+    # depth: a chain's tasks run one after another, a fan-out's side by side
+    assert chain["depth"] > fan["depth"] + 8 and fan["nodes"] == chain["nodes"]
+    assert _census(tasks=12, width=4)["depth"] < _census(tasks=12, width=2)["depth"]
     nested = _census(tasks=2, width=1, nesting=2)
     assert nested["sublattices"] == 2 and nested["tasks"] == 3
     assert nested["nodes"] > _census(tasks=2, width=1)["nodes"]  # the sublattices' graphs
+    # a sublattice runs its whole graph before its parent goes on: its depth is added
+    assert nested["depth"] > _census(tasks=2, width=1, nesting=1)["depth"] \
+        > _census(tasks=2, width=1)["depth"]
     assert features(nested)["dispatches"] == 3
 
 
@@ -94,11 +104,16 @@ def test_bad_shapes_are_explained() -> None:
 
 def test_envelope_profile_plans_the_sweep() -> None:
     profile = load_profile("envelope", data_dir="/mnist")
-    params = [s.params for s in profile.scenarios]
+    params = [s.params for s in profile.scenarios if s.workload.name == SWEEP_WORKLOAD]
     assert max(p["tasks"] for p in params if p["width"] == p["tasks"]) >= 1000
     assert {p["payload_bytes"] for p in params} >= {1000, 100_000_000}
     assert {p["nesting"] for p in params} >= {0, 3}
     assert len({p["fan_in"] for p in params}) >= 3
+    # and, on the same servers, a load ramp to the knee and a soak the report can judge
+    load = [s for s in profile.scenarios if s.part == "load"]
+    assert len({s.concurrency for s in load}) >= 4 and {s.ramp for s in load} == {"until-knee"}
+    (soak,) = [s for s in profile.scenarios if s.part == "soak"]
+    assert soak.rounds >= SOAK_MIN_RUNS and soak.concurrency == 1
 
 
 def _synthetic_sweep(coef: dict[str, float], power: float = 1.0, seed: int = 0
@@ -106,13 +121,16 @@ def _synthetic_sweep(coef: dict[str, float], power: float = 1.0, seed: int = 0
     """Runs whose orchestration follows coef (nodes to the given power) with 5 % noise."""
     rng = np.random.default_rng(seed)
     rows = []
-    for i, (nodes, edges, mb, subs) in enumerate(
-            [(3, 3, 0.01, 0), (30, 40, 0.01, 0), (300, 400, 0.1, 0), (900, 1200, 0.4, 0),
-             (3000, 4000, 1.5, 0), (30, 60, 0.01, 0), (60, 300, 0.02, 0), (15, 20, 100, 0),
-             (15, 20, 10, 0), (20, 25, 0.02, 1), (30, 35, 0.03, 2), (200, 900, 0.1, 0)]):
-        feats = {"dispatches": 1 + subs, "nodes": nodes, "edges": edges, "mb": mb}
+    for i, (nodes, edges, mb, subs, depth) in enumerate(
+            [(3, 3, 0.01, 0, 2), (30, 40, 0.01, 0, 3), (300, 400, 0.1, 0, 3),
+             (900, 1200, 0.4, 0, 4), (3000, 4000, 1.5, 0, 4), (30, 60, 0.01, 0, 20),
+             (60, 300, 0.02, 0, 8), (15, 20, 100, 0, 5), (15, 20, 10, 0, 5),
+             (20, 25, 0.02, 1, 6), (30, 35, 0.03, 2, 9), (200, 900, 0.1, 0, 60),
+             (300, 500, 0.1, 0, 200)]):
+        feats = {"dispatches": 1 + subs, "nodes": nodes, "edges": edges, "mb": mb,
+                 "depth": depth}
         mean = (coef["dispatches"] * feats["dispatches"] + coef["nodes"] * nodes ** power
-                + coef["edges"] * edges + coef["mb"] * mb)
+                + coef["edges"] * edges + coef["mb"] * mb + coef.get("depth", 0) * depth)
         for r in range(3):
             rows.append({"environment": "e", "executor": "local", "config_id": f"c{i}",
                          "round": r, "orchestration_s": mean * rng.normal(1, 0.05), **feats})
@@ -120,7 +138,7 @@ def _synthetic_sweep(coef: dict[str, float], power: float = 1.0, seed: int = 0
 
 
 def test_fit_recovers_known_costs_within_its_intervals() -> None:
-    truth = {"dispatches": 2.5, "nodes": 0.08, "edges": 0.01, "mb": 0.05}
+    truth = {"dispatches": 2.5, "nodes": 0.08, "edges": 0.01, "mb": 0.05, "depth": 0.04}
     covered = dict.fromkeys(FEATURES, 0)
     for seed in range(40):  # 95 % intervals: each should hold the truth in most sweeps
         found = fit(_synthetic_sweep(truth, seed=seed), "e", "local")
@@ -130,8 +148,9 @@ def test_fit_recovers_known_costs_within_its_intervals() -> None:
     assert all(n >= 32 for n in covered.values()), covered  # >= 80 % of 40
     found = fit(_synthetic_sweep(truth), "e", "local")
     assert found.r2 > 0.95
-    point, low, high = found.predict({"dispatches": 1, "nodes": 100, "edges": 120, "mb": 1})
-    expected = 2.5 + 8 + 1.2 + 0.05
+    point, low, high = found.predict({"dispatches": 1, "nodes": 100, "edges": 120, "mb": 1,
+                                      "depth": 10})
+    expected = 2.5 + 8 + 1.2 + 0.05 + 0.4
     assert low < expected < high and abs(point - expected) / expected < 0.1
 
 
@@ -151,7 +170,7 @@ def test_a_sessions_graph_is_predicted_by_the_fit_of_its_release_and_executor() 
     sweep = _synthetic_sweep(truth).assign(environment="rel-a")
     envelope = StoredEnvelope("sweep", sweep, {"rel-a": "0.240.0"})
     census = {"nodes": 100, "edges": 120, "tasks": 30, "sublattices": 0,
-              "output_bytes": 600_000, "input_bytes": 400_000}
+              "output_bytes": 600_000, "input_bytes": 400_000, "depth": 10}
     expected = 2.5 + 8 + 1.2 + 0.05
     runs = pd.DataFrame([
         {"config_id": "mine", "mode": "plain", "environment": "", "covalent": "",
@@ -179,8 +198,14 @@ def test_a_sessions_graph_is_predicted_by_the_fit_of_its_release_and_executor() 
 
 def test_too_few_runs_to_fit_are_refused() -> None:
     sweep = _synthetic_sweep({"dispatches": 2, "nodes": 0.1, "edges": 0, "mb": 0}).head(4)
-    with pytest.raises(ValueError, match="4 runs, too few to fit 4 coefficients"):
+    with pytest.raises(ValueError, match="4 runs, too few to fit 5 coefficients"):
         fit(sweep, "e", "local")
+    # Enough runs, but edges always twice the nodes: their costs cannot be told apart.
+    tied = _synthetic_sweep({"dispatches": 2, "nodes": 0.1, "edges": 0, "mb": 0})
+    tied = tied.assign(edges=2 * tied["nodes"])
+    with pytest.raises(ValueError, match="do not vary .* independently"):
+        fit(tied, "e", "local")
+    assert fits(tied) == []
 
 
 @pytest.mark.slow
@@ -286,18 +311,20 @@ def test_a_byo_report_sets_the_envelopes_prediction_beside_the_measurement(
         tmp_path: Path) -> None:
     from bench.report import make_report
 
-    def census(nodes: int, edges: int, mb: float = 0.01, subs: int = 0) -> dict:
+    def census(nodes: int, edges: int, mb: float = 0.01, subs: int = 0, depth: int = 3
+               ) -> dict:
         return {"nodes": nodes, "edges": edges, "tasks": nodes // 3, "sublattices": subs,
-                "output_bytes": int(mb * 1e6), "input_bytes": 0}
+                "output_bytes": int(mb * 1e6), "input_bytes": 0, "depth": depth}
 
-    cost = {"dispatches": 0.8, "nodes": 0.05, "edges": 0.01, "mb": 0.02}
+    cost = {"dispatches": 0.8, "nodes": 0.05, "edges": 0.01, "mb": 0.02, "depth": 0.03}
 
     def orchestration(c: dict) -> float:
         f = features(c)
         return sum(cost[k] * f[k] for k in FEATURES)
 
     shapes = [census(*s) for s in ((3, 3), (30, 40), (300, 400), (60, 300), (15, 20, 100),
-                                   (20, 25, 0.02, 1), (30, 35, 0.03, 2), (200, 900))]
+                                   (20, 25, 0.02, 1), (30, 35, 0.03, 2), (200, 900),
+                                   (100, 150, 0.01, 0, 60), (40, 60, 0.01, 0, 20))]
     _records(tmp_path / "envelope", "graph",
              {f"graph-{i}": (c, orchestration(c)) for i, c in enumerate(shapes)},
              environment="rel", covalent="0.240.0")
@@ -326,7 +353,7 @@ def test_a_session_without_phases_or_census_gets_no_prediction_table() -> None:
     sweep = _synthetic_sweep({"dispatches": 1, "nodes": 0.1, "edges": 0, "mb": 0})
     envelope = StoredEnvelope("sweep", sweep, {"e": "0.240.0"})
     census = {"nodes": 10, "edges": 9, "tasks": 3, "sublattices": 0, "output_bytes": 0,
-              "input_bytes": 0}
+              "input_bytes": 0, "depth": 4}
     runs = pd.DataFrame([{"config_id": "c", "mode": "plain", "environment": "",
                           "covalent": "", "outputs": json.dumps(census)}])
     no_phases = pd.DataFrame([{"config_id": "c", "executor": "local", "round": 0,

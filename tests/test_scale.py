@@ -75,6 +75,9 @@ def test_the_knee_is_saturation_or_errors_and_none_is_said_so() -> None:
     assert (row["knee"], row["why"], row["below"]) == (4.0, "saturated", 2)
     assert knee_sentence(pd.Series(row)).startswith(
         "`local`: knee at 4 in flight: 1.00 → 1.00 dispatches/s from 2")
+    # side by side, runs.csv as loaded names the environment in the executor: said once
+    side = {**row, "environment": "0.238.0", "executor": "0.238.0:local"}
+    assert knee_sentence(pd.Series(side)).startswith("`0.238.0:local`: knee at 4")
     failing = _runs({1: (2.0, ["COMPLETED"]), 2: (1.0, ["COMPLETED", "FAILED"])}, "dask")
     (row,) = knee(load_table(failing)).to_dict("records")
     assert (row["knee"], row["why"]) == (2.0, "errors")

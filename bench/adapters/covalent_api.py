@@ -24,6 +24,7 @@ from typing import Any
 
 import cloudpickle
 import covalent as ct
+import networkx as nx
 import requests
 from covalent._dispatcher_plugins import local as _local_dispatcher
 from covalent._results_manager.results_manager import ResultManager
@@ -301,7 +302,9 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     """What Covalent will run for `lattice(*args, **kwargs)`, from one plain run: the graphs
     it builds (the lattice's and every sublattice's, each built here from the arguments the
     plain run passed it): their nodes and edges, the tasks called, the sublattices, the
-    serialized bytes of every task's output and of every parameter node's value.
+    serialized bytes of every task's output and of every parameter node's value, and the
+    depth: the most nodes that must run one after another (the longest path through the
+    executed nodes, parameters left out, a sublattice node weighing its own graph's depth).
 
     Where the plain run fails (a task that needs the server's machine, say), the census is
     estimated from the lattice's own graph: its nodes, edges and parameters as built, its
@@ -310,9 +313,11 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     kwargs = kwargs or {}
     counts: dict[str, Any] = dict.fromkeys(("nodes", "edges", "tasks", "sublattices",
                                             "output_bytes", "input_bytes"), 0)
+    graphs: list[tuple[str, Any]] = []  # (the lattice's name, its graph), in build order
 
     def add_graph(built: Lattice, a: tuple, k: dict) -> Any:
         graph = transport_graph(built, *a, **k)
+        graphs.append((built.__name__, graph))
         counts["nodes"] += graph.number_of_nodes()
         counts["edges"] += graph.number_of_edges()
         counts["input_bytes"] += sum(len(data["value"].serialize())
@@ -340,9 +345,31 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     except Exception as exc:  # what the graph alone says
         kinds = [_kind(data["name"]) for _, data in outer.nodes(data=True)]
         return {**built, "tasks": kinds.count("task"), "sublattices": kinds.count("sublattice"),
-                "output_bytes": 0, "estimated": 1,
+                "output_bytes": 0, "depth": _depth([graphs[0]]), "estimated": 1,
                 "estimate_reason": f"the plain run failed: {type(exc).__name__}: {exc}"[:300]}
-    return counts
+    return {**counts, "depth": _depth(graphs)}
+
+
+def _depth(graphs: list[tuple[str, Any]]) -> int:
+    """The first graph's longest path in executed nodes (parameters weigh 0, other nodes 1,
+    a sublattice node the deepest graph built for a sublattice of its name, else 1).
+    `graphs` in build order: a sublattice's graph comes after its parent's, so walking them
+    backwards finds every sublattice's depth before the graph that runs it."""
+    deepest: dict[str, int] = {}
+    depth = 0
+    for name, graph in reversed(graphs):
+        longest: dict[Any, int] = {}
+        for node in nx.topological_sort(graph):
+            label = graph.nodes[node]["name"]
+            kind = _kind(label)
+            weight = (0 if kind == "parameter" else
+                      deepest.get(label[len(SUBLATTICE_PREFIX):], 1) if kind == "sublattice"
+                      else 1)
+            longest[node] = weight + max((longest[p] for p in graph.predecessors(node)),
+                                         default=0)
+        depth = max(longest.values(), default=0)
+        deepest[name] = max(deepest.get(name, 0), depth)
+    return depth
 
 
 # --- following a dispatch -------------------------------------------------------------------

@@ -171,8 +171,7 @@ def knee(table: pd.DataFrame, gain: float = SATURATION_GAIN) -> pd.DataFrame:
 def knee_sentence(row: pd.Series) -> str:
     """One line per sweep: "`local`: knee at 8 in flight (1.9 -> 2.0 dispatches/s, p95
     latency 4.1 -> 8.0 s)", "... errors from 16 in flight ...", or "no knee up to 16"."""
-    who = f"`{row['environment']}:{row['executor']}`" if row["environment"] else \
-        f"`{row['executor']}`"
+    who = f"`{row['executor']}`"  # runs.csv as loaded: "ENV:EXECUTOR" side by side
     if pd.isna(row["knee"]):
         return (f"{who}: no knee up to {row['top']} in flight (best "
                 f"{row['best_dispatches_per_s']:.2f} dispatches/s at {row['best_at']})")

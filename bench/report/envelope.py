@@ -1,6 +1,6 @@
-"""Covalent's envelope, in the report: the fitted cost per dispatch, node, edge and MB per
-environment and executor, the growth test, and measured against fitted orchestration
-(bench.analysis.envelope; the `envelope` profile)."""
+"""Covalent's envelope, in the report: the fitted cost per dispatch, node, edge, MB and
+level of depth per environment and executor, the growth test, and measured against fitted
+orchestration (bench.analysis.envelope; the `envelope` profile)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ def envelope_section(data: ReportData, figures: list[Figure]) -> list[Block]:
     return [
         Heading("Covalent's envelope"),
         Text("Orchestration per run fitted as a x dispatches + b x nodes + c x edges + d x "
-             "MB over the sweep's graphs (weighted least squares, HC3 95 % CIs; "
+             "MB + e x depth (the most nodes run one after another) over the sweep's graphs "
+             "(weighted least squares, HC3 95 % CIs; "
              "`envelope.csv`). `python -m bench predict --bench-workload MODULE:ATTR "
              "--envelope <this folder>` applies it to your graph."),
         Bullets(tuple(g.sentence() for g in grown)),

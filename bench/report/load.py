@@ -28,9 +28,15 @@ from bench.report.registry import ReportData, derived, plot, section  # noqa: E4
 
 @derived("load", "load.csv")
 def _load(data: ReportData) -> pd.DataFrame:
-    """Per level of dispatches in flight, of the concurrency sweeps (none: empty)."""
+    """Per level of dispatches in flight, of the concurrency sweeps (none: empty). Only the
+    configurations run at more than one level: in a session that also holds other parts
+    (the envelope's graphs, its soak), those are not sweeps."""
     table = load_table(data.all_runs)
-    return table if not table.empty and table["concurrency"].nunique() > 1 else pd.DataFrame()
+    if table.empty:
+        return table
+    levels = table.groupby(["family", "executor", "environment"])["concurrency"] \
+        .transform("nunique")
+    return table[levels > 1].reset_index(drop=True)
 
 
 @derived("soak_runs", "soak_runs.csv")
@@ -49,7 +55,7 @@ def _swept(data: ReportData) -> bool:
 
 
 def _label(row: pd.Series) -> str:
-    return f"{row['environment']}:{row['executor']}" if row["environment"] else row["executor"]
+    return str(row["executor"])  # runs.csv as loaded: "ENV:EXECUTOR" side by side
 
 
 @plot("load", "load.png", section="load", when=_swept, caption=(
@@ -133,7 +139,7 @@ def plot_soak(data: ReportData, path: Path) -> bool:
         for (executor, environment), seq in cov.groupby(["executor", "environment"],
                                                         sort=False):
             y = pd.to_numeric(seq[metric], errors="coerce")
-            name = f"{environment}:{executor}" if environment else executor
+            name = executor
             dots = ax.plot(seq["dispatch"], y, ".", alpha=0.5, label=name)[0]
             fit = soak[(soak["executor"] == executor) & (soak["environment"] == environment)
                        & (soak["metric"] == metric)]
@@ -156,9 +162,8 @@ def soak_section(data: ReportData, figures: list[Figure]) -> list[Block]:
     if soak.empty:
         return []
     lines = []
-    for (executor, environment), rows in soak.groupby(["executor", "environment"],
-                                                     sort=False):
-        name = f"{environment}:{executor}" if environment else executor
+    for executor, rows in soak.groupby("executor", sort=False):
+        name = executor
         lines += [f"`{name}`, " + soak_sentence(r) for _, r in rows.iterrows()]
     grows = soak[soak["grows"]]
     return [

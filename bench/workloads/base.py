@@ -112,7 +112,8 @@ class Workload(ABC):
 # A graph's census (Workload.census): its nodes and edges (every sublattice's graph too), the
 # tasks called, the sublattices, the serialized bytes of the tasks' outputs and of the
 # parameters' values. A description of the graph, never summarized as a result.
-CENSUS_KEYS = ("nodes", "edges", "tasks", "sublattices", "output_bytes", "input_bytes")
+CENSUS_KEYS = ("nodes", "edges", "tasks", "sublattices", "output_bytes", "input_bytes",
+               "depth")
 _CENSUSES: dict[tuple[str, str], dict[str, int]] = {}
 
 

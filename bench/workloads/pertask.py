@@ -13,6 +13,7 @@ import importlib
 import time
 
 import covalent as ct
+import numpy as np
 
 
 def step(x: int, sleep_s: float) -> int:
@@ -42,17 +43,25 @@ def fanout(n: int = 10, sleep_s: float = 0.0) -> list[int]:
 
 # --- the envelope's graphs (workload `graph`): any task count, shape, fan-in, bytes, nesting
 
-def seed(index: int, payload_bytes: int) -> tuple[int, bytes]:
+def _payload(payload_bytes: int) -> np.ndarray:
+    # An array, as ML workflows pass (arrays, tensors, datasets): Covalent stores an output
+    # pickled plus its repr, and a `bytes` payload's repr is 4 characters a byte (5.4
+    # serialized bytes per byte, 2026-12-02), an array's one short line.
+    return np.zeros(payload_bytes, dtype=np.uint8)
+
+
+def seed(index: int, payload_bytes: int) -> tuple[int, np.ndarray]:
     """A first-layer task: its index and payload_bytes of zeros (the bytes on each edge)."""
-    return index, bytes(payload_bytes)
+    return index, _payload(payload_bytes)
 
 
-def combine(inputs: list[tuple[int, bytes]], payload_bytes: int) -> tuple[int, bytes]:
+def combine(inputs: list[tuple[int, np.ndarray]], payload_bytes: int
+            ) -> tuple[int, np.ndarray]:
     """A later-layer task fed by fan_in tasks of the layer before: their sum + 1."""
-    return sum(value for value, _ in inputs) + 1, bytes(payload_bytes)
+    return sum(value for value, _ in inputs) + 1, _payload(payload_bytes)
 
 
-def gather(inputs: list[tuple[int, bytes]]) -> int:
+def gather(inputs: list[tuple[int, np.ndarray]]) -> int:
     """The reduce that ends every graph: one task fed by the whole last layer."""
     return sum(value for value, _ in inputs)
 
