@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis.envelope import FEATURES, features, fits, stored_envelope
+from bench.analysis.envelope import FEATURES, features, fit, fits, stored_envelope
 from bench.config.profiles import ProfileError, parse_override
 from bench.records import NoRecordsError
 from bench.workloads import WorkloadError, workload_for
@@ -38,13 +38,15 @@ def predictions(census: dict[str, float], envelope_dir: Path) -> pd.DataFrame:
     envelope = stored_envelope(envelope_dir)
     feats = features(census)
     found_fits = fits(envelope.sweep)
-    if not found_fits:
-        counts = envelope.sweep.groupby(["environment", "executor"]).size()
-        have = ", ".join(f"{env or 'this'} [{ex}]: {n}" for (env, ex), n in counts.items())
-        raise NoRecordsError(
-            f"{envelope_dir}: too few measured runs to fit the envelope's {len(FEATURES)} "
-            f"coefficients ({have}); run the whole envelope profile (--bench-profile "
-            f"envelope)")
+    if not found_fits:  # each fit's own reason: too few runs, or features that move together
+        reasons = []
+        for env, ex in envelope.sweep.groupby(["environment", "executor"]).groups:
+            try:
+                fit(envelope.sweep, env, ex)
+            except ValueError as exc:
+                reasons.append(str(exc))
+        raise NoRecordsError(f"{envelope_dir}: no fit of the envelope's {len(FEATURES)} "
+                             f"coefficients: {'; '.join(reasons)}")
     rows = []
     for found in found_fits:
         point, low, high = found.predict(feats)
