@@ -37,6 +37,8 @@ class Progress:
         self.planned = dict(planned)
         self.total = sum(planned.values())
         self.done: dict[str, list[float]] = defaultdict(list)  # kind -> seconds per run
+        self.per_config: dict[str, dict[str, list[float]]] = defaultdict(
+            lambda: defaultdict(list))  # kind -> configuration -> seconds per run
         self.walls: dict[tuple[str, str], list[float]] = defaultdict(list)  # measured only
         self.started = time.monotonic()
         self.label_width = max((len(k) for k in self.planned), default=8)
@@ -56,6 +58,7 @@ class Progress:
     def run_done(self, config_id: str, label: str, round_: int, rounds: int, warmup: bool,
                  wall_s: float, status: str, elapsed_s: float) -> None:
         self.done[label].append(elapsed_s)
+        self.per_config[label][config_id].append(elapsed_s)
         if not warmup and status == "COMPLETED":
             self.walls[(config_id, label)].append(wall_s)
         finished = sum(len(v) for v in self.done.values())
@@ -85,16 +88,19 @@ class Progress:
         return f"{text} ({100 * over / base:+.0f} %)"
 
     def eta(self) -> float:
-        """Seconds left: for each kind, its runs left times its mean duration so far (the
-        session's mean over all runs for a kind not seen yet). The mean, not the median: a
-        sum of durations is count x mean, and in a sweep of growing graphs (the envelope)
-        the median of the small ones would promise minutes for an hour."""
-        seen = [s for v in self.done.values() for s in v]
-        if not seen:
-            return 0.0
-        fallback = statistics.fmean(seen)
+        """Seconds left: for each kind, its runs left times what a run of one of its
+        configurations typically took: the median over the configurations run so far of
+        each one's mean (the session's, over every kind, for a kind not seen yet). Not the
+        mean over runs: in a sweep of growing graphs (the envelope) one 1,000-task graph
+        would make every later run look like it, and promise hours for minutes; a
+        configuration still to come that is larger than all before it is not foreseen."""
+        def typical(configs: list[dict[str, list[float]]]) -> float:
+            means = [statistics.fmean(v) for c in configs for v in c.values() if v]
+            return statistics.median(means) if means else 0.0
+
+        fallback = typical(list(self.per_config.values()))
         return sum((self.planned[k] - len(self.done.get(k, []))) *
-                   (statistics.fmean(self.done[k]) if self.done.get(k) else fallback)
+                   (typical([self.per_config[k]]) if self.done.get(k) else fallback)
                    for k in self.planned)
 
     def note(self, text: str) -> None:

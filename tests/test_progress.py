@@ -53,3 +53,13 @@ def test_skipped_runs_leave_the_plan_and_the_eta() -> None:
     assert p.total == 4 and p.eta() == 1.0 + 3.0
     p.skipped("local", 5)  # never below what already ran
     assert p.planned["local"] == 1
+
+
+def test_one_huge_configuration_does_not_make_every_later_run_look_like_it() -> None:
+    p, _ = progress({"local": 10})
+    for config, seconds in [("n=1", 2.0), ("n=10", 6.0), ("n=100", 50.0), ("n=1000", 600.0),
+                            ("chain=3", 2.0)]:
+        p.run_done(config, "local", 0, 1, False, seconds, "COMPLETED", seconds)
+    assert p.eta() == 5 * 6.0  # the median configuration's, not the mean run's 132 s
+    p.run_done("n=1", "local", 1, 2, False, 4.0, "COMPLETED", 4.0)  # n=1 now 3 s a run
+    assert p.eta() == 4 * 6.0
