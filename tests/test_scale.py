@@ -82,6 +82,11 @@ def test_the_knee_is_saturation_or_errors_and_none_is_said_so() -> None:
     (row,) = knee(load_table(failing)).to_dict("records")
     assert (row["knee"], row["why"]) == (2.0, "errors")
     assert "errors from 2 in flight" in knee_sentence(pd.Series(row))
+    # one noisy level that does not gain, then throughput rises again: not yet the knee
+    noisy = _runs({1: (2.0, ["COMPLETED"]), 2: (4.1, ["COMPLETED"] * 2),
+                   4: (4.0, ["COMPLETED"] * 4), 8: (8.0, ["COMPLETED"] * 8)})
+    (row,) = knee(load_table(noisy)).to_dict("records")
+    assert (row["knee"], row["below"]) == (8.0, 4)
     scaling = _runs({1: (2.0, ["COMPLETED"]), 2: (2.0, ["COMPLETED"] * 2),
                      4: (2.0, ["COMPLETED"] * 4)})
     (row,) = knee(load_table(scaling)).to_dict("records")

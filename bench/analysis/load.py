@@ -134,7 +134,8 @@ def load_table(runs: pd.DataFrame) -> pd.DataFrame:
 def knee(table: pd.DataFrame, gain: float = SATURATION_GAIN) -> pd.DataFrame:
     """Per family, executor and environment: the knee of its sweep. Rows: knee (the first
     level where errors appear, or whose throughput is less than (1 + gain) x the level
-    below's; NaN: none up to the top level), why ("errors" | "saturated" | ""), top (the
+    below's while no level above it beats the best so far by (1 + gain); NaN: none up to the
+    top level), why ("errors" | "saturated" | ""), top (the
     highest level run), best_dispatches_per_s and the level it came at, and the
     throughput and p95 latency just below and at the knee."""
     rows = []
@@ -146,8 +147,11 @@ def knee(table: pd.DataFrame, gain: float = SATURATION_GAIN) -> pd.DataFrame:
             if level["errors"] > 0:
                 at, why = i, "errors"
                 break
-            if i and level["dispatches_per_s"] < (1 + gain) * sweep.loc[i - 1,
-                                                                      "dispatches_per_s"]:
+            rates = sweep["dispatches_per_s"]
+            # A flat step is the knee only if no level above it buys more again: one noisy
+            # batch (0.51 -> 0.49 -> 0.83 dispatches/s at 1, 2, 4) is not a saturation.
+            if (i and level["dispatches_per_s"] < (1 + gain) * rates[i - 1]
+                    and not (rates[i + 1:] >= (1 + gain) * rates[:i + 1].max()).any()):
                 at, why = i, "saturated"
                 break
         best = sweep.loc[sweep["dispatches_per_s"].idxmax()] if sweep[

@@ -80,11 +80,18 @@ def soak_growth(cov: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _number(x: float, sign: str = "") -> str:
+    """3 significant digits, but whole numbers from 1,000 on (4,370 open files, not 4.37e+03)."""
+    return f"{x:{sign},.0f}" if abs(x) >= 1000 else f"{x:{sign}.3g}"
+
+
 def soak_sentence(row: pd.Series) -> str:
     """"server RSS (MB): 212 → 230 over 60 dispatches, +30.1 per 100 [+25.2, +35.0]:
     grows"."""
     verdict = ("grows" if row["grows"] else "shrinks" if row["shrinks"] else
                "no growth shown")
-    return (f"{SOAK_METRICS[row['metric']]}: {row['first']:.3g} → {row['last']:.3g} over "
-            f"{row['dispatches']} dispatches, {row['slope_per_100']:+.3g} per {PER} "
-            f"[{row['ci_low_per_100']:+.3g}, {row['ci_high_per_100']:+.3g}]: {verdict}")
+    return (f"{SOAK_METRICS[row['metric']]}: {_number(row['first'])} → "
+            f"{_number(row['last'])} over {row['dispatches']} dispatches, "
+            f"{_number(row['slope_per_100'], '+')} per {PER} "
+            f"[{_number(row['ci_low_per_100'], '+')}, {_number(row['ci_high_per_100'], '+')}]: "
+            f"{verdict}")
