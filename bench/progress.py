@@ -36,7 +36,6 @@ class Progress:
         self.reporter, self.capture = reporter, capture
         self.planned = dict(planned)
         self.total = sum(planned.values())
-        self.done: dict[str, list[float]] = defaultdict(list)  # kind -> seconds per run
         self.per_config: dict[str, dict[str, list[float]]] = defaultdict(
             lambda: defaultdict(list))  # kind -> configuration -> seconds per run
         self.walls: dict[tuple[str, str], list[float]] = defaultdict(list)  # measured only
@@ -52,16 +51,15 @@ class Progress:
 
     def skipped(self, label: str, runs: int = 1) -> None:
         """Runs of the plan that will not happen (a precision already reached)."""
-        self.planned[label] = max(self.planned.get(label, 0) - runs, len(self.done[label]))
+        self.planned[label] = max(self.planned.get(label, 0) - runs, self.runs_done(label))
         self.total = sum(self.planned.values())
 
     def run_done(self, config_id: str, label: str, round_: int, rounds: int, warmup: bool,
                  wall_s: float, status: str, elapsed_s: float) -> None:
-        self.done[label].append(elapsed_s)
         self.per_config[label][config_id].append(elapsed_s)
         if not warmup and status == "COMPLETED":
             self.walls[(config_id, label)].append(wall_s)
-        finished = sum(len(v) for v in self.done.values())
+        finished = sum(map(self.runs_done, self.per_config))
         parts = [f"[{finished:>{len(str(self.total))}}/{self.total}]",
                  f"{f'round {round_ + 1}/{rounds}' + (' warm-up' if warmup else ''):<18}",
                  f"{label:<{self.label_width}}", f"wall {wall_s:7.2f} s"]
@@ -99,9 +97,12 @@ class Progress:
             return statistics.median(means) if means else 0.0
 
         fallback = typical(list(self.per_config.values()))
-        return sum((self.planned[k] - len(self.done.get(k, []))) *
-                   (typical([self.per_config[k]]) if self.done.get(k) else fallback)
+        return sum((self.planned[k] - self.runs_done(k)) *
+                   (typical([self.per_config[k]]) if self.runs_done(k) else fallback)
                    for k in self.planned)
+
+    def runs_done(self, label: str) -> int:
+        return sum(map(len, self.per_config.get(label, {}).values()))
 
     def note(self, text: str) -> None:
         """A line that is not a run (an environment that failed to come up, say)."""

@@ -143,11 +143,11 @@ def knee(table: pd.DataFrame, gain: float = SATURATION_GAIN) -> pd.DataFrame:
             ["family", "executor", "environment"], sort=False):
         sweep = sweep.sort_values("concurrency").reset_index(drop=True)
         at, why = None, ""
+        rates = sweep["dispatches_per_s"]
         for i, level in sweep.iterrows():
             if level["errors"] > 0:
                 at, why = i, "errors"
                 break
-            rates = sweep["dispatches_per_s"]
             # A flat step is the knee only if no level above it buys more again: one noisy
             # batch (0.51 -> 0.49 -> 0.83 dispatches/s at 1, 2, 4) is not a saturation.
             if (i and level["dispatches_per_s"] < (1 + gain) * rates[i - 1]
