@@ -157,8 +157,11 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
         else:
             rounds = range(s.warmup_rounds + (max(s.rounds, settings.max_rounds) if precise
                                               else s.rounds))
-            # Environments alternate their order from round to round, so that none always
-            # runs right after the plain run (or another environment): order effects cancel.
+            # Environments take their order round by round from a Williams design: over
+            # its rounds (2 for two environments, 6 for three) each runs in every position
+            # and after every other one equally often, so order and carry-over effects
+            # cancel (alternating a list of three kept the middle one always in the middle;
+            # an identical environment there was once found different).
             # The first `stacks` measured rounds get a profiled twin of each mode, after
             # the round's timed runs: those run back to back as they would without
             # --bench-stacks, and what sampling leaves behind (its processes' exit, the
@@ -167,11 +170,33 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
             profiling = range(s.warmup_rounds, s.warmup_rounds + settings.stacks)
             for r in rounds:
                 timed = [Case(s, m, e, r, p, env) for m, e, env in
-                         modes(places if r % 2 == 0 else places[::-1]) for p in probing]
+                         modes(_in_order(places, r)) for p in probing]
                 cases += timed
                 if r in profiling:
                     cases += [replace(c, profiled=True) for c in timed if c.probed]
     return cases
+
+
+def balanced_orders(n: int) -> list[list[int]]:
+    """A Williams design for n treatments: n orders (2n when n is odd) of range(n), the first
+    range(n) itself, in which each treatment takes every position, and follows every other
+    treatment, equally often."""
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rename = {t: j for j, t in enumerate(first)}  # so that the first order is range(n)
+    orders = [[rename[(t + i) % n] for t in first] for i in range(n)]
+    return orders + [o[::-1] for o in orders] if n % 2 else orders
+
+
+def _in_order(places: list[str], r: int) -> list[str]:
+    """The environments in round r's order: round 0 as the profile lists them."""
+    orders = balanced_orders(len(places))
+    return [places[i] for i in orders[r % len(orders)]]
 
 
 def planned_runs(cases: list[Case]) -> dict[str, int]:

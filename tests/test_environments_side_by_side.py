@@ -48,11 +48,18 @@ env = {{ PYTHONPATH = "{PLANTED}", PLANTED_SERVER_DELAY_S = "{DELAY_S}" }}
 """
 
 
+# The report calls a difference significant at 5 %: of identical pairs it calls 1 in 20
+# different by design (that is what the rate means; an A/A session in CI once did, three
+# functions of one). A test that it never does would fail that often, so the identical pair
+# is asked not to differ at 1 %: a method biased toward differences (an order effect, a
+# p-value that is not one) fails that, a calibrated one about 1 session in 100.
+STRICT = 0.01
+
+
 @pytest.mark.slow
 @pytest.mark.quiet
-@pytest.mark.parametrize("session", [1, 2, 3])
 def test_planted_server_function_is_found_and_identical_environments_are_not(
-    tmp_path: Path, session: int
+    tmp_path: Path
 ) -> None:
     profile, out = tmp_path / "envs.toml", tmp_path / "out"
     profile.write_text(PROFILE)
@@ -77,7 +84,7 @@ def test_planted_server_function_is_found_and_identical_environments_are_not(
     # waits for its answer), named as that part.
     submit = diffs[(diffs["metric"] == "submit_s") & (diffs["environment"] == "slow")].iloc[0]
     assert submit["diff_s"] == pytest.approx(DELAY_S, abs=0.3) and bool(submit["significant"])
-    assert not bool(same["significant"]), same.to_dict()
+    assert same["p_value"] >= STRICT, same.to_dict()
     page = (out / "README.md").read_text()
     assert "## Covalent environments side by side" in page and "environments.png" in page
     # What each environment was is on record: requirement, variables, the Covalent it got.
@@ -87,7 +94,9 @@ def test_planted_server_function_is_found_and_identical_environments_are_not(
     assert entries[2]["env"]["PLANTED_SERVER_DELAY_S"] == str(DELAY_S)
     assert f"PLANTED_SERVER_DELAY_S={DELAY_S}" in page
     # The findings open with it: the planted one differs, the identical one does not.
-    assert "orchestration differs significantly in 1 of 2 comparisons: `slow`" in page
+    # (`same` is named too, after it, in the sessions where it is significant at 5 %.)
+    changed = 1 + bool(same["significant"])
+    assert f"orchestration differs significantly in {changed} of 2 comparisons: `slow`" in page
     # Down to the function: in the profiled rounds the planted function, on the server, is
     # the top grower of submit, significant (p and the corrected q below 0.05) ...
     grew = pd.read_csv(out / "hotspot_diffs.csv")
@@ -101,6 +110,7 @@ def test_planted_server_function_is_found_and_identical_environments_are_not(
     assert f"s in `{PLANTED_FUNCTION}`" in page
     # ... and the identical environment shows no function that differs.
     same_grew = grew[grew["environment"] == "same"]
-    assert same_grew["tested"].any() and not same_grew["significant"].any(), \
-        same_grew[same_grew["significant"]].to_dict("records")
+    tested = same_grew[same_grew["tested"]]
+    assert len(tested) and tested["p_adj"].min() >= STRICT, \
+        tested[tested["p_adj"] < STRICT].to_dict("records")
     assert "### What sampling cost" in page

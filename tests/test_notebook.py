@@ -24,6 +24,7 @@ from mnist_core.data import write_synthetic_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIAL = REPO / "examples" / "tutorial.ipynb"
+ROUNDS = 2  # measured rounds of the tutorial notebook's session in its test
 CI = re.compile(r"\[[−+-]?\d[\d.,e−+-]*, [−+-]?\d[\d.,e−+-]*\]")  # "[+3.35, +4.60]"
 
 # A lattice of the user's, as notebook cells define it: electrons, a sublattice, an object
@@ -125,6 +126,9 @@ def test_the_tutorial_notebook_measures_its_workflow(tutorial_home: Path, tmp_pa
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
         "examples/tutorial.ipynb is committed without outputs"
     measuring = next(i for i, c in enumerate(nb.cells) if "measure(" in c.source)
+    # The notebook's own cell, with fewer rounds: the path is the same, 3 fewer minutes.
+    assert "rounds=6" in nb.cells[measuring].source
+    nb.cells[measuring].source = nb.cells[measuring].source.replace("rounds=6", f"rounds={ROUNDS}")
     left = _run_cells(nb, tmp_path, _kernel_env(tutorial_home), check_after=measuring)
     assert left == [], f"processes left after measure(): {[p.cmdline() for p in left]}"
 
@@ -142,7 +146,7 @@ def test_the_tutorial_notebook_measures_its_workflow(tutorial_home: Path, tmp_pa
     runs = pd.read_csv(records / "runs.csv")
     assert tuple(runs.columns) == RUN_COLUMNS
     assert set(runs["executor"].fillna("")) == {"", "local", "dask"}
-    assert (runs["status"] == "COMPLETED").all() and len(runs) == 3 * 7
+    assert (runs["status"] == "COMPLETED").all() and len(runs) == 3 * (1 + ROUNDS)  # warm-up
     assert (runs["tasks_probed"].dropna().astype(str).isin(["4/4"])).all()
     # The progress bar and its ETA went to the cell's output.
     assert "ETA" in _outputs(nb.cells[measuring]).get("stream", "")

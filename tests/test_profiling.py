@@ -107,3 +107,27 @@ def test_profiled_rounds_name_the_functions_of_each_part(tmp_path: Path) -> None
     assert (out / "flame.png").stat().st_size > 10_000
     cost = pd.read_csv(out / "stacks_cost.csv")
     assert {"plain", "local", "dask"} <= set(cost["executor"]) and (cost["rounds"] == 2).all()
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_environments_take_every_position_and_follow_every_other_equally_often(
+        tmp_path: Path, n: int) -> None:
+    names = [f"e{i}" for i in range(n)]
+    profile_path = tmp_path / "envs.toml"
+    profile_path.write_text('workload = "chain"\nrounds = 12\nexecutors = ["local"]\n' + "".join(
+        f'[[environments]]\nname = "{e}"\nrequirement = "covalent==0.240.0"\n' for e in names))
+    profile = load_profile(str(profile_path), [], workload=None)
+    per_round: dict[int, list[str]] = {}
+    for case in plan(profile, Settings(out_dir=Path("."))):
+        if case.mode == "covalent":
+            per_round.setdefault(case.round, []).append(case.environment)
+    assert per_round[0] == names  # the first round as the profile lists them
+    cycle = 2 * n if n % 2 else n
+    positions = {(o.index(e), e) for o in per_round.values() for e in o}
+    assert len(positions) == n * n  # each environment in every position ...
+    orders = [per_round[r] for r in range(cycle)]
+    follows = [(o[i - 1], o[i]) for o in orders for i in range(1, n)]
+    counts = {pair: follows.count(pair) for pair in follows}
+    assert len(counts) == n * (n - 1) and len(set(counts.values())) == 1, counts  # ... after each
+    for o in orders:
+        assert sorted(o) == names

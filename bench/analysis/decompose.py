@@ -308,7 +308,7 @@ def summarize(runs: pd.DataFrame, phases: pd.DataFrame | None = None) -> pd.Data
     done = with_breakdown(measured(runs), phases)
     first = cold(runs)
     # Executors (and environments) in the order the profile lists them, the reference first:
-    # the first round runs them in that order, later rounds alternate it.
+    # the first round runs them in that order, later rounds vary it (engine.balanced_orders).
     order = list(dict.fromkeys(runs.loc[runs["mode"] == "covalent", "executor"]))
     for (profile, config_id), group in done.groupby(["profile", "config_id"], sort=False):
         plain = group[group["mode"] == "plain"]

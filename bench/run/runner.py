@@ -362,17 +362,28 @@ def _submit(workload: Workload, params: Mapping[str, Any], executor: Any, addres
     return run
 
 
+def _lost(pending: list[_Dispatched], reason: str) -> ServerUnavailableError:
+    for late in pending:
+        late.status, late.done = R.ERROR, time.perf_counter()
+        late.error = f"server unavailable: {reason}"
+    return ServerUnavailableError(reason)
+
+
 def _await_all(runs: list[_Dispatched], address: str, timeout_s: float,
-               health: Health | None = None, stop: Stopper | None = None) -> None:
+               health: Health | None = None, stop: Stopper | None = None,
+               gone: Health | None = None) -> None:
     """Poll every POLL_S until each dispatch is terminal; note when each was seen so. A
     dispatch past `timeout_s` is cancelled on the server, its task processes stopped by
-    `stop`, and marked TIMEOUT. A poll that fails asks `health`; a server that is gone
-    raises ServerUnavailableError at once."""
+    `stop`, and marked TIMEOUT. `gone` (no request: an owned server's main process) is
+    asked before every poll; a poll that fails asks `health`; a server that is gone raises
+    ServerUnavailableError at once."""
     pending = [r for r in runs if not r.status]
     since = time.perf_counter()
     failures = 0
     while pending:
         time.sleep(POLL_S)
+        if gone is not None and (reason := gone()):
+            raise _lost(pending, reason)
         for run in list(pending):
             try:
                 run.status = api.status(run.dispatch_id, address)
@@ -384,10 +395,7 @@ def _await_all(runs: list[_Dispatched], address: str, timeout_s: float,
                     continue
                 reason = reason or (f"{failures} status polls in a row failed, the last with "
                                     f"{_error_text(exc)}")
-                for late in pending:
-                    late.status, late.done = R.ERROR, time.perf_counter()
-                    late.error = f"server unavailable: {reason}"
-                raise ServerUnavailableError(reason) from exc
+                raise _lost(pending, reason) from exc
             if run.status in api.TERMINAL:
                 run.done = time.perf_counter()
                 pending.remove(run)
@@ -556,7 +564,8 @@ def measure_covalent_batch(
             if reason:
                 run.error = f"server unavailable: {reason}"
                 raise ServerUnavailableError(reason)
-        _await_all(runs, address, timeout_s, health, stop)
+        _await_all(runs, address, timeout_s, health, stop,
+                   gone=getattr(server, "gone", None))
     except ServerUnavailableError as exc:
         exc.records = [_unfinished(run, label, run.error or f"server unavailable: {exc}")
                        for run in runs]

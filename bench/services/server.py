@@ -322,16 +322,27 @@ class CovalentServer:
             return stop_dask_tasks(str(address), "the server's", self.processes())
         return ""
 
-    def check_alive(self, timeout_s: float = 3.0) -> str | None:
-        """None if the server is alive and answers HTTP within `timeout_s`, else a one-line
-        reason. An owned server's main process must be running too (checked first, and
-        without waiting); an attached one only gets the HTTP check."""
-        where = f"Covalent server at {self.address}"
+    def gone(self) -> str | None:
+        """A one-line reason if this owned server's main process has exited, else None (an
+        attached one: None). Costs no request, so a wait can ask it at every poll: a killed
+        server's children can keep its port open, and a poll would then wait out its read
+        timeout before failing."""
         if self.owned:
             for pid in dict.fromkeys(p for p in (self.main_pid, self.pid) if p is not None):
                 if not alive(pid):
-                    note = _exit_note(pid)
-                    return f"{where}: main process {pid} is gone{note} (its log: {self.log_path})"
+                    return (f"Covalent server at {self.address}: main process {pid} is "
+                            f"gone{_exit_note(pid)} (its log: {self.log_path})")
+        return None
+
+    def check_alive(self, timeout_s: float = 3.0) -> str | None:
+        """None if the server is alive and answers HTTP within `timeout_s`, else a one-line
+        reason. An owned server's main process must be running too (checked first, and
+        without waiting: `gone`); an attached one only gets the HTTP check."""
+        where = f"Covalent server at {self.address}"
+        if reason := self.gone():
+            return reason
+        if self.owned:
+            for pid in dict.fromkeys(p for p in (self.main_pid, self.pid) if p is not None):
                 if _stopped(pid):  # it would answer no HTTP call until someone resumes it
                     return (f"{where}: main process {pid} is stopped (SIGSTOP, Ctrl-Z or a "
                             f"debugger); the harness kills it")
