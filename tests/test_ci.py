@@ -44,7 +44,7 @@ def test_workflow_runs_the_same_steps_as_ci_run() -> None:
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (REPO / "README.md").read_text()
     steps = _ci_steps()
-    command = ('ruff check . && pytest -n 3 -m "not quiet" --durations=15 '
+    command = ('ruff check . && pytest -n 3 --dist worksteal -m "not quiet" --durations=15 '
                '&& pytest -m quiet --durations=5')
     assert f'pip install -e ".[test]" && {command}' in readme
     assert steps[:2] == ['pip install -e ".[test]"', command]
