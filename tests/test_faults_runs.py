@@ -568,3 +568,22 @@ def test_a_plain_task_that_exits_its_process_is_a_failed_row(
     assert record.error.startswith("a task called os._exit(3), which would end this process")
     again = measure_plain(workload_for(f"{tasks_module}:fine"), {}, tmp_path)
     assert again.status == "COMPLETED", again.error
+
+
+def test_a_server_that_is_gone_ends_the_wait_before_another_poll(monkeypatch) -> None:
+    """`gone` (an owned server's main process, no request) is asked before every poll: a
+    killed server whose children hold its port open would make a poll wait out its read
+    timeout first."""
+    from bench.records import ERROR
+    from bench.run import runner
+
+    polls: list[str] = []
+    monkeypatch.setattr(runner.api, "status", lambda dispatch_id, address: polls.append(
+        dispatch_id) or "RUNNING")
+    answers = iter([None, None, "main process 42 is gone"])
+    runs = [runner._Dispatched("r", f"d{i}", 0.0, 0.0, 0.0) for i in range(2)]
+    with pytest.raises(runner.ServerUnavailableError, match="main process 42 is gone"):
+        runner._await_all(runs, "http://127.0.0.1:9", 60.0, gone=lambda: next(answers))
+    assert polls == ["d0", "d1", "d0", "d1"]  # two sweeps while it was there, none after
+    assert all(r.status == ERROR and r.error == "server unavailable: main process 42 is gone"
+               for r in runs)
