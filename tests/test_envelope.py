@@ -240,6 +240,11 @@ def test_a_users_plain_run_records_its_graphs_census(tmp_path: Path) -> None:
                            "outputs": json.dumps(record.outcome.metrics),
                            **record.outcome.metrics}])
     assert not set(numeric_outputs(frame)) & {"nodes", "edges", "tasks", "output_bytes"}
+    # A workflow's own result of one of those names stays a result: a chain returns how
+    # many tasks it ran (summary columns plain_tasks and covalent_tasks).
+    chain = pd.DataFrame([{"workload": "chain", "outputs": json.dumps({"tasks": 10}),
+                           "tasks": 10}])
+    assert numeric_outputs(chain) == ["tasks"]
 
 
 def test_a_census_is_estimated_from_the_graph_where_the_plain_run_fails() -> None:

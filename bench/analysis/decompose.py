@@ -344,11 +344,15 @@ def run_facts(frame: pd.DataFrame) -> list[str]:
 def numeric_outputs(frame: pd.DataFrame) -> list[str]:
     """Numeric outputs the rows carry as columns (runs.csv `outputs`), results only."""
     names: dict[str, None] = {}
-    facts = set(run_facts(frame)) | set(CENSUS_KEYS)  # the graph's census: not a result
+    facts = set(run_facts(frame))
     for text in frame.get("outputs", pd.Series(dtype=str)).dropna().unique():
-        for key, value in json.loads(text).items():
+        outputs = json.loads(text)
+        # A graph's census (all of CENSUS_KEYS) is not a result; one such name alone is
+        # the workflow's own (a chain returns how many tasks it ran: `tasks`).
+        census = set(CENSUS_KEYS) if set(CENSUS_KEYS) <= set(outputs) else set()
+        for key, value in outputs.items():
             if isinstance(value, int | float) and not isinstance(value, bool) \
-                    and key not in facts:
+                    and key not in facts | census:
                 names[key] = None
     return [n for n in names if n in frame]
 
