@@ -168,9 +168,10 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
             # files written, the samples attributed) falls between rounds, not before a
             # timed run of the same round.
             profiling = range(s.warmup_rounds, s.warmup_rounds + settings.stacks)
+            orders = [[places[i] for i in o] for o in balanced_orders(len(places))]
             for r in rounds:
                 timed = [Case(s, m, e, r, p, env) for m, e, env in
-                         modes(_in_order(places, r)) for p in probing]
+                         modes(orders[r % len(orders)]) for p in probing]
                 cases += timed
                 if r in profiling:
                     cases += [replace(c, profiled=True) for c in timed if c.probed]
@@ -191,12 +192,6 @@ def balanced_orders(n: int) -> list[list[int]]:
     rename = {t: j for j, t in enumerate(first)}  # so that the first order is range(n)
     orders = [[rename[(t + i) % n] for t in first] for i in range(n)]
     return orders + [o[::-1] for o in orders] if n % 2 else orders
-
-
-def _in_order(places: list[str], r: int) -> list[str]:
-    """The environments in round r's order: round 0 as the profile lists them."""
-    orders = balanced_orders(len(places))
-    return [places[i] for i in orders[r % len(orders)]]
 
 
 def planned_runs(cases: list[Case]) -> dict[str, int]:

@@ -349,10 +349,10 @@ def numeric_outputs(frame: pd.DataFrame) -> list[str]:
         outputs = json.loads(text)
         # A graph's census (all of CENSUS_KEYS) is not a result; one such name alone is
         # the workflow's own (a chain returns how many tasks it ran: `tasks`).
-        census = set(CENSUS_KEYS) if set(CENSUS_KEYS) <= set(outputs) else set()
+        skip = facts | set(CENSUS_KEYS) if set(CENSUS_KEYS) <= set(outputs) else facts
         for key, value in outputs.items():
             if isinstance(value, int | float) and not isinstance(value, bool) \
-                    and key not in facts | census:
+                    and key not in skip:
                 names[key] = None
     return [n for n in names if n in frame]
 

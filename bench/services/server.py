@@ -327,12 +327,17 @@ class CovalentServer:
         attached one: None). Costs no request, so a wait can ask it at every poll: a killed
         server's children can keep its port open, and a poll would then wait out its read
         timeout before failing."""
-        if self.owned:
-            for pid in dict.fromkeys(p for p in (self.main_pid, self.pid) if p is not None):
-                if not alive(pid):
-                    return (f"Covalent server at {self.address}: main process {pid} is "
-                            f"gone{_exit_note(pid)} (its log: {self.log_path})")
+        for pid in self._own_pids():
+            if not alive(pid):
+                return (f"Covalent server at {self.address}: main process {pid} is "
+                        f"gone{_exit_note(pid)} (its log: {self.log_path})")
         return None
+
+    def _own_pids(self) -> list[int]:
+        """The main process and its launcher, where this server is ours; else none."""
+        if not self.owned:
+            return []
+        return list(dict.fromkeys(p for p in (self.main_pid, self.pid) if p is not None))
 
     def check_alive(self, timeout_s: float = 3.0) -> str | None:
         """None if the server is alive and answers HTTP within `timeout_s`, else a one-line
@@ -341,11 +346,10 @@ class CovalentServer:
         where = f"Covalent server at {self.address}"
         if reason := self.gone():
             return reason
-        if self.owned:
-            for pid in dict.fromkeys(p for p in (self.main_pid, self.pid) if p is not None):
-                if _stopped(pid):  # it would answer no HTTP call until someone resumes it
-                    return (f"{where}: main process {pid} is stopped (SIGSTOP, Ctrl-Z or a "
-                            f"debugger); the harness kills it")
+        for pid in self._own_pids():
+            if _stopped(pid):  # it would answer no HTTP call until someone resumes it
+                return (f"{where}: main process {pid} is stopped (SIGSTOP, Ctrl-Z or a "
+                        f"debugger); the harness kills it")
         try:
             _check_answers(self.address, timeout=timeout_s, adapter=self.adapter)
         except requests.Timeout:
