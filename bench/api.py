@@ -175,6 +175,7 @@ def measure(
     time_budget_s: float | None = None,
     stacks: int = 0,
     stacks_rate: int = 50,
+    reference: bool = False,
     out: str | Path | None = None,
     address: str | None = None,
     dask_scheduler: str | None = None,
@@ -197,7 +198,8 @@ def measure(
     orchestration CI is that narrow (seconds; with `max_rounds`, `time_budget_s`); `stacks`
     adds that many profiled rounds per mode (py-spy samples every process of the run;
     `Session.hotspots` and `Session.plot("flame")` show where the time went, by function;
-    `stacks_rate`: samples per second per thread).
+    `stacks_rate`: samples per second per thread); `reference` also runs the envelope's
+    reference graph, so that a prediction from an envelope is scaled by this host's speed.
 
     Its own server is started (isolated, loopback) and stopped on return, error or
     interrupt; `address` attaches to a running one instead. Records go to `out` (default
@@ -229,6 +231,8 @@ def measure(
         tables = _environments(environments)
         if tables is not None:
             doc["environments"] = tables
+        if reference:
+            doc["reference"] = True
         from mnist_core.data import resolve_data_dir
 
         the_profile = profile_from_doc(Path(where).stem, doc,

@@ -8,6 +8,10 @@ Reads the graph by one plain run (bench.adapters.covalent_api.graph_census: its 
 edges, its sublattices, and the serialized bytes of its tasks' outputs and its parameters),
 turns it into the envelope's features (bench.analysis.envelope.features) and prints each
 fitted model's point prediction and 95 % interval for one run. `--out FILE.csv` keeps them.
+
+The prediction carries the envelope session's speed; the host's drifts (the same graph 25 %
+faster an hour later). A measured session with `--bench-reference` runs the envelope's
+reference graph too, and its report scales the prediction to the speed of that session.
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-inputs", default=None, metavar="MODULE:FUNC")
     parser.add_argument("--bench-arg", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--envelope", type=Path, default=Path("reports/envelope"),
-                        help="records of an envelope session (default reports/envelope)")
+                        help="records of an envelope session, or a report folder with its "
+                        "envelope_runs.csv (default reports/envelope; reports/sample-envelope "
+                        "is a real one of 2026-12-03)")
     parser.add_argument("--out", type=Path, default=None, help="write the table as CSV")
     args = parser.parse_args(argv)
     try:
@@ -87,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(its tasks' outputs are not counted)")
     shown = table.drop(columns=list(FEATURES))
     print(shown.to_markdown(index=False, floatfmt=".3g"))
+    print(f"at the speed of the envelope's session ({args.envelope}); for this host's speed "
+          f"now, measure it with --bench-reference and report it with --envelope "
+          f"{args.envelope}")
     if args.out:
         table.to_csv(args.out, index=False)
     return 0

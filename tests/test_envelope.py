@@ -26,7 +26,7 @@ from bench.analysis.envelope import (
     task_count_series,
 )
 from bench.analysis.soak import SOAK_MIN_RUNS
-from bench.config.profiles import load_profile
+from bench.config.profiles import ProfileError, load_profile, profile_from_doc
 from bench.records import NoRecordsError
 from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads import WorkloadError, workload_for
@@ -350,6 +350,73 @@ def test_a_byo_report_sets_the_envelopes_prediction_beside_the_measurement(
     # An envelope named but holding none: a clear error, not an empty section.
     with pytest.raises(NoRecordsError, match="no measured run of the `graph` workload"):
         make_report(tmp_path / "mine", envelope_dir=tmp_path / "mine")
+
+
+def test_a_reference_graph_scales_the_prediction_to_this_sessions_speed(
+        tmp_path: Path) -> None:
+    """A host twice as slow as in the envelope's session (everything costs x 2): unscaled,
+    the prediction is half the measurement; scaled by the reference graph run in the same
+    session, it is right, and its interval holds the measurement. The envelope read back
+    from its report's envelope_runs.csv alone predicts the same."""
+    import shutil
+
+    from bench.report import make_report
+
+    cost = {"dispatches": 0.8, "nodes": 0.05, "edges": 0.01, "mb": 0.02, "depth": 0.03}
+
+    def orchestration(c: dict) -> float:
+        f = features(c)
+        return sum(cost[k] * f[k] for k in FEATURES)
+
+    shapes = [_census(tasks=n, width=w) for n, w in ((1, 1), (10, 10), (30, 30), (3, 1),
+                                                     (12, 1), (12, 4), (6, 2))]
+    shapes += [_census(tasks=2, width=1, payload_bytes=10**7), _census(tasks=2, nesting=1),
+               _census(tasks=2, nesting=2), _census(tasks=8, width=8, fan_in=4)]
+    _records(tmp_path / "envelope", "graph",
+             {f"graph-{i}": (c, orchestration(c)) for i, c in enumerate(shapes)},
+             environment="rel", covalent="0.240.0")
+    reference = _census(**GRAPH.reference)
+    mine = _census(tasks=20, width=5)
+    slow = 2.0
+    _records(tmp_path / "mine", "graph", {"graph-width=10": (reference,
+                                                             slow * orchestration(reference))})
+    _records(tmp_path / "mine", "examples.fanout:fanout_workflow",
+             {"fanout-n=20": (mine, slow * orchestration(mine))})
+    make_report(tmp_path / "mine", envelope_dir=tmp_path / "envelope")
+    (row,) = pd.read_csv(tmp_path / "mine" / "predicted.csv").to_dict("records")
+    assert row["config_id"] == "fanout-n=20"  # the reference is a scale, not a prediction
+    assert row["reference_rounds"] == 3
+    assert row["reference_scale"] == pytest.approx(slow, rel=0.03)
+    assert row["reference_scale_low"] < slow < row["reference_scale_high"]
+    assert row["unscaled_predicted_s"] == pytest.approx(orchestration(mine), rel=0.03)
+    assert abs(row["error_pct"]) < 3 and row["inside_interval"]
+    # The envelope's report folder alone (envelope_runs.csv, as reports/sample-envelope).
+    make_report(tmp_path / "envelope")
+    stored = tmp_path / "stored"
+    stored.mkdir()
+    shutil.copy(tmp_path / "envelope" / "envelope_runs.csv", stored)
+    make_report(tmp_path / "mine", envelope_dir=stored)
+    (again,) = pd.read_csv(tmp_path / "mine" / "predicted.csv").to_dict("records")
+    assert again["predicted_orchestration_s"] == pytest.approx(row["predicted_orchestration_s"])
+    # Without the reference: the prediction says it is not scaled, and how to scale it.
+    _records(tmp_path / "unscaled", "examples.fanout:fanout_workflow",
+             {"fanout-n=20": (mine, slow * orchestration(mine))})
+    make_report(tmp_path / "unscaled", envelope_dir=stored)
+    (plain,) = pd.read_csv(tmp_path / "unscaled" / "predicted.csv").to_dict("records")
+    assert plain["error_pct"] == pytest.approx(-50, abs=2)
+    assert "run it with --bench-reference" in plain["note"]
+
+
+def test_the_reference_graph_runs_with_the_sessions_settings() -> None:
+    profile = load_profile(None, ["rounds=2", "executors=['local']"], ["n=4"],
+                           workload="examples.fanout:fanout_workflow", reference=True)
+    mine, ref = profile.scenarios
+    assert ref.part == "reference" and ref.workload.name == "graph"
+    assert ref.params == GRAPH.check(GRAPH.reference) and ref.id == "graph-width=10"
+    assert (ref.rounds, ref.warmup_rounds, ref.executors) == (mine.rounds,
+                                                              mine.warmup_rounds, ("local",))
+    with pytest.raises(ProfileError, match="reference must be true or false"):
+        profile_from_doc("p", {"workload": "chain", "reference": "yes"})
 
 
 def test_a_session_without_phases_or_census_gets_no_prediction_table() -> None:

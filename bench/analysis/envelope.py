@@ -22,6 +22,13 @@ the per-dispatch constant), with weights 1 / fitted^2: on this server the noise 
 grows with its size, so a 300 s run's residual must not outweigh a 3 s run's. Coefficient
 CIs are heteroscedasticity-robust (HC3); the fit's quality is R^2 and the median of
 |residual| / fitted. A prediction's interval is the model's 95 % interval for one new run.
+
+The host drifts: the same 10-task fan-out took 6.1-7.5 s in one session and 4.8-5.3 s an
+hour later (2026-12-03), so an envelope carries its session's speed into every prediction.
+A session run with `--bench-reference` also measures the sweep's reference graph
+(GraphWorkload.reference); its rounds against the fit's prediction for that graph give a
+scale (geometric mean, t CI) that multiplies the prediction, and the scale's CI widens the
+interval (reference_scales).
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ import pandas as pd
 from scipy import stats
 
 from bench.workloads.base import CENSUS_KEYS
+from bench.workloads.tasks import GraphWorkload
 
 FEATURES = ("dispatches", "nodes", "edges", "mb", "depth")
-SWEEP_WORKLOAD = "graph"  # the envelope's own graphs (bench.workloads.tasks.GraphWorkload)
+SWEEP_WORKLOAD = GraphWorkload.name  # the envelope's own graphs
+ENVELOPE_RUNS_CSV = "envelope_runs.csv"  # what the report writes of a sweep: enough to predict
 UNITS = {"dispatches": "s per dispatch", "nodes": "s per node", "edges": "s per edge",
          "mb": "s per MB", "depth": "s per level of depth"}
 
@@ -82,11 +91,12 @@ def envelope_runs(rounds: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     done = rounds[rounds["config_id"].isin(census) & rounds["orchestration_s"].notna()]
     if done.empty:
         return pd.DataFrame()
-    out = _split_executor(done)
+    out = _split_executor(done).reset_index(drop=True)
+    versions = covalent_versions(runs)
+    out["covalent"] = out["environment"].map(versions).fillna("")
     rows = [{**census[c], **features(census[c])} for c in out["config_id"]]
-    return pd.concat([out.reset_index(drop=True)[["environment", "executor", "config_id",
-                                                  "round", "orchestration_s"]],
-                      pd.DataFrame(rows)], axis=1)
+    return pd.concat([out[["environment", "covalent", "executor", "config_id", "round",
+                           "orchestration_s"]], pd.DataFrame(rows)], axis=1)
 
 
 def covalent_versions(runs: pd.DataFrame) -> dict[str, str]:
@@ -109,11 +119,22 @@ class StoredEnvelope:
 
 
 def stored_envelope(directory: str | Path) -> StoredEnvelope:
-    """The envelope recorded in `directory` (an `envelope` session's --bench-out). Raises
-    NoRecordsError when it holds no measured run of the `graph` workload."""
+    """The envelope recorded in `directory`: an `envelope` session's --bench-out (its
+    runs.csv and phases.csv), or a report's folder with only its envelope_runs.csv (such as
+    reports/sample-envelope). Raises NoRecordsError when it holds no measured run of the
+    `graph` workload."""
     from bench.analysis.decompose import round_estimates
-    from bench.records import NoRecordsError, load_phases, load_runs
+    from bench.records import RUNS_CSV, NoRecordsError, load_phases, load_runs
 
+    table = Path(directory) / ENVELOPE_RUNS_CSV
+    if not (Path(directory) / RUNS_CSV).is_file() and table.is_file():
+        sweep = pd.read_csv(table, dtype={"environment": str, "covalent": str},
+                            keep_default_na=False)
+        if "covalent" not in sweep or sweep.empty:
+            raise NoRecordsError(f"{table}: no `covalent` column or no rows; write it again "
+                                 f"with `python -m bench.report --in <the envelope's records>`")
+        return StoredEnvelope(str(directory), sweep,
+                              dict(zip(sweep["environment"], sweep["covalent"], strict=False)))
     runs = load_runs(directory)
     sweep = envelope_runs(round_estimates(runs, load_phases(directory)), runs)
     if sweep.empty:
@@ -125,6 +146,32 @@ def stored_envelope(directory: str | Path) -> StoredEnvelope:
     return StoredEnvelope(str(directory), sweep, covalent_versions(runs))
 
 
+def _reference_id() -> str:
+    graph = GraphWorkload()
+    return graph.config_id(graph.check(graph.reference))
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How fast Covalent ran the reference graph in a session against the envelope's fit."""
+
+    point: float  # geometric mean of measured / predicted over the reference's rounds
+    low: float  # its 95 % CI (t on the logs; the point itself with one round)
+    high: float
+    rounds: int
+
+
+def reference_scale(measured: np.ndarray, predicted: float) -> Scale:
+    """The scale from one environment's and executor's reference rounds (seconds)."""
+    logs = np.log(np.asarray(measured, float) / predicted)
+    mean = float(logs.mean())
+    if len(logs) < 2:
+        return Scale(float(np.exp(mean)), float(np.exp(mean)), float(np.exp(mean)), len(logs))
+    half = float(stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs)))
+    return Scale(float(np.exp(mean)), float(np.exp(mean - half)), float(np.exp(mean + half)),
+                 len(logs))
+
+
 def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
                                envelope: StoredEnvelope) -> pd.DataFrame:
     """One row per configuration, environment and executor of a session whose runs carry a
@@ -133,12 +180,24 @@ def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
     and how far the point was off.
 
     The fit used is the envelope environment of the same name if it runs the same release,
-    else the first one that runs it; without one, the row says so (no prediction)."""
-    found = {k: v for k, v in censuses(runs).items()
+    else the first one that runs it; without one, the row says so (no prediction). Where the
+    session ran the reference graph (--bench-reference) on the same environment and
+    executor, the prediction is scaled by this session's speed (reference_scale): point x
+    scale, interval [low x scale low, high x scale high]; `unscaled_predicted_s` keeps the
+    envelope's own."""
+    own = runs[runs["workload"] != SWEEP_WORKLOAD] if "workload" in runs else runs
+    found = {k: v for k, v in censuses(own).items()
              if k not in set(envelope.sweep["config_id"])}
     if not found or "orchestration_s" not in rounds:  # no census, or no phases.csv
         return pd.DataFrame()
-    done = rounds[rounds["config_id"].isin(found) & rounds["orchestration_s"].notna()]
+    done = rounds[rounds["orchestration_s"].notna()]
+    ref_id = _reference_id()
+    ref_runs = runs[(runs["workload"] == SWEEP_WORKLOAD) & (runs["config_id"] == ref_id)] \
+        if "workload" in runs else runs.iloc[0:0]
+    ref_census = censuses(ref_runs).get(ref_id)
+    reference = _split_executor(done[done["config_id"] == ref_id]) if ref_census \
+        else pd.DataFrame()
+    done = done[done["config_id"].isin(found)]
     if done.empty:
         return pd.DataFrame()
     measured = _split_executor(done).groupby(["config_id", "environment", "executor"],
@@ -162,10 +221,24 @@ def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
         else:
             point, low, high = chosen.predict(features(found[row.config_id]))
             out.update({"envelope_environment": chosen.environment,
-                        "predicted_orchestration_s": point, "interval_low_s": low,
+                        "unscaled_predicted_s": point, "note": ""})
+            ref = reference[(reference["environment"] == row.environment)
+                            & (reference["executor"] == row.executor)] \
+                if len(reference) else reference
+            if len(ref):
+                scale = reference_scale(ref["orchestration_s"].to_numpy(float),
+                                        chosen.predict(features(ref_census))[0])
+                point, low, high = point * scale.point, low * scale.low, high * scale.high
+                out.update({"reference_scale": scale.point, "reference_scale_low": scale.low,
+                            "reference_scale_high": scale.high,
+                            "reference_rounds": scale.rounds})
+            else:
+                out["note"] = ("not scaled to this session's speed: run it with "
+                               "--bench-reference")
+            out.update({"predicted_orchestration_s": point, "interval_low_s": low,
                         "interval_high_s": high,
                         "error_pct": 100 * (point - row.median) / row.median,
-                        "inside_interval": bool(low <= row.median <= high), "note": ""})
+                        "inside_interval": bool(low <= row.median <= high)})
         if found[row.config_id].get("estimated"):  # from the graph alone: say so
             out["note"] = (f"{out['note']}; " if out["note"] else "") + (
                 f"census estimated from the graph ({found[row.config_id]['estimate_reason']})")
@@ -309,7 +382,8 @@ def task_count_series(runs: pd.DataFrame) -> dict[str, list[str]]:
     for config_id, text in rows[["config_id", "params"]].dropna().drop_duplicates() \
             .itertuples(index=False):
         p = json.loads(text)
-        if p.get("fan_in", 1) != 1 or p.get("payload_bytes", 0) or p.get("nesting", 0):
+        if ("width" not in p or "tasks" not in p or p.get("fan_in", 1) != 1
+                or p.get("payload_bytes", 0) or p.get("nesting", 0)):
             continue
         if p["width"] == p["tasks"]:
             shapes["fan-out"][config_id] = p["tasks"]

@@ -42,7 +42,9 @@ PROBES = ("on", "compare")
 # the ones below it neither failed a run nor passed the knee (bench.analysis.load.ramp_stop).
 RAMPS = ("full", "until-knee")
 WORKLOAD_KEYS = ("workload", "inputs", "digest")
-PROFILE_KEYS = ("description", *WORKLOAD_KEYS, *RUN_KEYS)
+# reference = true: the envelope's reference graph runs too (bench.workloads.tasks.GraphWorkload
+# .reference), with the profile's run settings, to scale predictions by this host's speed.
+PROFILE_KEYS = ("description", *WORKLOAD_KEYS, *RUN_KEYS, "reference")
 # [[environments]]: Covalent releases or settings measured side by side, the first the
 # reference (bench.services.environments). Without it, Covalent runs in this interpreter.
 ENVIRONMENT_KEYS = ("name", "requirement", "env")
@@ -158,6 +160,7 @@ def load_profile(
     data_dir: str = "",
     environments: Sequence[str] = (),
     env_vars: Sequence[str] = (),
+    reference: bool = False,
 ) -> Profile:
     """A shipped profile by name, or any profile file by its path (ending in .toml).
     `environments`: NAME=REQUIREMENT (replace the profile's); `env_vars`: NAME:VAR=VALUE,
@@ -174,6 +177,8 @@ def load_profile(
         doc = {**doc, "environments": [_env_option(text) for text in environments]}
     if env_vars:
         doc = {**doc, "environments": _with_env_vars(doc.get("environments") or [], env_vars)}
+    if reference:
+        doc = {**doc, "reference": True}
     return profile_from_doc(path.stem, doc, overrides, args, data_dir, where=str(path))
 
 
@@ -345,6 +350,15 @@ def profile_from_doc(
             scenario = Scenario(workload, full, executors, rounds, warmup, concurrency, part,
                                 timeout_s, settings["probes"], environments, settings["ramp"])
             scenarios.setdefault(scenario.id, scenario)  # the same one in two parts runs once
+    reference = doc.get("reference", False)
+    if not isinstance(reference, bool):
+        raise ProfileError(f"{where}: reference must be true or false, got {reference!r}")
+    if reference:
+        graph = workload_named("graph")
+        rounds, warmup, executors, timeout_s = _run_settings(where, {**DEFAULTS, **run})
+        scenario = Scenario(graph, graph.check(graph.reference), executors, rounds, warmup, 1,
+                            "reference", timeout_s, "on", environments, "full")
+        scenarios.setdefault(scenario.id, scenario)
     _check_cases(where, scenarios.values())
     workload = parts[0][0]
     description = str(doc.get("description", "")) or workload.description

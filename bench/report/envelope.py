@@ -135,10 +135,12 @@ def predicted_section(data: ReportData, figures: list[Figure]) -> list[Block]:
     shown = table.rename(columns={"measured_orchestration_s": "measured (s)",
                                   "predicted_orchestration_s": "predicted (s)",
                                   "interval_low_s": "95 % low", "interval_high_s": "95 % high",
-                                  "error_pct": "error %"})
+                                  "error_pct": "error %", "reference_scale": "speed x",
+                                  "unscaled_predicted_s": "unscaled (s)"})
     keep = [c for c in ("config_id", "environment", "executor", "covalent", "rounds", "nodes",
-                        "edges", "mb", "measured (s)", "predicted (s)", "95 % low",
-                        "95 % high", "error %", "inside_interval", "note") if c in shown]
+                        "edges", "mb", "measured (s)", "unscaled (s)", "speed x",
+                        "predicted (s)", "95 % low", "95 % high", "error %", "inside_interval",
+                        "note") if c in shown]
     bullets = [f"{close} of {len(judged)} point predictions within ±{POINT_TOLERANCE_PCT:g} % "
                f"of the measured orchestration; {inside} of {len(judged)} measurements inside "
                f"the predicted 95 % interval."] if len(judged) else []
@@ -148,7 +150,11 @@ def predicted_section(data: ReportData, figures: list[Figure]) -> list[Block]:
         Text(f"Each configuration's measured orchestration (the median of its rounds) beside "
              f"what the envelope in {envelope.source if envelope else '?'} predicts for its "
              f"graph (its census, read by one plain run: nodes, edges, MB, sublattices) on "
-             f"the same Covalent release and executor (`predicted.csv`)."),
+             f"the same Covalent release and executor (`predicted.csv`). Where the session "
+             f"also ran the envelope's reference graph (`--bench-reference`), the prediction "
+             f"is the envelope's (`unscaled`) times this session's speed against the "
+             f"envelope's on that graph (`speed x`), its interval widened by the speed's "
+             f"95 % CI."),
         Bullets(tuple(bullets)),
         Table(shown[keep], floatfmt=".3g"),
     ]

@@ -72,6 +72,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(repeatable), e.g. old-dask:COVALENT_USE_OLD_DASK=1",
     )
     group.addoption(
+        "--bench-reference", action="store_true", default=False,
+        help="also run the envelope's reference graph (a 10-task fan-out) with the same "
+        "settings, so the report's prediction from an envelope is scaled by how fast "
+        "Covalent runs on this host now against the envelope's session")
+    group.addoption(
         "--bench-precision", type=options.precision_seconds, default=None, metavar="SECONDS",
         help="keep adding interleaved rounds until the 95 %% CI half-width of orchestration is "
         "at most SECONDS for every executor (see --bench-max-rounds, --bench-time-budget)")
@@ -170,6 +175,7 @@ def profile_from(config: pytest.Config) -> Profile:
             workload=opt("--bench-workload"), inputs=opt("--bench-inputs"),
             digest=opt("--bench-digest"), data_dir=str(resolve_data_dir(opt("--data-dir"))),
             environments=opt("--bench-env"), env_vars=opt("--bench-env-var"),
+            reference=opt("--bench-reference"),
         )
     except (ProfileError, WorkloadError) as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -203,7 +209,7 @@ def _will_benchmark(config: pytest.Config) -> bool:
         opt(name) for name in ("--bench-profile", "--bench-workload", "--bench-arg",
                                "--bench-set", "--bench-inputs", "--bench-digest",
                                "--bench-env", "--bench-env-var", "--bench-precision",
-                               "--bench-stacks")))
+                               "--bench-reference", "--bench-stacks")))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -57,6 +57,11 @@ class GraphWorkload(Workload):
     depth, fan-in, bytes per edge and sublattice nesting, one lattice for all of them."""
 
     name = "graph"
+    # The reference graph: the sweep's 10-task fan-out (envelope.toml's "fan-out" part).
+    # A session run with `reference = true` (--bench-reference) measures it beside its own
+    # workload, so that a prediction can be scaled by how fast Covalent runs on this host
+    # now against the envelope's session (bench.analysis.envelope.reference_scales).
+    reference = {"tasks": 10}
     # The graph's census: what the envelope's model is fitted on, the same figures
     # `python -m bench predict` reads from a user's graph.
     takes_census = True
