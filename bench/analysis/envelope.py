@@ -4,7 +4,11 @@ used to predict a user's graph (`python -m bench predict`).
 
 The features of a graph come from its census (bench.adapters.covalent_api.graph_census: one
 plain run and the client's graph builds), the same for the sweep's graphs and a user's:
-  * dispatches: 1 + the sublattices it runs (each is a dispatch of its own);
+  * run: 1, the cost of a run whatever its graph (submitting, retrieving the result);
+  * sublattices: the sublattices it runs, each a dispatch of its own. With one term for
+    both, 1 + sublattices (2026-12-03), the small graphs' negative offset priced every
+    sublattice at -0.2 to -0.7 s, and examples.sublattice (3 of them) came out 16-29 %
+    under its measurement once scaled to the session's speed; apart, -16 % to +1 %;
   * nodes: every node of every graph built (tasks, parameters, the list and postprocess
     nodes Covalent generates), each a row in the server's database and a unit of its
     scheduling;
@@ -17,8 +21,8 @@ plain run and the client's graph builds), the same for the sweep's graphs and a 
     chain 9-19 % above it: nodes, edges and MB do not say how many levels run in sequence.
 Orchestration per run = Covalent wall - the tasks' own time (bench.analysis.decompose).
 
-The fit is weighted least squares through the origin (`dispatches` is >= 1, so it carries
-the per-dispatch constant), with weights 1 / fitted^2: on this server the noise of a run
+The fit is weighted least squares through the origin (`run` carries the constant), with
+weights 1 / fitted^2: on this server the noise of a run
 grows with its size, so a 300 s run's residual must not outweigh a 3 s run's. Coefficient
 CIs are heteroscedasticity-robust (HC3); the fit's quality is R^2 and the median of
 |residual| / fitted. A prediction's interval is the model's 95 % interval for one new run.
@@ -34,7 +38,7 @@ interval (reference_scales).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +49,17 @@ from scipy import stats
 from bench.workloads.base import CENSUS_KEYS
 from bench.workloads.tasks import GraphWorkload
 
-FEATURES = ("dispatches", "nodes", "edges", "mb", "depth")
+FEATURES = ("run", "sublattices", "nodes", "edges", "mb", "depth")
 SWEEP_WORKLOAD = GraphWorkload.name  # the envelope's own graphs
 ENVELOPE_RUNS_CSV = "envelope_runs.csv"  # what the report writes of a sweep: enough to predict
-UNITS = {"dispatches": "s per dispatch", "nodes": "s per node", "edges": "s per edge",
+UNITS = {"run": "s per run", "sublattices": "s per sublattice (a dispatch of its own)",
+         "nodes": "s per node", "edges": "s per edge",
          "mb": "s per MB", "depth": "s per level of depth"}
 
 
 def features(census: Mapping[str, float]) -> dict[str, float]:
     """The model's features of one graph, from its census."""
-    return {"dispatches": 1.0 + float(census["sublattices"]),
+    return {"run": 1.0, "sublattices": float(census["sublattices"]),
             "nodes": float(census["nodes"]), "edges": float(census["edges"]),
             "mb": (float(census["output_bytes"]) + float(census["input_bytes"])) / 1e6,
             "depth": float(census["depth"])}
@@ -130,9 +135,13 @@ def stored_envelope(directory: str | Path) -> StoredEnvelope:
     if not (Path(directory) / RUNS_CSV).is_file() and table.is_file():
         sweep = pd.read_csv(table, dtype={"environment": str, "covalent": str},
                             keep_default_na=False)
-        if "covalent" not in sweep or sweep.empty:
-            raise NoRecordsError(f"{table}: no `covalent` column or no rows; write it again "
-                                 f"with `python -m bench.report --in <the envelope's records>`")
+        if sweep.empty or not {"covalent", *CENSUS_KEYS} <= set(sweep):
+            raise NoRecordsError(f"{table}: no rows, or not every column of a census and "
+                                 f"`covalent`; write it again with `python -m bench.report "
+                                 f"--in <the envelope's records>`")
+        # The features from the census, as this model defines them (not as when written).
+        sweep = sweep.assign(**pd.DataFrame([features(c) for c in
+                                             sweep[list(CENSUS_KEYS)].to_dict("records")]))
         return StoredEnvelope(str(directory), sweep,
                               dict(zip(sweep["environment"], sweep["covalent"], strict=False)))
     runs = load_runs(directory)
@@ -181,37 +190,37 @@ def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
 
     The fit used is the envelope environment of the same name if it runs the same release,
     else the first one that runs it; without one, the row says so (no prediction). Where the
-    session ran the reference graph (--bench-reference) on the same environment and
-    executor, the prediction is scaled by this session's speed (reference_scale): point x
-    scale, interval [low x scale low, high x scale high]; `unscaled_predicted_s` keeps the
-    envelope's own."""
+    session ran the reference graph (--bench-reference), the prediction is scaled by the
+    session's speed: point x scale, interval [low x scale low, high x scale high];
+    `unscaled_predicted_s` keeps the envelope's own. The scale pools every reference round
+    of the session, each against the fit of its own release and executor: the host's speed
+    moves them alike (2026-12-03, two sessions: 0.75-0.77 and 0.70-0.76 on all four of
+    0.240.0 / 0.238.0 x local / dask), and 3 rounds of one would leave a CI of x0.5-x1.2."""
     own = runs[runs["workload"] != SWEEP_WORKLOAD] if "workload" in runs else runs
     found = {k: v for k, v in censuses(own).items()
              if k not in set(envelope.sweep["config_id"])}
     if not found or "orchestration_s" not in rounds:  # no census, or no phases.csv
         return pd.DataFrame()
-    done = rounds[rounds["orchestration_s"].notna()]
-    ref_id = _reference_id()
-    ref_runs = runs[(runs["workload"] == SWEEP_WORKLOAD) & (runs["config_id"] == ref_id)] \
-        if "workload" in runs else runs.iloc[0:0]
-    ref_census = censuses(ref_runs).get(ref_id)
-    reference = _split_executor(done[done["config_id"] == ref_id]) if ref_census \
-        else pd.DataFrame()
+    done = _split_executor(rounds[rounds["orchestration_s"].notna()])
+    here = covalent_versions(runs)
+    by_fit = {(f.environment, f.executor): f for f in fits(envelope.sweep)}
+
+    def fit_for(environment: str, executor: str) -> EnvelopeFit | None:
+        release = here.get(environment, "")
+        names = [e for e, v in envelope.versions.items() if v == release]
+        names.sort(key=lambda e: e != environment)
+        return next((by_fit[(e, executor)] for e in names if (e, executor) in by_fit), None)
+
+    scale = _session_scale(done, runs, fit_for)
     done = done[done["config_id"].isin(found)]
     if done.empty:
         return pd.DataFrame()
-    measured = _split_executor(done).groupby(["config_id", "environment", "executor"],
-                                             sort=False)["orchestration_s"].agg(
-        ["median", "size"]).reset_index()
-    here = covalent_versions(runs)
-    by_fit = {(f.environment, f.executor): f for f in fits(envelope.sweep)}
+    measured = done.groupby(["config_id", "environment", "executor"], sort=False)[
+        "orchestration_s"].agg(["median", "size"]).reset_index()
     rows = []
     for row in measured.itertuples(index=False):
         release = here.get(row.environment, "")
-        names = [e for e, v in envelope.versions.items() if v == release]
-        names.sort(key=lambda e: e != row.environment)
-        chosen = next((by_fit[(e, row.executor)] for e in names
-                       if (e, row.executor) in by_fit), None)
+        chosen = fit_for(row.environment, row.executor)
         out = {"config_id": row.config_id, "environment": row.environment,
                "executor": row.executor, "covalent": release, "rounds": int(row.size),
                "measured_orchestration_s": float(row.median)}
@@ -222,12 +231,7 @@ def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
             point, low, high = chosen.predict(features(found[row.config_id]))
             out.update({"envelope_environment": chosen.environment,
                         "unscaled_predicted_s": point, "note": ""})
-            ref = reference[(reference["environment"] == row.environment)
-                            & (reference["executor"] == row.executor)] \
-                if len(reference) else reference
-            if len(ref):
-                scale = reference_scale(ref["orchestration_s"].to_numpy(float),
-                                        chosen.predict(features(ref_census))[0])
+            if scale is not None:
                 point, low, high = point * scale.point, low * scale.low, high * scale.high
                 out.update({"reference_scale": scale.point, "reference_scale_low": scale.low,
                             "reference_scale_high": scale.high,
@@ -244,6 +248,26 @@ def measured_against_predicted(rounds: pd.DataFrame, runs: pd.DataFrame,
                 f"census estimated from the graph ({found[row.config_id]['estimate_reason']})")
         rows.append({**out, **features(found[row.config_id])})
     return pd.DataFrame(rows)
+
+
+def _session_scale(done: pd.DataFrame, runs: pd.DataFrame,
+                   fit_for: Callable[[str, str], EnvelopeFit | None]) -> Scale | None:
+    """The session's speed against the envelope's (see measured_against_predicted), from its
+    reference graph's rounds (`done`: round estimates with environment and executor), or
+    None when it ran no reference the envelope has a fit for."""
+    ref_id = _reference_id()
+    ref_runs = runs[(runs["workload"] == SWEEP_WORKLOAD) & (runs["config_id"] == ref_id)] \
+        if "workload" in runs else runs.iloc[0:0]
+    census = censuses(ref_runs).get(ref_id)
+    if census is None:
+        return None
+    ratios: list[float] = []
+    for (environment, executor), rows in done[done["config_id"] == ref_id].groupby(
+            ["environment", "executor"], sort=False):
+        chosen = fit_for(environment, executor)
+        if chosen is not None:
+            ratios += list(rows["orchestration_s"] / chosen.predict(features(census))[0])
+    return reference_scale(np.array(ratios), 1.0) if ratios else None
 
 
 @dataclass(frozen=True)

@@ -354,7 +354,7 @@ def profile_from_doc(
     if not isinstance(reference, bool):
         raise ProfileError(f"{where}: reference must be true or false, got {reference!r}")
     if reference:
-        graph = workload_named("graph")
+        graph = workload_for("graph")  # the envelope's own, not the user's inputs
         rounds, warmup, executors, timeout_s = _run_settings(where, {**DEFAULTS, **run})
         scenario = Scenario(graph, graph.check(graph.reference), executors, rounds, warmup, 1,
                             "reference", timeout_s, "on", environments, "full")
