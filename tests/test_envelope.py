@@ -88,7 +88,7 @@ def test_census_counts_what_the_graph_holds() -> None:
     # a sublattice runs its whole graph before its parent goes on: its depth is added
     assert nested["depth"] > _census(tasks=2, width=1, nesting=1)["depth"] \
         > _census(tasks=2, width=1)["depth"]
-    assert features(nested)["sublattices"] == 2 and features(nested)["run"] == 1
+    assert features(nested)["dispatches"] == 3
 
 
 def test_bad_shapes_are_explained() -> None:
@@ -127,9 +127,9 @@ def _synthetic_sweep(coef: dict[str, float], power: float = 1.0, seed: int = 0
              (60, 300, 0.02, 0, 8), (15, 20, 100, 0, 5), (15, 20, 10, 0, 5),
              (20, 25, 0.02, 1, 6), (30, 35, 0.03, 2, 9), (200, 900, 0.1, 0, 60),
              (300, 500, 0.1, 0, 200)]):
-        feats = {"run": 1, "sublattices": subs, "nodes": nodes, "edges": edges, "mb": mb,
+        feats = {"dispatches": 1 + subs, "nodes": nodes, "edges": edges, "mb": mb,
                  "depth": depth}
-        mean = (coef["run"] + coef.get("sublattices", 0) * subs + coef["nodes"] * nodes ** power
+        mean = (coef["dispatches"] * feats["dispatches"] + coef["nodes"] * nodes ** power
                 + coef["edges"] * edges + coef["mb"] * mb + coef.get("depth", 0) * depth)
         for r in range(3):
             rows.append({"environment": "e", "executor": "local", "config_id": f"c{i}",
@@ -138,8 +138,7 @@ def _synthetic_sweep(coef: dict[str, float], power: float = 1.0, seed: int = 0
 
 
 def test_fit_recovers_known_costs_within_its_intervals() -> None:
-    truth = {"run": 2.5, "sublattices": 1.2, "nodes": 0.08, "edges": 0.01, "mb": 0.05,
-             "depth": 0.04}
+    truth = {"dispatches": 2.5, "nodes": 0.08, "edges": 0.01, "mb": 0.05, "depth": 0.04}
     covered = dict.fromkeys(FEATURES, 0)
     for seed in range(40):  # 95 % intervals: each should hold the truth in most sweeps
         found = fit(_synthetic_sweep(truth, seed=seed), "e", "local")
@@ -149,25 +148,25 @@ def test_fit_recovers_known_costs_within_its_intervals() -> None:
     assert all(n >= 32 for n in covered.values()), covered  # >= 80 % of 40
     found = fit(_synthetic_sweep(truth), "e", "local")
     assert found.r2 > 0.95
-    point, low, high = found.predict({"run": 1, "sublattices": 0, "nodes": 100, "edges": 120,
-                                      "mb": 1, "depth": 10})
+    point, low, high = found.predict({"dispatches": 1, "nodes": 100, "edges": 120, "mb": 1,
+                                      "depth": 10})
     expected = 2.5 + 8 + 1.2 + 0.05 + 0.4
     assert low < expected < high and abs(point - expected) / expected < 0.1
 
 
 def test_growth_names_superlinear_cost_and_not_linear_cost() -> None:
     series = {"fan-out": ["c0", "c1", "c2", "c3", "c4"]}
-    linear = growth(_synthetic_sweep({"run": 2, "nodes": 0.1, "edges": 0, "mb": 0}),
+    linear = growth(_synthetic_sweep({"dispatches": 2, "nodes": 0.1, "edges": 0, "mb": 0}),
                     series)
     assert len(linear) == 1 and not linear[0].superlinear
-    worse = growth(_synthetic_sweep({"run": 2, "nodes": 0.002, "edges": 0, "mb": 0},
+    worse = growth(_synthetic_sweep({"dispatches": 2, "nodes": 0.002, "edges": 0, "mb": 0},
                                     power=1.5), series)
     assert worse[0].superlinear and worse[0].last[1] > 3 * worse[0].first[1]
     assert "grows worse than linearly" in worse[0].sentence()
 
 
 def test_a_sessions_graph_is_predicted_by_the_fit_of_its_release_and_executor() -> None:
-    truth = {"run": 2.5, "nodes": 0.08, "edges": 0.01, "mb": 0.05}
+    truth = {"dispatches": 2.5, "nodes": 0.08, "edges": 0.01, "mb": 0.05}
     sweep = _synthetic_sweep(truth).assign(environment="rel-a")
     envelope = StoredEnvelope("sweep", sweep, {"rel-a": "0.240.0"})
     census = {"nodes": 100, "edges": 120, "tasks": 30, "sublattices": 0,
@@ -198,11 +197,11 @@ def test_a_sessions_graph_is_predicted_by_the_fit_of_its_release_and_executor() 
 
 
 def test_too_few_runs_to_fit_are_refused() -> None:
-    sweep = _synthetic_sweep({"run": 2, "nodes": 0.1, "edges": 0, "mb": 0}).head(4)
-    with pytest.raises(ValueError, match="4 runs, too few to fit 6 coefficients"):
+    sweep = _synthetic_sweep({"dispatches": 2, "nodes": 0.1, "edges": 0, "mb": 0}).head(4)
+    with pytest.raises(ValueError, match="4 runs, too few to fit 5 coefficients"):
         fit(sweep, "e", "local")
     # Enough runs, but edges always twice the nodes: their costs cannot be told apart.
-    tied = _synthetic_sweep({"run": 2, "nodes": 0.1, "edges": 0, "mb": 0})
+    tied = _synthetic_sweep({"dispatches": 2, "nodes": 0.1, "edges": 0, "mb": 0})
     tied = tied.assign(edges=2 * tied["nodes"])
     with pytest.raises(ValueError, match="do not vary .* independently"):
         fit(tied, "e", "local")
@@ -226,7 +225,7 @@ def test_dispatched_graph_records_its_census(covalent_server, tmp_path: Path) ->
     runs = pd.DataFrame([{"config_id": "g", "outputs": json.dumps(m)}
                          for m in (plain.outcome.metrics, cov.outcome.metrics)])
     sweep = envelope_runs(rounds, runs)
-    assert sweep.loc[0, "sublattices"] == 1 and sweep.loc[0, "executor"] == "local"
+    assert sweep.loc[0, "dispatches"] == 2 and sweep.loc[0, "executor"] == "local"
 
 
 def test_a_users_plain_run_records_its_graphs_census(tmp_path: Path) -> None:
@@ -322,7 +321,7 @@ def test_a_byo_report_sets_the_envelopes_prediction_beside_the_measurement(
         return {"nodes": nodes, "edges": edges, "tasks": nodes // 3, "sublattices": subs,
                 "output_bytes": int(mb * 1e6), "input_bytes": 0, "depth": depth}
 
-    cost = {"run": 0.8, "sublattices": 0.5, "nodes": 0.05, "edges": 0.01, "mb": 0.02, "depth": 0.03}
+    cost = {"dispatches": 0.8, "nodes": 0.05, "edges": 0.01, "mb": 0.02, "depth": 0.03}
 
     def orchestration(c: dict) -> float:
         f = features(c)
@@ -363,7 +362,7 @@ def test_a_reference_graph_scales_the_prediction_to_this_sessions_speed(
 
     from bench.report import make_report
 
-    cost = {"run": 0.8, "sublattices": 0.5, "nodes": 0.05, "edges": 0.01, "mb": 0.02, "depth": 0.03}
+    cost = {"dispatches": 0.8, "nodes": 0.05, "edges": 0.01, "mb": 0.02, "depth": 0.03}
 
     def orchestration(c: dict) -> float:
         f = features(c)
@@ -427,7 +426,7 @@ def test_the_reference_graph_runs_with_the_sessions_settings() -> None:
 def test_a_session_without_phases_or_census_gets_no_prediction_table() -> None:
     """A report made beside a stored envelope (reports/envelope is the default) of a session
     that took no census, or has no phases.csv (no orchestration), just has no such table."""
-    sweep = _synthetic_sweep({"run": 1, "nodes": 0.1, "edges": 0, "mb": 0})
+    sweep = _synthetic_sweep({"dispatches": 1, "nodes": 0.1, "edges": 0, "mb": 0})
     envelope = StoredEnvelope("sweep", sweep, {"e": "0.240.0"})
     census = {"nodes": 10, "edges": 9, "tasks": 3, "sublattices": 0, "output_bytes": 0,
               "input_bytes": 0, "depth": 4}

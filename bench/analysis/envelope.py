@@ -4,11 +4,11 @@ used to predict a user's graph (`python -m bench predict`).
 
 The features of a graph come from its census (bench.adapters.covalent_api.graph_census: one
 plain run and the client's graph builds), the same for the sweep's graphs and a user's:
-  * run: 1, the cost of a run whatever its graph (submitting, retrieving the result);
-  * sublattices: the sublattices it runs, each a dispatch of its own. With one term for
-    both, 1 + sublattices (2026-12-03), the small graphs' negative offset priced every
-    sublattice at -0.2 to -0.7 s, and examples.sublattice (3 of them) came out 16-29 %
-    under its measurement once scaled to the session's speed; apart, -16 % to +1 %;
+  * dispatches: 1 + the sublattices it runs (each is a dispatch of its own). One term for
+    the run's and each sublattice's dispatch: fitted apart (a constant and a cost per
+    sublattice), the sublattice's cost rests on the sweep's 3 nested graphs alone, and on
+    2026-12-03 it swung from -0.06 to -1.15 s between two envelopes (0.240.0 local), taking
+    examples.sublattice's prediction from -14 % to -44 %; one term is pinned by every graph;
   * nodes: every node of every graph built (tasks, parameters, the list and postprocess
     nodes Covalent generates), each a row in the server's database and a unit of its
     scheduling;
@@ -21,8 +21,8 @@ plain run and the client's graph builds), the same for the sweep's graphs and a 
     chain 9-19 % above it: nodes, edges and MB do not say how many levels run in sequence.
 Orchestration per run = Covalent wall - the tasks' own time (bench.analysis.decompose).
 
-The fit is weighted least squares through the origin (`run` carries the constant), with
-weights 1 / fitted^2: on this server the noise of a run
+The fit is weighted least squares through the origin (`dispatches` is >= 1, so it carries
+the per-dispatch constant), with weights 1 / fitted^2: on this server the noise of a run
 grows with its size, so a 300 s run's residual must not outweigh a 3 s run's. Coefficient
 CIs are heteroscedasticity-robust (HC3); the fit's quality is R^2 and the median of
 |residual| / fitted. A prediction's interval is the model's 95 % interval for one new run.
@@ -49,17 +49,16 @@ from scipy import stats
 from bench.workloads.base import CENSUS_KEYS
 from bench.workloads.tasks import GraphWorkload
 
-FEATURES = ("run", "sublattices", "nodes", "edges", "mb", "depth")
+FEATURES = ("dispatches", "nodes", "edges", "mb", "depth")
 SWEEP_WORKLOAD = GraphWorkload.name  # the envelope's own graphs
 ENVELOPE_RUNS_CSV = "envelope_runs.csv"  # what the report writes of a sweep: enough to predict
-UNITS = {"run": "s per run", "sublattices": "s per sublattice (a dispatch of its own)",
-         "nodes": "s per node", "edges": "s per edge",
+UNITS = {"dispatches": "s per dispatch", "nodes": "s per node", "edges": "s per edge",
          "mb": "s per MB", "depth": "s per level of depth"}
 
 
 def features(census: Mapping[str, float]) -> dict[str, float]:
     """The model's features of one graph, from its census."""
-    return {"run": 1.0, "sublattices": float(census["sublattices"]),
+    return {"dispatches": 1.0 + float(census["sublattices"]),
             "nodes": float(census["nodes"]), "edges": float(census["edges"]),
             "mb": (float(census["output_bytes"]) + float(census["input_bytes"])) / 1e6,
             "depth": float(census["depth"])}

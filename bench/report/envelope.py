@@ -1,4 +1,4 @@
-"""Covalent's envelope, in the report: the fitted cost per run, sublattice, node, edge, MB and
+"""Covalent's envelope, in the report: the fitted cost per dispatch, node, edge, MB and
 level of depth per environment and executor, the growth test, and measured against fitted
 orchestration (bench.analysis.envelope; the `envelope` profile)."""
 
@@ -86,8 +86,8 @@ def envelope_section(data: ReportData, figures: list[Figure]) -> list[Block]:
     grown = growth(sweep, task_count_series(data.all_runs))
     return [
         Heading("Covalent's envelope"),
-        Text("Orchestration per run fitted as a + b x sublattices + c x nodes + d x edges + "
-             "e x MB + f x depth (the most nodes run one after another) over the sweep's graphs "
+        Text("Orchestration per run fitted as a x dispatches + b x nodes + c x edges + d x "
+             "MB + e x depth (the most nodes run one after another) over the sweep's graphs "
              "(weighted least squares, HC3 95 % CIs; "
              "`envelope.csv`). `python -m bench predict --bench-workload MODULE:ATTR "
              "--envelope <this folder>` applies it to your graph."),
