@@ -7,7 +7,7 @@ plain run and the client's graph builds), the same for the sweep's graphs and a 
   * dispatches: 1 + the sublattices it runs (each is a dispatch of its own). One term for
     the run's and each sublattice's dispatch: fitted apart (a constant and a cost per
     sublattice), the sublattice's cost rests on the sweep's 3 nested graphs alone, and on
-    2026-12-03 it swung from -0.06 to -1.15 s between two envelopes (0.240.0 local), taking
+    2026-12-03 it swung from -0.06 to -0.76 s between two envelopes (0.240.0 local), taking
     examples.sublattice's prediction from -14 % to -44 %; one term is pinned by every graph;
   * nodes: every node of every graph built (tasks, parameters, the list and postprocess
     nodes Covalent generates), each a row in the server's database and a unit of its
