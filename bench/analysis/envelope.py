@@ -32,7 +32,7 @@ hour later (2026-12-03), so an envelope carries its session's speed into every p
 A session run with `--bench-reference` also measures the sweep's reference graph
 (GraphWorkload.reference); its rounds against the fit's prediction for that graph give a
 scale (geometric mean, t CI) that multiplies the prediction, and the scale's CI widens the
-interval (reference_scales).
+interval (measured_against_predicted, reference_scale).
 """
 
 from __future__ import annotations
@@ -169,9 +169,9 @@ class Scale:
     rounds: int
 
 
-def reference_scale(measured: np.ndarray, predicted: float) -> Scale:
-    """The scale from one environment's and executor's reference rounds (seconds)."""
-    logs = np.log(np.asarray(measured, float) / predicted)
+def reference_scale(ratios: np.ndarray) -> Scale:
+    """The scale from the reference's rounds, each as measured / predicted orchestration."""
+    logs = np.log(np.asarray(ratios, float))
     mean = float(logs.mean())
     if len(logs) < 2:
         return Scale(float(np.exp(mean)), float(np.exp(mean)), float(np.exp(mean)), len(logs))
@@ -266,7 +266,7 @@ def _session_scale(done: pd.DataFrame, runs: pd.DataFrame,
         chosen = fit_for(environment, executor)
         if chosen is not None:
             ratios += list(rows["orchestration_s"] / chosen.predict(features(census))[0])
-    return reference_scale(np.array(ratios), 1.0) if ratios else None
+    return reference_scale(np.array(ratios)) if ratios else None
 
 
 @dataclass(frozen=True)

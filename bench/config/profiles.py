@@ -27,6 +27,7 @@ from typing import Any
 
 from bench.services.environments import Environment
 from bench.workloads import Workload, WorkloadError, workload_for
+from bench.workloads.tasks import GraphWorkload
 
 CONFIG_DIR = Path(__file__).parent
 # The profile used when --bench-workload names a lattice and no profile is given.
@@ -354,7 +355,7 @@ def profile_from_doc(
     if not isinstance(reference, bool):
         raise ProfileError(f"{where}: reference must be true or false, got {reference!r}")
     if reference:
-        graph = workload_for("graph")  # the envelope's own, not the user's inputs
+        graph = workload_for(GraphWorkload.name)  # the envelope's own, not the user's inputs
         rounds, warmup, executors, timeout_s = _run_settings(where, {**DEFAULTS, **run})
         scenario = Scenario(graph, graph.check(graph.reference), executors, rounds, warmup, 1,
                             "reference", timeout_s, "on", environments, "full")

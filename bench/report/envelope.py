@@ -15,6 +15,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from bench.analysis.decompose import round_estimates  # noqa: E402
 from bench.analysis.envelope import (  # noqa: E402
+    ENVELOPE_RUNS_CSV,
     SWEEP_WORKLOAD,
     StoredEnvelope,
     coefficient_table,
@@ -29,7 +30,7 @@ from bench.report.blocks import Block, Bullets, Figure, Heading, Table, Text, sa
 from bench.report.registry import ReportData, derived, plot, section  # noqa: E402
 
 
-@derived("envelope_runs", "envelope_runs.csv")
+@derived("envelope_runs", ENVELOPE_RUNS_CSV)
 def _envelope_runs(data: ReportData) -> pd.DataFrame:
     """The `graph` workload's measured Covalent rounds with their census and features."""
     runs = data.all_runs
