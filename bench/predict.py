@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis.envelope import FEATURES, features, fit, fits, stored_envelope
+from bench.analysis.envelope import FEATURES, features, fit, fits, stored_bytes, stored_envelope
 from bench.config.profiles import ProfileError, parse_override
 from bench.records import NoRecordsError
 from bench.workloads import WorkloadError, workload_for
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"graph: {census['tasks']} tasks, {census['nodes']} nodes, {census['edges']} edges, "
           f"{census['sublattices']} sublattices, depth {census['depth']}, "
-          f"{(census['output_bytes'] + census['input_bytes']) / 1e6:.3g} MB serialized "
+          f"{stored_bytes(census) / 1e6:.3g} MB serialized "
           f"(read by one plain run, {took:.1f} s)")
     if census.get("estimated"):
         print(f"note: estimated from the lattice's graph alone: {census['estimate_reason']} "

@@ -50,6 +50,35 @@ def _runs_only_remotely(x: int = 1) -> int:
     return _plus_one(_needs_the_cluster(x))
 
 
+MB = 1_000_000
+
+
+@ct.electron
+def _array(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.uint8)
+
+
+@ct.electron
+def _halves(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x[: len(x) // 2].copy(), x[len(x) // 2:].copy()
+
+
+@ct.electron
+def _total(parts: dict) -> int:
+    return sum(len(v) for v in parts.values())
+
+
+@ct.lattice
+def _inner(n: int) -> np.ndarray:
+    return _array(n)
+
+
+@ct.lattice
+def _generated_nodes(n: int = MB) -> int:
+    first, second = _halves(_array(n))  # two items unpacked from one output
+    return _total({"a": first, "b": second, "c": ct.electron(_inner)(n)})
+
+
 def _census(**params: int) -> dict[str, int]:
     return GRAPH.census(GRAPH.check(params))
 
@@ -79,6 +108,14 @@ def test_census_counts_what_the_graph_holds() -> None:
     # repr, which for an array is one short line (a `bytes` payload's was 4 bytes a byte)
     light = _census(tasks=2, width=1)["output_bytes"]
     assert 2_000_000 * 4 / 3 < heavy["output_bytes"] - light < 2_000_000 * 1.4
+    # ... and stored again by the two :electron_list: nodes Covalent adds, one per list
+    # argument (combine's, gather's), each the list of its parents' outputs
+    assert 2_000_000 * 4 / 3 < heavy["generated_bytes"] < 2_000_000 * 1.4 + 20_000
+    assert features(heavy)["mb"] == pytest.approx(
+        (heavy["output_bytes"] + heavy["input_bytes"] + heavy["generated_bytes"]) / 1e6)
+    # a list of four parents stores what all four returned
+    assert _census(tasks=32, width=16, fan_in=4)["generated_bytes"] \
+        > 3 * _census(tasks=32, width=16, fan_in=1)["generated_bytes"] / 2
     # depth: a chain's tasks run one after another, a fan-out's side by side
     assert chain["depth"] > fan["depth"] + 8 and fan["nodes"] == chain["nodes"]
     assert _census(tasks=12, width=4)["depth"] < _census(tasks=12, width=2)["depth"]
@@ -170,7 +207,8 @@ def test_a_sessions_graph_is_predicted_by_the_fit_of_its_release_and_executor() 
     sweep = _synthetic_sweep(truth).assign(environment="rel-a")
     envelope = StoredEnvelope("sweep", sweep, {"rel-a": "0.240.0"})
     census = {"nodes": 100, "edges": 120, "tasks": 30, "sublattices": 0,
-              "output_bytes": 600_000, "input_bytes": 400_000, "depth": 10}
+              "output_bytes": 600_000, "input_bytes": 300_000, "generated_bytes": 100_000,
+              "depth": 10}
     expected = 2.5 + 8 + 1.2 + 0.05
     runs = pd.DataFrame([
         {"config_id": "mine", "mode": "plain", "environment": "", "covalent": "",
@@ -247,6 +285,20 @@ def test_a_users_plain_run_records_its_graphs_census(tmp_path: Path) -> None:
     assert numeric_outputs(chain) == ["tasks"]
 
 
+def test_the_census_counts_the_outputs_of_the_nodes_covalent_adds() -> None:
+    """Unpacked items, a dict argument (a dict node over two list nodes: keys and values),
+    a sublattice's result and the postprocess node's are stored besides the tasks' outputs."""
+    found = covalent_api.graph_census(_generated_nodes, (), {"n": MB})
+    stored = len(ct.TransportableObject(np.zeros(MB, dtype=np.uint8)).serialize())
+    # tasks: the array (1 MB), its halves (1 MB), the sublattice's array (1 MB), the total
+    assert 3 * stored - 10_000 < found["output_bytes"] < 3 * stored + 10_000
+    # the two halves unpacked (1 MB); the dict's values list (2 MB: the two halves and the
+    # sublattice's array) and the dict over it and its keys list (2 MB); the sublattice's
+    # result in this graph (1 MB) and in its own, its postprocess node's (1 MB)
+    assert 7 * stored - 20_000 < found["generated_bytes"] < 7 * stored + 20_000
+    assert found["tasks"] == 4 and found["sublattices"] == 1
+
+
 def test_a_census_is_estimated_from_the_graph_where_the_plain_run_fails() -> None:
     found = covalent_api.graph_census(_runs_only_remotely, (), {"x": 1})
     assert found["estimated"] == 1 and "needs the cluster's GPU" in found["estimate_reason"]
@@ -319,7 +371,8 @@ def test_a_byo_report_sets_the_envelopes_prediction_beside_the_measurement(
     def census(nodes: int, edges: int, mb: float = 0.01, subs: int = 0, depth: int = 3
                ) -> dict:
         return {"nodes": nodes, "edges": edges, "tasks": nodes // 3, "sublattices": subs,
-                "output_bytes": int(mb * 1e6), "input_bytes": 0, "depth": depth}
+                "output_bytes": int(mb * 1e6), "input_bytes": 0, "generated_bytes": 0,
+                "depth": depth}
 
     cost = {"dispatches": 0.8, "nodes": 0.05, "edges": 0.01, "mb": 0.02, "depth": 0.03}
 
@@ -429,7 +482,7 @@ def test_a_session_without_phases_or_census_gets_no_prediction_table() -> None:
     sweep = _synthetic_sweep({"dispatches": 1, "nodes": 0.1, "edges": 0, "mb": 0})
     envelope = StoredEnvelope("sweep", sweep, {"e": "0.240.0"})
     census = {"nodes": 10, "edges": 9, "tasks": 3, "sublattices": 0, "output_bytes": 0,
-              "input_bytes": 0, "depth": 4}
+              "input_bytes": 0, "generated_bytes": 0, "depth": 4}
     runs = pd.DataFrame([{"config_id": "c", "mode": "plain", "environment": "",
                           "covalent": "", "outputs": json.dumps(census)}])
     no_phases = pd.DataFrame([{"config_id": "c", "executor": "local", "round": 0,

@@ -146,11 +146,11 @@ def http_timeout(read_s: float) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _electron_calls(wrap: TaskWrapper | None,
-                    on_sublattice: Callable[[Lattice, tuple, dict], None] | None = None
+                    run_sublattice: Callable[[Lattice, tuple, dict], Any] | None = None
                     ) -> Iterator[None]:
     """While active, electrons called outside a graph build run `wrap(fn)` (plain runs), and
     electrons called during a build get their metadata back afterwards. A sublattice called
-    plain is passed to `on_sublattice` with its arguments first.
+    plain is run by `run_sublattice(sublattice, args, kwargs)`, which returns its value.
 
     Covalent writes the lattice's defaults (executor ...) into a module-level electron when
     a graph is built, so the next lattice would inherit the previous one's executor."""
@@ -160,8 +160,8 @@ def _electron_calls(wrap: TaskWrapper | None,
     def call(self: Electron, *args: Any, **kwargs: Any) -> Any:
         if active_lattice_manager.get_active_lattice() is None:
             fn = self.function
-            if isinstance(fn, Lattice) and on_sublattice is not None:
-                on_sublattice(fn, args, kwargs)
+            if isinstance(fn, Lattice) and run_sublattice is not None:
+                return run_sublattice(fn, args, kwargs)
             # A sublattice: its electrons are probed. An electron called inside a task (the
             # tutorial's train_model calls train_over_one_epoch) is part of that task, as it
             # is on Covalent, where it runs as a plain call inside the task's process.
@@ -302,9 +302,11 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     """What Covalent will run for `lattice(*args, **kwargs)`, from one plain run: the graphs
     it builds (the lattice's and every sublattice's, each built here from the arguments the
     plain run passed it): their nodes and edges, the tasks called, the sublattices, the
-    serialized bytes of every task's output and of every parameter node's value, and the
-    depth: the most nodes that must run one after another (the longest path through the
-    executed nodes, parameters left out, a sublattice node weighing its own graph's depth).
+    serialized bytes of every task's output (`output_bytes`), of every parameter node's
+    value (`input_bytes`) and of the outputs of the nodes Covalent adds (`generated_bytes`,
+    `_generated_bytes`), and the depth: the most nodes that must run one after another (the
+    longest path through the executed nodes, parameters left out, a sublattice node
+    weighing its own graph's depth).
 
     Where the plain run fails (a task that needs the server's machine, say), the census is
     estimated from the lattice's own graph: its nodes, edges and parameters as built, its
@@ -314,10 +316,17 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     counts: dict[str, Any] = dict.fromkeys(("nodes", "edges", "tasks", "sublattices",
                                             "output_bytes", "input_bytes"), 0)
     graphs: list[tuple[str, Any]] = []  # (the lattice's name, its graph), in build order
+    # Per graph, the serialized size of each call its lattice made (tasks and sublattices,
+    # in call order) and of what it returned; `running`: the graphs whose lattice runs now.
+    calls: list[list[int]] = []
+    returned: list[int] = []
+    running: list[int] = []
 
     def add_graph(built: Lattice, a: tuple, k: dict) -> Any:
         graph = transport_graph(built, *a, **k)
         graphs.append((built.__name__, graph))
+        calls.append([])
+        returned.append(0)
         counts["nodes"] += graph.number_of_nodes()
         counts["edges"] += graph.number_of_edges()
         counts["input_bytes"] += sum(len(data["value"].serialize())
@@ -325,29 +334,86 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
                                      if _kind(data["name"]) == "parameter" and "value" in data)
         return graph
 
-    def on_sublattice(sub: Lattice, a: tuple, k: dict) -> None:
+    def run(run_it: Callable[[], Any]) -> Any:  # the lattice of the graph added last
+        running.append(len(graphs) - 1)
+        try:
+            value = run_it()
+        finally:
+            index = running.pop()
+        returned[index] = _size(value)
+        return value
+
+    def run_sublattice(sub: Lattice, a: tuple, k: dict) -> Any:
         counts["sublattices"] += 1
         add_graph(sub, a, k)
+        parent = running[-1]
+        value = run(lambda: sub(*a, **k))
+        calls[parent].append(_size(value))
+        return value
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*a: Any, **k: Any) -> Any:
             value = fn(*a, **k)
+            size = _size(value)
             counts["tasks"] += 1
-            counts["output_bytes"] += len(TransportableObject(value).serialize())
+            counts["output_bytes"] += size
+            calls[running[-1]].append(size)
             return value
         return counted
 
     outer = add_graph(lattice, args, kwargs)
     built = dict(counts)
     try:
-        with _electron_calls(wrap, on_sublattice):
-            lattice_function(lattice)(*args, **kwargs)
+        with _electron_calls(wrap, run_sublattice):
+            run(lambda: lattice_function(lattice)(*args, **kwargs))
     except Exception as exc:  # what the graph alone says
         kinds = [_kind(data["name"]) for _, data in outer.nodes(data=True)]
         return {**built, "tasks": kinds.count("task"), "sublattices": kinds.count("sublattice"),
-                "output_bytes": 0, "depth": _depth([graphs[0]]), "estimated": 1,
+                "output_bytes": 0, "generated_bytes": 0, "depth": _depth([graphs[0]]),
+                "estimated": 1,
                 "estimate_reason": f"the plain run failed: {type(exc).__name__}: {exc}"[:300]}
-    return {**counts, "depth": _depth(graphs)}
+    generated = sum(_generated_bytes(graph, sizes, result)
+                    for (_, graph), sizes, result in zip(graphs, calls, returned, strict=True))
+    return {**counts, "generated_bytes": generated, "depth": _depth(graphs)}
+
+
+def _size(value: Any) -> int:
+    """The serialized bytes Covalent stores for a node's output."""
+    return len(TransportableObject(value).serialize())
+
+
+def _generated_bytes(graph: Any, call_sizes: list[int], result: int) -> int:
+    """The output bytes of the nodes Covalent adds to a graph: an argument that is a list,
+    tuple, set or dict becomes a collection node whose output (the collection of its
+    parents' outputs) is stored again, as is each item unpacked from a task's output and
+    the postprocess node's (the lattice's result); a sublattice's result is stored in its
+    parent too. `call_sizes`: the plain run's task and sublattice calls in call order, which
+    is the order their nodes were built in. Where the two differ in number (a lattice whose
+    calls depend on values), the collections are sized from the parameters alone."""
+    order = sorted(n for n, data in graph.nodes(data=True)
+                   if _kind(data["name"]) in ("task", "sublattice"))
+    matched = len(order) == len(call_sizes)
+    size: dict[Any, float] = dict(zip(order, call_sizes, strict=True)) if matched else {}
+    generated = 0.0
+    for node in nx.topological_sort(graph):
+        data = graph.nodes[node]
+        kind = _kind(data["name"])
+        if kind == "parameter":
+            size[node] = len(data["value"].serialize()) if "value" in data else 0
+        elif kind in ("list", "dict"):  # the collection of its parents' outputs
+            size[node] = sum(size.get(p, 0) for p, _, e in graph.in_edges(node, data=True)
+                             if not str(e.get("edge_name", "")).startswith("!"))
+        elif kind == "unpack":  # an item of its parent's output: an equal share of it
+            parent = next((p for p in graph.predecessors(node)
+                           if _kind(graph.nodes[p]["name"]) != "parameter"), None)  # not the index
+            items = sum(_kind(graph.nodes[c]["name"]) == "unpack"
+                        for c in graph.successors(parent)) if parent is not None else 1
+            size[node] = size.get(parent, 0) / max(items, 1)
+        elif kind == "postprocess":
+            size[node] = result
+        if kind in ("list", "dict", "unpack", "postprocess", "sublattice"):
+            generated += size.get(node, 0)
+    return int(generated)
 
 
 def _depth(graphs: list[tuple[str, Any]]) -> int:

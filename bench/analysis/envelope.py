@@ -60,8 +60,14 @@ def features(census: Mapping[str, float]) -> dict[str, float]:
     """The model's features of one graph, from its census."""
     return {"dispatches": 1.0 + float(census["sublattices"]),
             "nodes": float(census["nodes"]), "edges": float(census["edges"]),
-            "mb": (float(census["output_bytes"]) + float(census["input_bytes"])) / 1e6,
+            "mb": stored_bytes(census) / 1e6,
             "depth": float(census["depth"])}
+
+
+def stored_bytes(census: Mapping[str, float]) -> float:
+    """The serialized bytes Covalent stores for a graph: every node's output and value."""
+    return (float(census["output_bytes"]) + float(census["input_bytes"])
+            + float(census["generated_bytes"]))
 
 
 def censuses(runs: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -97,7 +103,7 @@ def envelope_runs(rounds: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     out = _split_executor(done).reset_index(drop=True)
     versions = covalent_versions(runs)
-    out["covalent"] = out["environment"].map(versions).fillna("")
+    out["covalent"] = [versions.get(env, "") for env in out["environment"]]
     rows = [{**census[c], **features(census[c])} for c in out["config_id"]]
     return pd.concat([out[["environment", "covalent", "executor", "config_id", "round",
                            "orchestration_s"]], pd.DataFrame(rows)], axis=1)
@@ -135,9 +141,10 @@ def stored_envelope(directory: str | Path) -> StoredEnvelope:
         sweep = pd.read_csv(table, dtype={"environment": str, "covalent": str},
                             keep_default_na=False)
         if sweep.empty or not {"covalent", *CENSUS_KEYS} <= set(sweep):
-            raise NoRecordsError(f"{table}: no rows, or not every column of a census and "
-                                 f"`covalent`; write it again with `python -m bench.report "
-                                 f"--in <the envelope's records>`")
+            raise NoRecordsError(f"{table}: no rows, or not every column of a census "
+                                 f"({', '.join(CENSUS_KEYS)}) and `covalent` (one written "
+                                 f"before `generated_bytes` was counted lacks it); measure "
+                                 f"the envelope again (`--bench-profile envelope`)")
         # The features from the census, as this model defines them (not as when written).
         sweep = sweep.assign(**pd.DataFrame([features(c) for c in
                                              sweep[list(CENSUS_KEYS)].to_dict("records")]))
@@ -148,7 +155,7 @@ def stored_envelope(directory: str | Path) -> StoredEnvelope:
     if sweep.empty:
         raise NoRecordsError(f"{directory}: no measured run of the `graph` workload with a "
                              f"census that has every key ({', '.join(CENSUS_KEYS)}; one "
-                             f"recorded before `depth` was counted lacks it); run "
+                             f"recorded before `generated_bytes` was counted lacks it); run "
                              f"`pytest bench --benchmark-only --bench-profile envelope "
                              f"--bench-out {directory}` first")
     return StoredEnvelope(str(directory), sweep, covalent_versions(runs))

@@ -88,7 +88,9 @@ def envelope_section(data: ReportData, figures: list[Figure]) -> list[Block]:
     return [
         Heading("Covalent's envelope"),
         Text("Orchestration per run fitted as a x dispatches + b x nodes + c x edges + d x "
-             "MB + e x depth (the most nodes run one after another) over the sweep's graphs "
+             "MB (every node's stored output: the tasks', the parameters' and those of the "
+             "nodes Covalent adds, such as a list argument's) + e x depth (the most nodes "
+             "run one after another) over the sweep's graphs "
              "(weighted least squares, HC3 95 % CIs; "
              "`envelope.csv`). `python -m bench predict --bench-workload MODULE:ATTR "
              "--envelope <this folder>` applies it to your graph."),

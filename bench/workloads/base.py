@@ -110,10 +110,11 @@ class Workload(ABC):
 
 
 # A graph's census (Workload.census): its nodes and edges (every sublattice's graph too), the
-# tasks called, the sublattices, the serialized bytes of the tasks' outputs and of the
-# parameters' values. A description of the graph, never summarized as a result.
+# tasks called, the sublattices, the serialized bytes of the tasks' outputs, of the
+# parameters' values and of the outputs of the nodes Covalent adds (collections, unpacked
+# items, results), and the depth. A description of the graph, never summarized as a result.
 CENSUS_KEYS = ("nodes", "edges", "tasks", "sublattices", "output_bytes", "input_bytes",
-               "depth")
+               "generated_bytes", "depth")
 _CENSUSES: dict[tuple[str, str], dict[str, int]] = {}
 
 
