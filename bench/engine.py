@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.adapters import recorded
-from bench.config.profiles import Profile, Scenario
+from bench.config.profiles import REFERENCE_PART, Profile, Scenario
 from bench.precision import Precision
 from bench.records import (
     ERROR,
@@ -142,7 +142,9 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
     if settings.stacks < 0:
         raise SetupError(f"--bench-stacks takes a number of rounds >= 0, got "
                          f"{settings.stacks}")
-    cases = []
+    cases: list[Case] = []
+    blocks: list[list[Case]] = []  # interleaved: each round of each scenario, in order
+    references: list[list[Case]] = []  # ... and those of the reference graph
     for s in profile.scenarios:
         places = [e.name for e in s.environments] or [""]
 
@@ -172,10 +174,25 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
             for r in rounds:
                 timed = [Case(s, m, e, r, p, env) for m, e, env in
                          modes(orders[r % len(orders)]) for p in probing]
-                cases += timed
-                if r in profiling:
-                    cases += [replace(c, profiled=True) for c in timed if c.probed]
-    return cases
+                block = timed + ([replace(c, profiled=True) for c in timed if c.probed]
+                                 if r in profiling else [])
+                (references if s.part == REFERENCE_PART else blocks).append(block)
+    return cases or _spread(blocks, references)
+
+
+def _spread(blocks: list[list[Case]], references: list[list[Case]]) -> list[Case]:
+    """The rounds in order, the reference graph's spread evenly among them: round j of the
+    reference (its warm-ups first) before round j x len(blocks) / len(references) of the
+    rest. Scaled by it, a prediction meets the host's speed of the same minutes as the
+    measurement, not only of the session's end."""
+    out: list[Case] = []
+    j = 0
+    for i, block in enumerate(blocks):
+        while j < len(references) and j * len(blocks) // len(references) <= i:
+            out += references[j]
+            j += 1
+        out += block
+    return out + [c for block in references[j:] for c in block]
 
 
 def balanced_orders(n: int) -> list[list[int]]:

@@ -27,6 +27,7 @@ from bench.analysis.envelope import (
 )
 from bench.analysis.soak import SOAK_MIN_RUNS
 from bench.config.profiles import ProfileError, load_profile, profile_from_doc
+from bench.engine import Settings, plan
 from bench.records import NoRecordsError
 from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads import WorkloadError, workload_for
@@ -468,6 +469,18 @@ def test_the_reference_graph_runs_with_the_sessions_settings() -> None:
     assert ref.params == GRAPH.check(GRAPH.reference) and ref.id == "graph-width=10"
     assert (ref.rounds, ref.warmup_rounds, ref.executors) == (mine.rounds,
                                                               mine.warmup_rounds, ("local",))
+    # Its rounds spread among the session's, its warm-up first: scaled by it, a prediction
+    # meets the host's speed of the measurement's minutes (it drifts within an hour).
+    two = load_profile(None, ["rounds=4", "warmup_rounds=1", "executors=['local']"],
+                       ["n=[2, 4]"], workload="examples.fanout:fanout_workflow",
+                       reference=True)
+    order = [(c.scenario.id, c.round) for c in plan(two, Settings(out_dir=Path(".")))
+             if c.mode == "covalent"]
+    assert [r for r in order if r[0] == "graph-width=10"] == [("graph-width=10", r)
+                                                              for r in range(5)]
+    where = [i for i, (cid, _) in enumerate(order) if cid == "graph-width=10"]
+    assert where[0] == 0 and where == [0, 3, 6, 9, 12]  # one after every two rounds
+    assert len(order) == 15 and order[-1][0] != "graph-width=10"
     # A lattice with inputs of its own: they are not the reference graph's.
     with_inputs = load_profile(None, workload="examples.tutorial_seed:workflow",
                                inputs="examples.tutorial_seed:inputs", reference=True)

@@ -46,6 +46,7 @@ WORKLOAD_KEYS = ("workload", "inputs", "digest")
 # reference = true: the envelope's reference graph runs too (bench.workloads.tasks.GraphWorkload
 # .reference), with the profile's run settings, to scale predictions by this host's speed.
 PROFILE_KEYS = ("description", *WORKLOAD_KEYS, *RUN_KEYS, "reference")
+REFERENCE_PART = "reference"  # the reference graph's scenario's part
 # [[environments]]: Covalent releases or settings measured side by side, the first the
 # reference (bench.services.environments). Without it, Covalent runs in this interpreter.
 ENVIRONMENT_KEYS = ("name", "requirement", "env")
@@ -358,7 +359,7 @@ def profile_from_doc(
         graph = workload_for(GraphWorkload.name)  # the envelope's own, not the user's inputs
         rounds, warmup, executors, timeout_s = _run_settings(where, {**DEFAULTS, **run})
         scenario = Scenario(graph, graph.check(graph.reference), executors, rounds, warmup, 1,
-                            "reference", timeout_s, "on", environments, "full")
+                            REFERENCE_PART, timeout_s, "on", environments, "full")
         scenarios.setdefault(scenario.id, scenario)
     _check_cases(where, scenarios.values())
     workload = parts[0][0]
