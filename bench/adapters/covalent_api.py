@@ -303,8 +303,8 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     it builds (the lattice's and every sublattice's, each built here from the arguments the
     plain run passed it): their nodes and edges, the tasks called, the sublattices, the
     serialized bytes of every task's output (`output_bytes`), of every parameter node's
-    value (`input_bytes`) and of the outputs of the nodes Covalent adds (`generated_bytes`,
-    `_generated_bytes`), and the depth: the most nodes that must run one after another (the
+    value (`input_bytes`) and of the outputs of the nodes Covalent adds (`generated_bytes`:
+    see `_generated_bytes`), and the depth: the most nodes that must run one after another (the
     longest path through the executed nodes, parameters left out, a sublattice node
     weighing its own graph's depth).
 
