@@ -294,7 +294,10 @@ def plot_breakdown(data: ReportData, path: Path) -> None:
 @plot("overhead_parts", "overhead_parts.png", section="plots", when=_summary_and_phases,
       key=3, topics={LARGEST_PART: 0}, caption=(
           "The overhead split into its named parts (stacked, negative parts below zero), the "
-          "diamond marking the total: the tallest block is the part to work on."))
+          "diamond marking the total: the median over rounds of each round's overhead, the "
+          "parts' own estimator (the summary's `overhead_s`, Covalent's median minus plain's, "
+          "can differ from it by the rounds' spread). The tallest block is the part to work "
+          "on."))
 def plot_overhead_parts(data: ReportData, path: Path) -> None:
     """The overhead's named parts stacked (negative parts below zero), per configuration."""
     summary = data.summary
@@ -318,7 +321,7 @@ def plot_overhead_parts(data: ReportData, path: Path) -> None:
                    edgecolor="white", linewidth=0.5)
             up, down = (up + value, down) if value >= 0 else (up, down + value)
         ax.scatter([i], [row.total_overhead_s], color="black", marker="D", s=25, zorder=3,
-                   label="total overhead (median of rounds)" if i == 0 else None)
+                   label="total overhead (median of each round's)" if i == 0 else None)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(summary)), _bar_labels(summary), fontsize=7)
     ax.set_ylabel("seconds (medians)")
