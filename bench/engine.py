@@ -177,7 +177,7 @@ def plan(profile: Profile, settings: Settings) -> list[Case]:
                 block = timed + ([replace(c, profiled=True) for c in timed if c.probed]
                                  if r in profiling else [])
                 (references if s.part == REFERENCE_PART else blocks).append(block)
-    return cases or _spread(blocks, references)
+    return cases if grouped else _spread(blocks, references)
 
 
 def _spread(blocks: list[list[Case]], references: list[list[Case]]) -> list[Case]:

@@ -316,8 +316,10 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     counts: dict[str, Any] = dict.fromkeys(("nodes", "edges", "tasks", "sublattices",
                                             "output_bytes", "input_bytes"), 0)
     graphs: list[tuple[str, Any]] = []  # (the lattice's name, its graph), in build order
-    # Per graph, the serialized size of each call its lattice made (tasks and sublattices,
-    # in call order) and of what it returned; `running`: the graphs whose lattice runs now.
+    # Per graph, its parameter nodes' serialized sizes, the serialized size of each call its
+    # lattice made (tasks and sublattices, in call order) and of what it returned;
+    # `running`: the graphs whose lattice runs now.
+    parameters: list[dict[Any, int]] = []
     calls: list[list[int]] = []
     returned: list[int] = []
     running: list[int] = []
@@ -325,13 +327,14 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
     def add_graph(built: Lattice, a: tuple, k: dict) -> Any:
         graph = transport_graph(built, *a, **k)
         graphs.append((built.__name__, graph))
+        parameters.append({node: len(data["value"].serialize()) if "value" in data else 0
+                           for node, data in graph.nodes(data=True)
+                           if _kind(data["name"]) == "parameter"})
         calls.append([])
         returned.append(0)
         counts["nodes"] += graph.number_of_nodes()
         counts["edges"] += graph.number_of_edges()
-        counts["input_bytes"] += sum(len(data["value"].serialize())
-                                     for _, data in graph.nodes(data=True)
-                                     if _kind(data["name"]) == "parameter" and "value" in data)
+        counts["input_bytes"] += sum(parameters[-1].values())
         return graph
 
     def run(run_it: Callable[[], Any]) -> Any:  # the lattice of the graph added last
@@ -372,8 +375,9 @@ def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
                 "output_bytes": 0, "generated_bytes": 0, "depth": _depth([graphs[0]]),
                 "estimated": 1,
                 "estimate_reason": f"the plain run failed: {type(exc).__name__}: {exc}"[:300]}
-    generated = sum(_generated_bytes(graph, sizes, result)
-                    for (_, graph), sizes, result in zip(graphs, calls, returned, strict=True))
+    generated = sum(_generated_bytes(graph, params, sizes, result)
+                    for (_, graph), params, sizes, result
+                    in zip(graphs, parameters, calls, returned, strict=True))
     return {**counts, "generated_bytes": generated, "depth": _depth(graphs)}
 
 
@@ -382,27 +386,26 @@ def _size(value: Any) -> int:
     return len(TransportableObject(value).serialize())
 
 
-def _generated_bytes(graph: Any, call_sizes: list[int], result: int) -> int:
+def _generated_bytes(graph: Any, parameter_sizes: dict[Any, int], call_sizes: list[int],
+                     result: int) -> int:
     """The output bytes of the nodes Covalent adds to a graph: an argument that is a list,
     tuple, set or dict becomes a collection node whose output (the collection of its
     parents' outputs) is stored again, as is each item unpacked from a task's output and
     the postprocess node's (the lattice's result); a sublattice's result is stored in its
-    parent too. `call_sizes`: the plain run's task and sublattice calls in call order, which
-    is the order their nodes were built in. Where the two differ in number (a lattice whose
+    parent too. `parameter_sizes`: the graph's parameter nodes', read once by the census;
+    `call_sizes`: the plain run's task and sublattice calls in call order, which is the
+    order their nodes were built in. Where the two differ in number (a lattice whose
     calls depend on values), the collections are sized from the parameters alone."""
     order = sorted(n for n, data in graph.nodes(data=True)
                    if _kind(data["name"]) in ("task", "sublattice"))
     matched = len(order) == len(call_sizes)
-    size: dict[Any, float] = dict(zip(order, call_sizes, strict=True)) if matched else {}
+    size: dict[Any, float] = {**parameter_sizes,
+                              **(dict(zip(order, call_sizes, strict=True)) if matched else {})}
     generated = 0.0
     for node in nx.topological_sort(graph):
-        data = graph.nodes[node]
-        kind = _kind(data["name"])
-        if kind == "parameter":
-            size[node] = len(data["value"].serialize()) if "value" in data else 0
-        elif kind in ("list", "dict"):  # the collection of its parents' outputs
-            size[node] = sum(size.get(p, 0) for p, _, e in graph.in_edges(node, data=True)
-                             if not str(e.get("edge_name", "")).startswith("!"))
+        kind = _kind(graph.nodes[node]["name"])
+        if kind in ("list", "dict"):  # the collection of its parents' outputs
+            size[node] = sum(size.get(p, 0) for p, _ in graph.in_edges(node))
         elif kind == "unpack":  # an item of its parent's output: an equal share of it
             parent = next((p for p in graph.predecessors(node)
                            if _kind(graph.nodes[p]["name"]) != "parameter"), None)  # not the index
