@@ -31,6 +31,8 @@ from bench.engine import Settings, plan
 from bench.records import NoRecordsError
 from bench.run.runner import measure_covalent_batch, measure_plain
 from bench.workloads import WorkloadError, workload_for
+from bench.workloads.base import CENSUS_KEYS
+from bench.workloads.lattice import LatticeWorkload
 from bench.workloads.pertask import layered_value
 
 GRAPH = workload_for("graph")
@@ -286,6 +288,42 @@ def test_a_users_plain_run_records_its_graphs_census(tmp_path: Path) -> None:
     assert numeric_outputs(chain) == ["tasks"]
 
 
+@ct.electron
+def _counted(x: int, log: str) -> int:
+    with open(log, "a") as f:  # the plain run may run a copy of this module (by value)
+        f.write(f"{x}\n")
+    return x + 1
+
+
+@ct.lattice
+def _counted_flow(log: str, n: int = 3) -> list:
+    return [_counted(i, log) for i in range(n)]
+
+
+def test_the_census_is_read_from_the_measured_plain_run_not_from_one_more(tmp_path: Path
+                                                                           ) -> None:
+    """A user's training is not run once more to read its graph: the first plain run of a
+    configuration carries the census (its work after the run's clock), later ones need none."""
+    log = tmp_path / "calls"
+    workload = LatticeWorkload(_counted_flow)
+    params = workload.check({"log": str(log), "n": 3})
+
+    def calls() -> list[str]:
+        return log.read_text().split()
+
+    first = measure_plain(workload, params, tmp_path)
+    assert first.status == "COMPLETED", first.error
+    assert calls() == ["0", "1", "2"]  # one run's tasks, once
+    assert first.outcome.metrics["tasks"] == 3 and first.outcome.metrics["nodes"] > 3
+    assert first.outcome.metrics["output_bytes"] > 0 and first.tasks_probed == "3/3"
+    second = measure_plain(workload, params, tmp_path)
+    assert calls() == ["0", "1", "2"] * 2
+    census = {k: first.outcome.metrics[k] for k in CENSUS_KEYS}
+    assert {k: second.outcome.metrics[k] for k in CENSUS_KEYS} == census
+    # the same as a census read by a plain run of its own
+    assert covalent_api.graph_census(_counted_flow, (), {"log": str(log), "n": 3}) == census
+
+
 def test_the_census_counts_the_outputs_of_the_nodes_covalent_adds() -> None:
     """Unpacked items, a dict argument (a dict node over two list nodes: keys and values),
     a sublattice's result and the postprocess node's are stored besides the tasks' outputs."""
@@ -314,10 +352,10 @@ def test_a_graph_that_cannot_be_read_is_a_note_not_a_failed_run(
     workload = workload_for("examples.fanout:fanout_workflow")
     params = workload.check({"n": 2, "size": 10})
 
-    def unreadable(*_: object) -> None:
+    def unreadable(*_: object, **__: object) -> None:
         raise RuntimeError("no graph here")
 
-    monkeypatch.setattr(covalent_api, "graph_census", unreadable)
+    monkeypatch.setattr(covalent_api, "transport_graph", unreadable)
     record = measure_plain(workload, {**params, "seed": 99}, tmp_path)
     assert record.status == "COMPLETED" and record.wall_s > 0
     assert "no graph here" in record.outcome.metrics["census_error"]

@@ -98,7 +98,7 @@ def test_server_killed_mid_dispatch_ends_the_session_with_a_row_naming_it(
     out, state = tmp_path / "out", tmp_path / "state"
     state.mkdir()
     # The local task is killed under within a second of its start; 6 s leaves it running
-    # then, and the plain run and its census (one more plain run) take 6 s each, not 20.
+    # then, and the plain run (its census read from it) takes 6 s, not 20.
     args = ["--bench-workload", f"{slow_module}:slow", "--bench-arg", "sleep_s=6",
             "--bench-set", "rounds=3", "--bench-set", "warmup_rounds=0",
             "--bench-set", "executors=['local']"]

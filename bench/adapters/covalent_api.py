@@ -37,6 +37,7 @@ from covalent._workflow.transportable_object import TransportableObject
 __all__ = [
     "SERVER_EXECUTORS",
     "TERMINAL",
+    "GraphCensus",
     "GraphNode",
     "cancel",
     "dispatch",
@@ -258,13 +259,19 @@ def dispatch(
 
 def run_plain(
     lattice: Lattice, args: tuple = (), kwargs: dict | None = None,
-    wrap: TaskWrapper | None = None,
+    wrap: TaskWrapper | None = None, census: GraphCensus | None = None,
 ) -> Any:
     """The lattice's own function called directly, its electrons as plain calls (as Covalent
-    itself allows), each task wrapped by `wrap`."""
+    itself allows), each task wrapped by `wrap`. With `census`, the run is also the one the
+    graph's census is read from (GraphCensus: it keeps references during the run and does
+    its work after it)."""
     fn = lattice_function(lattice)
-    with _electron_calls(wrap):
-        return fn(*args, **(kwargs or {}))
+    kwargs = kwargs or {}
+    if census is None:
+        with _electron_calls(wrap):
+            return fn(*args, **kwargs)
+    with _electron_calls(census.counting(wrap), census.run_sublattice):
+        return census.run(lattice, args, kwargs, lambda: fn(*args, **kwargs))
 
 
 class GraphNode(dict):
@@ -297,88 +304,121 @@ def transport_graph(lattice: Lattice, *args: Any, **kwargs: Any) -> Any:
     return built.transport_graph.get_internal_graph_copy()
 
 
+class _LatticeRun:
+    """One lattice's run within a plain run: what it was called with, its task and
+    sublattice calls' values in call order (`tasks`: which of them are tasks) and its
+    result."""
+
+    def __init__(self, lattice: Lattice, args: tuple, kwargs: dict) -> None:
+        self.lattice, self.args, self.kwargs = lattice, args, kwargs
+        self.calls: list[Any] = []
+        self.tasks: list[bool] = []
+        self.returned: Any = None
+
+
+class GraphCensus:
+    """What Covalent will run for a lattice, read from one plain run of it (run_plain's
+    `census`): the graphs it builds (the lattice's and every sublattice's, each built from
+    the arguments the plain run passed it): their nodes and edges, the tasks called, the
+    sublattices, the serialized bytes of every task's output (`output_bytes`), of every
+    parameter node's value (`input_bytes`) and of the outputs of the nodes Covalent adds
+    (`generated_bytes`: see `_generated_bytes`), and the depth: the most nodes that must run
+    one after another (the longest path through the executed nodes, parameters left out, a
+    sublattice node weighing its own graph's depth).
+
+    During the run it only keeps a reference to each value (one list append a call, so the
+    run can be a measured one); graphs are built and values serialized in census(), after
+    the run's clock. A value a later task mutates in place is sized as it ends up (on
+    Covalent each node's output is serialized when made)."""
+
+    def __init__(self) -> None:
+        self._runs: list[_LatticeRun] = []  # in call order: a sublattice after its parent
+        self._running: list[_LatticeRun] = []
+
+    def run(self, lattice: Lattice, args: tuple, kwargs: dict, run_it: Callable[[], Any]
+            ) -> Any:
+        """Run `lattice` (its function, by `run_it`), recording it."""
+        run = _LatticeRun(lattice, args, kwargs)
+        self._runs.append(run)
+        self._running.append(run)
+        try:
+            run.returned = run_it()
+        finally:
+            self._running.pop()
+        return run.returned
+
+    def run_sublattice(self, sub: Lattice, args: tuple, kwargs: dict) -> Any:
+        """A sublattice called plain: run it as a lattice of its own, a call of its parent."""
+        parent = self._running[-1]
+        value = self.run(sub, args, kwargs, lambda: sub(*args, **kwargs))
+        parent.calls.append(value)
+        parent.tasks.append(False)
+        return value
+
+    def counting(self, wrap: TaskWrapper | None) -> TaskWrapper:
+        """The task wrapper of the run: `wrap` (the probes, if any) and the recording."""
+        def wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+            inner = wrap(fn) if wrap is not None else fn
+
+            def counted(*a: Any, **k: Any) -> Any:
+                value = inner(*a, **k)
+                run = self._running[-1]
+                run.calls.append(value)
+                run.tasks.append(True)
+                return value
+            return counted
+        return wrapper
+
+    def census(self) -> dict[str, int]:
+        """The census of the recorded run (CENSUS_KEYS of bench.workloads.base)."""
+        counts = dict.fromkeys(("nodes", "edges", "tasks", "sublattices", "output_bytes",
+                                "input_bytes", "generated_bytes"), 0)
+        graphs: list[tuple[str, Any]] = []  # (the lattice's name, its graph), in build order
+        for run in self._runs:
+            graph = transport_graph(run.lattice, *run.args, **run.kwargs)
+            graphs.append((run.lattice.__name__, graph))
+            parameters = _parameter_sizes(graph)
+            sizes = [_size(value) for value in run.calls]
+            counts["nodes"] += graph.number_of_nodes()
+            counts["edges"] += graph.number_of_edges()
+            counts["input_bytes"] += sum(parameters.values())
+            counts["tasks"] += sum(run.tasks)
+            counts["output_bytes"] += sum(s for s, task in zip(sizes, run.tasks, strict=True)
+                                          if task)
+            counts["generated_bytes"] += _generated_bytes(graph, parameters, sizes,
+                                                          _size(run.returned))
+        counts["sublattices"] = len(self._runs) - 1
+        return {**counts, "depth": _depth(graphs)}
+
+
 def graph_census(lattice: Lattice, args: tuple = (), kwargs: dict | None = None
                  ) -> dict[str, int]:
-    """What Covalent will run for `lattice(*args, **kwargs)`, from one plain run: the graphs
-    it builds (the lattice's and every sublattice's, each built here from the arguments the
-    plain run passed it): their nodes and edges, the tasks called, the sublattices, the
-    serialized bytes of every task's output (`output_bytes`), of every parameter node's
-    value (`input_bytes`) and of the outputs of the nodes Covalent adds (`generated_bytes`:
-    see `_generated_bytes`), and the depth: the most nodes that must run one after another (the
-    longest path through the executed nodes, parameters left out, a sublattice node
-    weighing its own graph's depth).
+    """The GraphCensus of `lattice(*args, **kwargs)`, from a plain run of its own.
 
     Where the plain run fails (a task that needs the server's machine, say), the census is
     estimated from the lattice's own graph: its nodes, edges and parameters as built, its
     task and sublattice nodes as the tasks and sublattices, no output bytes, and
     `estimated` = 1 with the reason in `estimate_reason`."""
     kwargs = kwargs or {}
-    counts: dict[str, Any] = dict.fromkeys(("nodes", "edges", "tasks", "sublattices",
-                                            "output_bytes", "input_bytes"), 0)
-    graphs: list[tuple[str, Any]] = []  # (the lattice's name, its graph), in build order
-    # Per graph, its parameter nodes' serialized sizes, the serialized size of each call its
-    # lattice made (tasks and sublattices, in call order) and of what it returned;
-    # `running`: the graphs whose lattice runs now.
-    parameters: list[dict[Any, int]] = []
-    calls: list[list[int]] = []
-    returned: list[int] = []
-    running: list[int] = []
-
-    def add_graph(built: Lattice, a: tuple, k: dict) -> Any:
-        graph = transport_graph(built, *a, **k)
-        graphs.append((built.__name__, graph))
-        parameters.append({node: len(data["value"].serialize()) if "value" in data else 0
-                           for node, data in graph.nodes(data=True)
-                           if _kind(data["name"]) == "parameter"})
-        calls.append([])
-        returned.append(0)
-        counts["nodes"] += graph.number_of_nodes()
-        counts["edges"] += graph.number_of_edges()
-        counts["input_bytes"] += sum(parameters[-1].values())
-        return graph
-
-    def run(run_it: Callable[[], Any]) -> Any:  # the lattice of the graph added last
-        running.append(len(graphs) - 1)
-        try:
-            value = run_it()
-        finally:
-            index = running.pop()
-        returned[index] = _size(value)
-        return value
-
-    def run_sublattice(sub: Lattice, a: tuple, k: dict) -> Any:
-        counts["sublattices"] += 1
-        add_graph(sub, a, k)
-        parent = running[-1]
-        value = run(lambda: sub(*a, **k))
-        calls[parent].append(_size(value))
-        return value
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def counted(*a: Any, **k: Any) -> Any:
-            value = fn(*a, **k)
-            size = _size(value)
-            counts["tasks"] += 1
-            counts["output_bytes"] += size
-            calls[running[-1]].append(size)
-            return value
-        return counted
-
-    outer = add_graph(lattice, args, kwargs)
-    built = dict(counts)
+    census = GraphCensus()
     try:
-        with _electron_calls(wrap, run_sublattice):
-            run(lambda: lattice_function(lattice)(*args, **kwargs))
+        run_plain(lattice, args, kwargs, census=census)
     except Exception as exc:  # what the graph alone says
-        kinds = [_kind(data["name"]) for _, data in outer.nodes(data=True)]
-        return {**built, "tasks": kinds.count("task"), "sublattices": kinds.count("sublattice"),
-                "output_bytes": 0, "generated_bytes": 0, "depth": _depth([graphs[0]]),
+        graph = transport_graph(lattice, *args, **kwargs)
+        kinds = [_kind(data["name"]) for _, data in graph.nodes(data=True)]
+        return {"nodes": graph.number_of_nodes(), "edges": graph.number_of_edges(),
+                "tasks": kinds.count("task"), "sublattices": kinds.count("sublattice"),
+                "output_bytes": 0, "input_bytes": sum(_parameter_sizes(graph).values()),
+                "generated_bytes": 0, "depth": _depth([(lattice.__name__, graph)]),
                 "estimated": 1,
                 "estimate_reason": f"the plain run failed: {type(exc).__name__}: {exc}"[:300]}
-    generated = sum(_generated_bytes(graph, params, sizes, result)
-                    for (_, graph), params, sizes, result
-                    in zip(graphs, parameters, calls, returned, strict=True))
-    return {**counts, "generated_bytes": generated, "depth": _depth(graphs)}
+    return census.census()
+
+
+def _parameter_sizes(graph: Any) -> dict[Any, int]:
+    """The serialized size of each parameter node's value."""
+    return {node: len(data["value"].serialize()) if "value" in data else 0
+            for node, data in graph.nodes(data=True) if _kind(data["name"]) == "parameter"}
 
 
 def _size(value: Any) -> int:

@@ -260,12 +260,16 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
         record.status, record.error = R.INTERRUPTED, _interrupted(exc)
         attach_records(exc, [record])
         raise
+    # The graph's census is read from the configuration's first probed plain run.
+    census = (api.GraphCensus() if probe and workload.takes_census
+              and not workload.has_census(params) else None)
     t0 = record.t0 = time.time()
     start = time.perf_counter()
     try:
         with _exit_refused(), _deadline(timeout_s):
             value = api.run_plain(lattice, args, kwargs,
-                                  wrap=task_probe(probe_dir, run_id) if probe else None)
+                                  wrap=task_probe(probe_dir, run_id) if probe else None,
+                                  census=census)
     except _PastDeadline:
         value = None
         record.status, record.error = R.TIMEOUT, (
@@ -295,15 +299,16 @@ def measure_plain(workload: Workload, params: Mapping[str, Any], probe_dir: str 
     record.phases = _in_task_phases(probes, t0)
     record.tasks_probed = f"{len(probes)}/{len(probes)}" if probe else ""
     if probe and record.outcome is not None and workload.takes_census:
-        _census_into(record, workload, params)
+        _census_into(record, workload, params, census)
     return record
 
 
-def _census_into(record: RunRecord, workload: Workload, params: Mapping[str, Any]) -> None:
+def _census_into(record: RunRecord, workload: Workload, params: Mapping[str, Any],
+                 recorded: api.GraphCensus | None) -> None:
     """The graph's census into the plain run's outputs (after its clock). A graph that cannot
     be read is a note in those outputs, not a failed run: the run itself was measured."""
     try:
-        found: dict[str, Any] = dict(workload.census(params))
+        found: dict[str, Any] = dict(workload.census(params, recorded))
     except Exception as exc:
         found = {"census_error": _error_text(exc)}
     record.outcome = replace(record.outcome, metrics={**record.outcome.metrics, **found})

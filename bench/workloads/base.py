@@ -14,7 +14,10 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from bench.adapters.covalent_api import GraphCensus
 
 
 class WorkloadError(ValueError):
@@ -41,8 +44,8 @@ class Workload(ABC):
     # The report sections (bench.report.registry, by name) drawn from this workload's rows.
     report_sections: tuple[str, ...] = ("scaling",)
     # Whether its plain runs record the graph's census (CENSUS_KEYS, in runs.csv `outputs`):
-    # what the envelope is fitted on and what a prediction for the graph reads. It costs one
-    # more plain run per configuration, after the clock (census()).
+    # what the envelope is fitted on and what a prediction for the graph reads. It is read
+    # from the configuration's first plain run, its work done after that run's clock.
     takes_census: bool = False
 
     @abstractmethod
@@ -96,17 +99,29 @@ class Workload(ABC):
     def outcome(self, value: Any, params: Mapping[str, Any]) -> Outcome:
         """The Outcome of the lattice's return value."""
 
-    def census(self, params: Mapping[str, Any]) -> dict[str, int]:
-        """The graph Covalent will run for these parameters (CENSUS_KEYS), read by one plain
-        run and the client's graph builds (bench.adapters.covalent_api.graph_census); once
-        per configuration and process."""
-        key = (self.name, json.dumps(self.dimensions(params), sort_keys=True, default=repr))
+    def census(self, params: Mapping[str, Any], recorded: GraphCensus | None = None
+               ) -> dict[str, int]:
+        """The graph Covalent will run for these parameters (CENSUS_KEYS): the census
+        `recorded` in a plain run (the runner's first of the configuration), else read by
+        one plain run of its own and the client's graph builds
+        (bench.adapters.covalent_api.graph_census); once per configuration and process."""
+        key = self._census_key(params)
         if key not in _CENSUSES:
-            from bench.adapters import covalent_api
+            if recorded is not None:
+                _CENSUSES[key] = recorded.census()
+            else:
+                from bench.adapters import covalent_api
 
-            args, kwargs = self.inputs(params)
-            _CENSUSES[key] = covalent_api.graph_census(self.lattice(params), args, kwargs)
+                args, kwargs = self.inputs(params)
+                _CENSUSES[key] = covalent_api.graph_census(self.lattice(params), args, kwargs)
         return _CENSUSES[key]
+
+    def has_census(self, params: Mapping[str, Any]) -> bool:
+        """Whether this process has read the census for these parameters already."""
+        return self._census_key(params) in _CENSUSES
+
+    def _census_key(self, params: Mapping[str, Any]) -> tuple[str, str]:
+        return self.name, json.dumps(self.dimensions(params), sort_keys=True, default=repr)
 
 
 # A graph's census (Workload.census): its nodes and edges (every sublattice's graph too), the
