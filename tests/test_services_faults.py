@@ -236,13 +236,18 @@ def test_check_alive_reports_a_hung_then_a_dead_server(
                 _wait_until(lambda: main.status() == psutil.STATUS_STOPPED, timeout=10)
                 with _no_http(monkeypatch):  # said from the process state, not a timeout
                     reason = server.check_alive(timeout_s=60.0)
+                    # A wait's per-poll check says it too, once it lasts STOPPED_FOR_S (a
+                    # profiler's brief stops are not one): no poll's read timeout first.
+                    assert server.gone() is None  # first seen stopped now
+                    _wait_until(lambda: server.gone() is not None, timeout=10)
+                    assert server.gone() == reason
             finally:
                 main.resume()
             # Stopped, not only slow: said at once, without waiting for HTTP.
             assert reason == (f"Covalent server at {server.address}: main process "
                               f"{server.main_pid} is stopped (SIGSTOP, Ctrl-Z or a debugger); "
                               f"the harness kills it")
-            assert server.check_alive() is None
+            assert server.check_alive() is None and server.gone() is None
 
             main.kill()
             _wait_until(lambda: not _alive(main.pid), timeout=5)

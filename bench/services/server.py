@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,6 +65,10 @@ KEEP_STATE_ENV = "COVALENT_BENCH_KEEP_STATE"
 LOG_NAME = "covalent_ui.log"  # the server's own log, under COVALENT_LOGDIR
 START_LOG_NAME = "covalent_start.log"  # what `covalent start` printed
 STOP_TIMEOUT_S = 15.0  # for the server's processes to exit after `covalent stop`
+# An owned server's main process stopped (SIGSTOP, Ctrl-Z) this long is reported by gone(),
+# so a wait does not first sit out a status poll's read timeout; a debugger's or a sampling
+# profiler's stop is a tracing stop, never this one.
+STOPPED_FOR_S = 1.0
 _CLI_TIMEOUT_S = 60.0  # `covalent stop` waits on the server without a limit of its own
 _HTTP_TIMEOUT_S = 5.0
 _TAIL_LINES = 20
@@ -245,6 +249,8 @@ class CovalentServer:
     threads_per_worker: int | None = None
     main_pid: int | None = None  # the server itself (`python app.py`), the shell's child
     adapter: adapters.Adapter | None = None  # its Covalent's release family (owned only)
+    # gone(): when each of its processes was first seen stopped by a signal
+    _stopped_since: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def log_path(self) -> Path | None:
@@ -323,15 +329,26 @@ class CovalentServer:
         return ""
 
     def gone(self) -> str | None:
-        """A one-line reason if this owned server's main process has exited, else None (an
-        attached one: None). Costs no request, so a wait can ask it at every poll: a killed
-        server's children can keep its port open, and a poll would then wait out its read
-        timeout before failing."""
+        """A one-line reason if this owned server's main process has exited, or has been
+        stopped by a signal for STOPPED_FOR_S, else None (an attached one: None). Costs no
+        request, so a wait can ask it at every poll: a killed server's children can keep
+        its port open, and a stopped server answers nothing, and a poll would then wait out
+        its read timeout before failing."""
         for pid in self._own_pids():
             if not alive(pid):
                 return (f"Covalent server at {self.address}: main process {pid} is "
                         f"gone{_exit_note(pid)} (its log: {self.log_path})")
+        now = time.monotonic()
+        for pid in self._own_pids():
+            if not _stopped(pid, tracing=False):
+                self._stopped_since.pop(pid, None)
+            elif now - self._stopped_since.setdefault(pid, now) >= STOPPED_FOR_S:
+                return self._stopped_reason(pid)
         return None
+
+    def _stopped_reason(self, pid: int) -> str:
+        return (f"Covalent server at {self.address}: main process {pid} is stopped (SIGSTOP, "
+                f"Ctrl-Z or a debugger); the harness kills it")
 
     def _own_pids(self) -> list[int]:
         """The main process and its launcher, where this server is ours; else none."""
@@ -348,8 +365,7 @@ class CovalentServer:
             return reason
         for pid in self._own_pids():
             if _stopped(pid):  # it would answer no HTTP call until someone resumes it
-                return (f"{where}: main process {pid} is stopped (SIGSTOP, Ctrl-Z or a "
-                        f"debugger); the harness kills it")
+                return self._stopped_reason(pid)
         try:
             _check_answers(self.address, timeout=timeout_s, adapter=self.adapter)
         except requests.Timeout:
@@ -841,10 +857,13 @@ def _main_pid(top: int) -> int | None:
     return None
 
 
-def _stopped(pid: int) -> bool:
-    """Stopped by a signal (SIGSTOP, SIGTSTP) or traced: it runs nothing until resumed."""
+def _stopped(pid: int, tracing: bool = True) -> bool:
+    """Stopped by a signal (SIGSTOP, SIGTSTP) or (`tracing`) in a tracer's stop: it runs
+    nothing until resumed."""
+    states = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) if tracing else (
+        psutil.STATUS_STOPPED,)
     try:
-        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+        return psutil.Process(pid).status() in states
     except psutil.Error:
         return False
 
