@@ -64,7 +64,7 @@ def test_a_bad_requirement_fails_naming_it_and_a_half_built_dir_is_rebuilt(
 ) -> None:
     bad = Environment("bad", "covalent==0.0.0-nonexistent")
     key = envs._key(envs._absolute_requirement(bad.requirement))["hash"]
-    half = tmp_path / f"bad-{key}"
+    half = tmp_path / f"covalent-0.0.0-nonexistent-{key}"
     (half / "venv").mkdir(parents=True)
     (half / "venv" / "left-over").write_text("from a build that was killed")
     with pytest.raises(EnvironmentBuildError) as caught:
@@ -92,6 +92,12 @@ def test_a_release_builds_once_and_is_reused(built: envs.BuiltEnvironment) -> No
     again = build(Environment("test-0.240.0", RELEASE))
     assert again.cached and again.build_s < 2.0
     assert again.python == built.python and again.path == built.path
+    # Another environment of the release, under other settings, is that build too: its
+    # variables apply when it runs, and are its own.
+    other = build(Environment("test-other-settings", RELEASE, env={"OMP_NUM_THREADS": "1"}))
+    assert other.cached and other.path == built.path and other.python == built.python
+    assert other.name == "test-other-settings" and other.env == {"OMP_NUM_THREADS": "1"}
+    assert built.path.name.startswith("covalent-0.240.0-")  # named for what it holds
 
 
 # --- the client in another interpreter, without a server ------------------------------------

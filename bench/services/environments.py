@@ -27,11 +27,13 @@ package missing from the environment is silently taken from the main one; with a
 that pins an old numpy (0.232 pins 1.23.5) a main-environment package compiled against
 numpy 2 would fail to import there (torch itself works with either).
 
-Cache: `~/.cache/covalent-bench/envs/<name>-<hash>` ($COVALENT_BENCH_ENV_CACHE moves the
-root). The hash covers what makes a build differ: the requirement (for a local directory also
-its git commit and uncommitted changes), this interpreter, the main environment's torch and
-torchvision versions and site-packages, this checkout's path and BUILD_VERSION (raise it when
-what is installed changes); not the environment variables, which apply when it runs.
+Cache: `~/.cache/covalent-bench/envs/<requirement>-<hash>` ($COVALENT_BENCH_ENV_CACHE moves
+the root). The hash covers what makes a build differ: the requirement (for a local directory
+also its git commit and uncommitted changes), this interpreter, the main environment's torch
+and torchvision versions and site-packages, this checkout's path and BUILD_VERSION (raise it
+when what is installed changes); not the environment's name nor its variables, which apply
+when it runs: environments of one requirement (a release under two settings, CI's reference
+and `project` when they pin the same release) share one build.
 Inside: `venv/` (the environment), `install.log` (every command and its output) and
 `ready.json`, written last: a directory without it is a build that did not finish, and is
 built again from scratch. Builds of one directory are serialized by a
@@ -197,7 +199,7 @@ def build(
     root.mkdir(parents=True, exist_ok=True)
     requirement = _absolute_requirement(environment.requirement)
     key = _key(requirement)
-    path = root / f"{environment.name}-{key['hash']}"
+    path = root / _dir_name(requirement, key["hash"])
     with _locked(root / f"{path.name}.lock"):
         ready = _read_marker(path)
         if ready is not None:
@@ -208,7 +210,7 @@ def build(
         path.mkdir()
         built = _build(environment, requirement, path, installer)
         _write_marker(path, {
-            "name": environment.name,
+            "built_for": environment.name,  # the first of the environments that share it
             "requirement": environment.requirement,
             "python": built["python"],
             "covalent_version": built["covalent"],
@@ -255,6 +257,13 @@ def _absolute_requirement(requirement: str) -> str:
     if (text.startswith((".", "/", "~")) or os.sep in text) and candidate.exists():
         return str(candidate.resolve())
     return text
+
+
+def _dir_name(requirement: str, key_hash: str) -> str:
+    """The cache directory of a build: the requirement, readable (a path's or URL's last
+    part), then the key's hash."""
+    stem = requirement.rstrip("/").rsplit("/", 1)[-1]
+    return f"{re.sub(r'[^A-Za-z0-9._+]+', '-', stem).strip('-')[:48] or 'covalent'}-{key_hash}"
 
 
 def _key(requirement: str) -> dict[str, Any]:
